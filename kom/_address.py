@@ -1,0 +1,266 @@
+"""Tag addresses: parsed, checked against the tag type and compiled once at load (SPEC §4).
+
+The JSON readers are on the hot path: a `JA=` address compiles to a tuple of steps walked
+with plain subscripting (well under a microsecond), while `JP=` keeps jsonpath-ng for what
+only a full JSONPath can do (filters, wildcards, recursion).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+
+from ._model import ValueType
+
+#: Returned by a reader when the addressed value is not in the document.
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+
+
+class Kind(enum.Enum):
+    IN_TOPIC = "IN_TOPIC"
+    IN_DATA = "IN_DATA"
+    IN_ID = "IN_ID"
+    ACK_ID = "ACK_ID"
+    OUT_TOPIC = "OUT_TOPIC"
+    OUT_VALUE = "OUT_VALUE"
+    JSON = "JA="
+    JSONPATH = "JP="
+    TOPIC = "TOPIC="
+
+
+#: The one type each fixed address allows (SPEC §4 "Addresses").
+FIXED_TYPES = {
+    Kind.IN_TOPIC: ValueType.TxtI,
+    Kind.IN_DATA: ValueType.TxtI,
+    Kind.IN_ID: ValueType.Ci,
+    Kind.ACK_ID: ValueType.Co,
+    Kind.OUT_TOPIC: ValueType.TxtO,
+    Kind.OUT_VALUE: ValueType.TxtO,
+}
+
+KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+
+Step = str | int
+Reader = Callable[[Any], Any]
+
+
+@attrs.frozen
+class Address:
+    """A parsed tag address; `read` takes the parsed JSON document (for JA=/JP=)."""
+
+    text: str
+    kind: Kind
+    steps: tuple[Step, ...] = ()
+    group: str | None = None
+    read: Reader | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def is_json(self) -> bool:
+        return self.kind in (Kind.JSON, Kind.JSONPATH)
+
+
+class AddressSyntaxError(ValueError):
+    pass
+
+
+_NAME_END = re.compile(r"[.\[]")
+
+
+def parse_json_address(text: str) -> tuple[Step, ...]:
+    """Parse a JA= path into steps: keys as str, indexes 0-based as int.
+
+    Grammar: `$` alone is the whole document; otherwise segments `key` separated by dots,
+    each followed by any number of `[n]` (1-based); the path may start with `[n]`; a key
+    with dots, brackets or spaces at either end may be written `["key"]` (JSON string).
+    """
+    if text == "$":
+        return ()
+    if not text:
+        raise AddressSyntaxError("an empty JSON address (use JA=$ for the whole payload)")
+    steps: list[Step] = []
+    i, n = 0, len(text)
+    expect_key = text[0] != "["
+    while i < n:
+        if expect_key:
+            m = _NAME_END.search(text, i)
+            end = m.start() if m else n
+            key = text[i:end]
+            if not key:
+                raise AddressSyntaxError(f"empty key at position {i + 1} in {text!r}")
+            steps.append(key)
+            i = end
+            expect_key = False
+            continue
+        ch = text[i]
+        if ch == ".":
+            if i + 1 >= n:
+                raise AddressSyntaxError(f"{text!r} ends with a dot")
+            i += 1
+            expect_key = text[i] != "["
+            if not expect_key:
+                raise AddressSyntaxError(f"a dot followed by '[' at position {i + 1} in {text!r}")
+            continue
+        if ch != "[":
+            raise AddressSyntaxError(f"unexpected {ch!r} at position {i + 1} in {text!r}")
+        close = _bracket_end(text, i)
+        inner = text[i + 1 : close]
+        if inner.startswith('"'):
+            try:
+                key = orjson.loads(inner)
+            except orjson.JSONDecodeError:
+                raise AddressSyntaxError(f"bad quoted key {inner} in {text!r}") from None
+            if not isinstance(key, str):
+                raise AddressSyntaxError(f"bad quoted key {inner} in {text!r}")
+            steps.append(key)
+        else:
+            if not inner.isdigit() or not inner.isascii():
+                raise AddressSyntaxError(
+                    f"an index is a whole number from 1, found [{inner}] in {text!r}"
+                )
+            index = int(inner)
+            if index < 1:
+                raise AddressSyntaxError(f"indexes start at 1, found [{inner}] in {text!r}")
+            steps.append(index - 1)
+        i = close + 1
+    return tuple(steps)
+
+
+def _bracket_end(text: str, start: int) -> int:
+    """The position of the `]` closing the bracket at `start`, skipping a quoted key."""
+    i = start + 1
+    if i < len(text) and text[i] == '"':
+        i += 1
+        while i < len(text):
+            if text[i] == "\\":
+                i += 2
+                continue
+            if text[i] == '"':
+                break
+            i += 1
+        i += 1
+    close = text.find("]", i)
+    if close < 0:
+        raise AddressSyntaxError(f"unclosed '[' at position {start + 1} in {text!r}")
+    return close
+
+
+def format_json_address(steps: tuple[Step, ...]) -> str:
+    """The canonical JA= text of `steps` (the inverse of parse_json_address)."""
+    if not steps:
+        return "$"
+    out: list[str] = []
+    for step in steps:
+        if isinstance(step, int):
+            out.append(f"[{step + 1}]")
+        elif step and not _needs_quotes(step):
+            out.append(f".{step}" if out else step)
+        else:
+            out.append("[" + orjson.dumps(step).decode() + "]")
+    return "".join(out)
+
+
+def _needs_quotes(key: str) -> bool:
+    # Blanks at either end would be stripped from a tag address (`JA= key `).
+    return key == "$" or key != key.strip() or any(c in key for c in ".[]")
+
+
+def compile_steps(steps: tuple[Step, ...]) -> Reader:
+    """A reader that walks `steps` through a parsed JSON document, or returns MISSING."""
+    if not steps:
+        return _identity
+    if len(steps) == 1 and isinstance(steps[0], str):
+        key = steps[0]
+
+        def read_key(doc: Any) -> Any:
+            if type(doc) is dict:
+                return doc.get(key, MISSING)
+            return MISSING
+
+        return read_key
+
+    def read(doc: Any) -> Any:
+        node = doc
+        for step in steps:
+            kind = type(node)
+            if kind is dict:
+                if type(step) is not str:
+                    return MISSING
+                node = node.get(step, MISSING)
+                if node is MISSING:
+                    return MISSING
+            elif kind is list:
+                if type(step) is not int or step >= len(node):
+                    return MISSING
+                node = node[step]
+            else:
+                return MISSING
+        return node
+
+    return read
+
+
+def _identity(doc: Any) -> Any:
+    return doc
+
+
+def compile_jsonpath(expression: str) -> Reader:
+    """A reader for a JP= expression (jsonpath-ng extended syntax), first match or MISSING."""
+    from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+    from jsonpath_ng.ext.parser import parse
+
+    try:
+        path = parse(expression)
+    except (JsonPathLexerError, JsonPathParserError, ValueError, TypeError, AttributeError) as exc:
+        raise AddressSyntaxError(f"bad JSONPath {expression!r}: {exc}") from exc
+    except Exception as exc:  # jsonpath-ng raises bare Exception for some syntax errors
+        raise AddressSyntaxError(f"bad JSONPath {expression!r}: {exc}") from exc
+
+    def read(doc: Any) -> Any:
+        try:
+            found = path.find(doc)
+        except Exception:  # a filter comparing mismatched types must not escape the core
+            return MISSING
+        return found[0].value if found else MISSING
+
+    return read
+
+
+def parse_address(text: str) -> Address:
+    """Parse one tag address; raises AddressSyntaxError with what was expected."""
+    stripped = text.strip()
+    upper = stripped.upper()
+    for kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC):
+        if upper.startswith(kind.value):
+            body = stripped[len(kind.value) :].strip()
+            if kind is Kind.JSON:
+                steps = parse_json_address(body)
+                return Address(stripped, kind, steps=steps, read=compile_steps(steps))
+            if kind is Kind.JSONPATH:
+                if not body:
+                    raise AddressSyntaxError("an empty JSONPath")
+                return Address(stripped, kind, read=compile_jsonpath(body))
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", body):
+                raise AddressSyntaxError(f"TOPIC= takes a regex group name, found {body!r}")
+            return Address(stripped, kind, group=body)
+    try:
+        kind = Kind(upper)
+    except ValueError:
+        raise AddressSyntaxError(f"unknown address {stripped!r} (expected {KINDS_TEXT})") from None
+    if kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC):  # pragma: no cover - prefixes above
+        raise AddressSyntaxError(f"{stripped!r} needs a path")
+    return Address(stripped, kind)
+
+
+def check_type(address: Address, value_type: ValueType) -> str | None:
+    """Why `value_type` cannot be used with `address`, or None."""
+    wanted = FIXED_TYPES.get(address.kind)
+    if wanted is not None and value_type is not wanted:
+        return f"{address.kind.value} needs type {wanted.value}, found {value_type.value}"
+    if wanted is None and value_type.is_output:  # SPEC §4: JA=, JP=, TOPIC= fill input tags
+        return f"{address.kind.value} is for input types, found {value_type.value}"
+    return None

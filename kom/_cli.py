@@ -1,0 +1,367 @@
+"""The command line: check, route, run, write, sim netio, demo (SPEC §9)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import orjson
+
+from ._config import Config, LineConfig, StationConfig, load
+from ._errors import ConfigError, KomError, WriteError
+from ._model import Update
+
+log = logging.getLogger("kom")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KomError as exc:
+        print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kom", description="MQTT client driver for SCADA systems and historians"
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    c = sub.add_parser("check", help="validate a configuration and print its routing table")
+    c.add_argument("config")
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("route", help="explain where a topic goes and what its tags would read")
+    r.add_argument("config")
+    r.add_argument("topic")
+    r.add_argument("--payload", default="", help="the message payload (text)")
+    r.add_argument("--line", help="the line to route on (default: the first)")
+    r.add_argument("--qos", type=int, default=0, choices=[0, 1, 2])
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_route)
+
+    run = sub.add_parser("run", help="run every line of a configuration into historian sinks")
+    run.add_argument("config")
+    run.add_argument(
+        "--sink", action="append", help="sqlite:PATH (default sqlite:kom.db), jsonl:- or jsonl:PATH"
+    )
+    run.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
+    run.add_argument("--watch", action="store_true", help="show a live table of tags")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("write", help="write one output tag and wait for its completion")
+    w.add_argument("config")
+    w.add_argument("tag", help="station.tag")
+    w.add_argument("value")
+    w.add_argument("--broker", help="HOST[:PORT] replacing the line's host")
+    w.add_argument("--timeout", type=float, default=10.0)
+    w.set_defaults(func=cmd_write)
+
+    sim = sub.add_parser("sim", help="device simulators")
+    simsub = sim.add_subparsers(metavar="DEVICE")
+    n = simsub.add_parser("netio", help="a simulated NETIO 4All power strip")
+    n.add_argument("--broker", default="127.0.0.1:1883")
+    n.add_argument("--id", default="netio-4All-25E0")
+    n.add_argument("--mode", default="generic", choices=["generic", "flex"])
+    n.add_argument("--outputs", type=int, default=4)
+    n.add_argument("--period", type=float, default=1.0)
+    n.add_argument("--duration", type=float)
+    n.add_argument("--verbose", action="store_true")
+    n.set_defaults(func=cmd_sim_netio)
+
+    d = sub.add_parser("demo", help="broker + simulated NETIO + kom into SQLite, on this machine")
+    d.add_argument("--duration", type=float, default=20.0)
+    d.add_argument("--db", default="kom-demo.db")
+    d.add_argument("--plain", action="store_true", help="print lines instead of the live table")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+# -- check ------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    print(f"{args.config}: OK — {len(config.lines)} line(s), {len(config.stations)} station(s), "
+          f"{sum(len(s.tags) for s in config.stations)} tag(s)")  # fmt: skip
+    for line in config.lines:
+        _print_line(line)
+        stations = config.stations_of(line.name)
+        for station in stations:
+            _print_station(station)
+        print("  routing (first rule that applies wins):")
+        for row in routing_table(stations):
+            print(f"    {row}")
+    return EXIT_OK
+
+
+def _print_line(line: LineConfig) -> None:
+    hosts = ", ".join(str(e) for e in line.endpoints)
+    cid = f"{line.client_id!r}" + (" (derived)" if line.client_id_derived else "")
+    if line.client_id == "":
+        cid = "'' (broker-assigned: clean session forced)"
+    print(
+        f"line {line.name}: {hosts} {line.transport}{' TLS' if line.tls else ''} MQTT {line.protocol}"
+    )
+    print(f"  client id {cid}, clean session {line.effective_clean_session}, keep alive {line.keep_alive} s, "
+          f"ping {line.ping_interval:g} s, reply timeout {line.reply_timeout:g} s")  # fmt: skip
+    print(f"  subscribe {', '.join(f.text for f in line.topic_filters)} (QoS {line.subscribe_qos}); "
+          f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; payload {line.payload_type}")  # fmt: skip
+
+
+def _print_station(station: StationConfig) -> None:
+    will = f", will {station.will_topic!r}" if station.will_topic else ""
+    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}")
+    for tag in station.tags:
+        where = (
+            tag.address.text
+            if tag.address
+            else f"publish {tag.publish.topic if tag.publish else ''}"
+        )
+        unit = f" [{tag.unit}]" if tag.unit else ""
+        print(f"    {tag.name:<24} {tag.type.value:<5} {where}{unit}")
+
+
+def routing_table(stations: Sequence[StationConfig]) -> list[str]:
+    """The routing rules of one line's stations in the order SPEC §3 applies them."""
+    rows = [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
+    rows += [f"all    '#' -> {s.name}" for s in stations if s.address == "#"]
+    rows += [f"exact  {s.address!r} -> {s.name}" for s in stations if s.address not in ("#", ".*")]
+    regexes = sorted(
+        (s for s in stations if s.regex is not None), key=lambda s: s.address, reverse=True
+    )
+    rows += [f"regex  {s.address!r} -> {s.name}" for s in regexes]
+    rows += [f"other  '.*' -> {s.name}" for s in stations if s.address == ".*"]
+    return rows
+
+
+# -- route ------------------------------------------------------------------------------
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from ._core import LineCore
+    from ._sinks import record
+    from ._station import Message
+
+    config = load(args.config)
+    line = config.line(args.line) if args.line else config.lines[0]
+    core = LineCore(line, config.stations_of(line.name))
+    core.connected(1)
+    now = datetime.now(UTC)
+    payload = args.payload.encode("utf-8", "surrogateescape")
+    processed = core.process(Message(args.topic, payload, now, args.qos, 1 if args.qos else 0))
+    station = processed.station.name if processed.station else None
+    rule = processed.route.rule.value
+    if args.json:
+        out = {"station": station, "rule": rule, "updates": [record(u) for u in processed.updates]}
+        sys.stdout.buffer.write(orjson.dumps(out) + b"\n")
+        return EXIT_OK
+    print(f"line {line.name}: {args.topic!r} -> {station or 'nobody'} (rule: {rule})")
+    if processed.route.groups:
+        print("  groups: " + ", ".join(f"{k}={v!r}" for k, v in processed.route.groups.items()))
+    units = {f"{s.name}.{t.name}": t.unit for s in config.stations for t in s.tags}
+    for u in processed.updates:
+        print("  " + describe(u, units.get(u.tag)))
+    return EXIT_OK
+
+
+def describe(update: Update, unit: str | None = None) -> str:
+    from ._sinks import record
+
+    rec = record(update)
+    if update.valid:
+        return (
+            f"{update.tag} = {rec['value']!r}{' ' + unit if unit else ''}  valid  (ts {rec['ts']})"
+        )
+    return f"{update.tag} = null  invalid: {update.reason}  {update.detail or ''}".rstrip()
+
+
+# -- run --------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ._client import Kom, override_broker
+    from ._sinks import SinkWriter, open_sink
+
+    config = load(args.config)
+    if args.broker:
+        config = override_broker(config, args.broker)
+    sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
+    writer = SinkWriter(sinks)
+    kom = Kom(config, writer, iterate=False)
+    stop = threading.Event()
+    reload_requested = threading.Event()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: object) -> None:
+        reload_requested.set()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    view = None
+    if args.watch:
+        from ._watch import LiveView
+
+        view = LiveView(kom, title=f"kom run {args.config}")
+        kom.add_callback(view)
+    kom.start()
+    log.warning("kom run: %d line(s), sinks %s", len(config.lines), ", ".join(map(repr, sinks)))
+    deadline = time.monotonic() + args.duration if args.duration else None
+    try:
+        if view is not None:
+            from rich.live import Live
+
+            with Live(view.render(), refresh_per_second=4, screen=False) as live:
+                while _running(stop, deadline):
+                    _maybe_reload(reload_requested, kom, args)
+                    live.update(view.render())
+        else:
+            while _running(stop, deadline):
+                _maybe_reload(reload_requested, kom, args)
+    finally:
+        kom.close()
+        writer.close()
+    log.warning("kom run: stopped; %d updates written", writer.updates)
+    return EXIT_OK
+
+
+def _running(stop: threading.Event, deadline: float | None) -> bool:
+    stop.wait(0.25)
+    return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
+
+
+def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
+    from ._client import Kom, override_broker
+
+    if not flag.is_set():
+        return
+    flag.clear()
+    assert isinstance(kom, Kom)
+    try:
+        config = load(args.config)
+        if args.broker:
+            config = override_broker(config, args.broker)
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return
+    kom.reload(config)
+    log.warning("configuration reloaded: %d station(s)", len(config.stations))
+
+
+# -- write ------------------------------------------------------------------------------
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from ._client import Kom, override_broker
+
+    config = load(args.config)
+    if args.broker:
+        config = override_broker(config, args.broker)
+    try:
+        station, tag = config.find_tag(args.tag)
+    except KeyError:
+        print(f"kom write: no tag {args.tag!r} in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = writer_config(config, station.line)
+    with Kom(config, iterate=False) as kom:
+        kom.start()
+        if not kom.wait_connected(args.timeout):
+            line = kom.lines[station.line]
+            print(
+                f"kom write: {args.tag}: not connected ({line.last_error or 'no answer'})",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        future = kom.write(args.tag, args.value)
+        try:
+            result = future.result(args.timeout)
+        except WriteError as exc:
+            print(f"kom write: {exc} [{exc.reason}]", file=sys.stderr)
+            return EXIT_FAILED
+        except TimeoutError:
+            print(
+                f"kom write: {args.tag}: no completion within {args.timeout:g} s", file=sys.stderr
+            )
+            return EXIT_FAILED
+    how = {0: "written to the socket", 1: "acknowledged (PUBACK)", 2: "completed (PUBCOMP)"}
+    if result.local:
+        print(f"{args.tag} = {args.value}: set")
+    else:
+        print(f"{args.tag} = {args.value}: published to {result.topic!r} with QoS {result.qos}, "
+              f"{how.get(result.qos or 0, 'done')}")  # fmt: skip
+    return EXIT_OK
+
+
+def writer_config(config: Config, line_name: str) -> Config:
+    """The configuration `kom write` connects with: one line, its own client id.
+
+    Reusing the running driver's client id would knock that driver off the broker, so
+    the writer takes a derived id with a clean session and subscribes to nothing.
+    """
+    line = config.line(line_name)
+    line = attrs.evolve(
+        line,
+        client_id=f"{line.client_id or 'kom'}-write-{os.getpid()}",
+        clean_session=True,
+        topic_filters=(),
+        will=None,
+    )
+    stations = tuple(s for s in config.stations if s.line == line_name)
+    return attrs.evolve(config, lines=(line,), stations=stations)
+
+
+# -- sim, demo --------------------------------------------------------------------------
+
+
+def cmd_sim_netio(args: argparse.Namespace) -> int:
+    from .sim import run_netio
+
+    return run_netio(
+        args.broker, id=args.id, mode=args.mode, outputs=args.outputs, period=args.period,
+        duration=args.duration, verbose=args.verbose,
+    )  # fmt: skip
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(
+        duration=args.duration, db=Path(args.db), plain=args.plain or not sys.stdout.isatty()
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

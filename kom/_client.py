@@ -1,0 +1,282 @@
+"""The library API for a host process: open a configuration, receive updates, write, ack.
+
+Each line runs on its own thread; one dispatcher thread hands updates to the host (a
+callback and/or an iterator) in batches, and only then are the messages acknowledged to
+the broker (SPEC §5: "in the library when the consumer's callback has returned").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from ._config import Config, Endpoint, LineConfig, load
+from ._core import Counters
+from ._errors import KomError, WriteError
+from ._line import Batch, Line, WriteResult, _utcnow
+from ._model import Update
+
+log = logging.getLogger("kom")
+
+UpdatesCallback = Callable[[Sequence[Update]], None]
+_STOP = object()
+
+
+def override_broker(config: Config, broker: str) -> Config:
+    """Replace the host (and port) of every line: `--broker HOST[:PORT]` (SPEC §9)."""
+    host, _, port_text = (
+        broker.rpartition(":") if ":" in broker and not broker.endswith("]") else (broker, "", "")
+    )
+    if not host:
+        host, port_text = broker, ""
+    host = host.strip("[]")
+    lines = []
+    for line in config.lines:
+        port = int(port_text) if port_text else line.endpoints[0].port
+        lines.append(attrs.evolve(line, endpoints=(Endpoint(host, port),)))
+    return attrs.evolve(config, lines=tuple(lines))
+
+
+class Kom:
+    """kom embedded in a host process.
+
+    `Kom.open("stations.toml", on_updates=callback)` starts every line of the file;
+    `updates()` iterates over updates for hosts that prefer pulling; `write()` returns a
+    future completed by QoS; `close()` flushes, acknowledges and disconnects. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        on_updates: UpdatesCallback | None = None,
+        *,
+        iterate: bool | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        max_queue: int = 100_000,
+    ) -> None:
+        self.config = config
+        self._callbacks: list[UpdatesCallback] = [on_updates] if on_updates else []
+        self._iterate = iterate if iterate is not None else on_updates is None
+        self._iter_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._room = threading.Condition(self._queued_lock)
+        self._max_queue = max_queue
+        self._clock = clock
+        self.consumer_errors = 0
+        self.delivered = 0
+        self.lines: dict[str, Line] = {}
+        for line in config.lines:
+            self.lines[line.name] = Line(line, config.stations_of(line.name), self._deliver, clock)
+        self._dispatcher: threading.Thread | None = None
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        config: Config | str | os.PathLike[str],
+        on_updates: UpdatesCallback | None = None,
+        *,
+        broker: str | None = None,
+        **kwargs: Any,
+    ) -> Kom:
+        """Load (if a path), validate and start every line."""
+        cfg = config if isinstance(config, Config) else load(config)
+        if broker:
+            cfg = override_broker(cfg, broker)
+        kom = cls(cfg, on_updates, **kwargs)
+        kom.start()
+        return kom
+
+    def __repr__(self) -> str:
+        return f"<Kom lines={list(self.lines)}>"
+
+    def __enter__(self) -> Kom:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_callback(self, callback: UpdatesCallback) -> None:
+        self._callbacks.append(callback)
+
+    def start(self) -> None:
+        self._dispatcher = threading.Thread(target=self._dispatch, name="kom-dispatch", daemon=True)
+        self._dispatcher.start()
+        for line in self.lines.values():
+            line.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every line (DISCONNECT), hand over and acknowledge what is queued."""
+        if self._closed:
+            return
+        self._closed = True
+        for line in self.lines.values():
+            line.close(timeout)
+        self._queue.put(_STOP)
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+        self._iter_queue.put(_STOP)
+
+    # -- hand-over ----------------------------------------------------------------------
+
+    def _deliver(self, batch: Batch) -> None:
+        with self._room:
+            self._queued += len(batch.updates)
+            # Back-pressure: a line's network thread waits while the host lags far behind,
+            # so memory stays bounded; the broker then holds the messages.
+            if threading.current_thread().name.startswith("kom-line"):
+                while self._queued > self._max_queue and not self._closed:
+                    self._room.wait(0.5)
+        self._queue.put(batch)
+
+    def _dispatch(self) -> None:
+        q = self._queue
+        while True:
+            first = q.get()
+            if first is _STOP:
+                return
+            batches = [first]
+            count = len(first.updates)
+            stop = False
+            while count < 5000:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batches.append(nxt)
+                count += len(nxt.updates)
+            self._hand_over(batches)
+            if stop:
+                return
+
+    def _hand_over(self, batches: list[Batch]) -> None:
+        updates: list[Update] = []
+        for batch in batches:
+            updates.extend(batch.updates)
+        if updates:
+            for callback in self._callbacks:
+                try:
+                    callback(updates)
+                except Exception as exc:  # a consumer's bug must not stop the line
+                    self.consumer_errors += 1
+                    log.exception("update callback failed: %s", exc)
+            if self._iterate:
+                self._iter_queue.put(updates)
+            self.delivered += len(updates)
+        for batch in batches:
+            try:
+                batch.line.settle(batch)
+            except Exception as exc:
+                log.exception("acknowledging failed: %s", exc)
+        with self._room:
+            self._queued -= len(updates)
+            self._room.notify_all()
+
+    def updates(self, timeout: float | None = None) -> Iterator[Update]:
+        """Iterate over updates as they come; stops after `timeout` s without any, or on close."""
+        while True:
+            try:
+                item = self._iter_queue.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if item is _STOP:
+                return
+            yield from item
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _line_of(self, station: str) -> Line:
+        for line in self.lines.values():
+            if station in line.core.by_name:
+                return line
+        raise KomError(f"no station named {station!r}")
+
+    def write(self, tag: str, value: object) -> Future[WriteResult]:
+        """Write `station.tag`; the future completes by QoS or fails with a WriteError."""
+        station, _, name = tag.partition(".")
+        try:
+            line = self._line_of(station)
+        except KomError:
+            future: Future[WriteResult] = Future()
+            future.set_exception(WriteError(f"{tag}: no such tag", tag, "not-output"))
+            return future
+        return line.write(station, name, value)
+
+    def ack(self, station: str, value: int) -> None:
+        """Acknowledge a station's message: the same as writing its ACK_ID tag."""
+        self._line_of(station).acknowledge(station, value)
+
+    def set_mode(self, station: str, mode: str) -> None:
+        """Switch a station `on`, `off` or to `simulation` (SPEC §1, forced disconnection)."""
+        if mode not in ("on", "off", "simulation"):
+            raise ValueError(f"mode is on, off or simulation, found {mode!r}")
+        self._line_of(station).set_mode(station, mode)
+
+    def station_state(self, station: str) -> str:
+        return self._line_of(station).core.by_name[station].state.value
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Wait until every line that wants a connection has one."""
+        deadline = time.monotonic() + timeout
+        for line in self.lines.values():
+            left = max(0.0, deadline - time.monotonic())
+            if line.core.wants_connection and not line.connected_event.wait(left):
+                return False
+        return True
+
+    def counters(self) -> dict[str, Counters]:
+        """Counters per line (name) and per station (`line/station`)."""
+        out: dict[str, Counters] = {}
+        for line in self.lines.values():
+            out[line.name] = line.core.counters
+            for name, counters in line.core.station_counters.items():
+                out[f"{line.name}/{name}"] = counters
+        return out
+
+    def reload(self, config: Config) -> None:
+        """Apply a new configuration: stations and tags change without reconnecting.
+
+        Changed topic filters go out as UNSUBSCRIBE/SUBSCRIBE on the same session; a line
+        whose connection parameters changed is reconnected; new lines start, gone ones stop.
+        """
+        old_lines = self.lines
+        new_lines: dict[str, Line] = {}
+        for line_cfg in config.lines:
+            old = old_lines.get(line_cfg.name)
+            stations = config.stations_of(line_cfg.name)
+            if old is not None and _same_connection(old.config, line_cfg):
+                old.replace(line_cfg, stations)
+                new_lines[line_cfg.name] = old
+            else:
+                if old is not None:
+                    old.close()
+                line = Line(line_cfg, stations, self._deliver, self._clock)
+                line.start()
+                new_lines[line_cfg.name] = line
+        for name, old in old_lines.items():
+            if name not in new_lines:
+                old.close()
+        self.lines = new_lines
+        self.config = config
+
+
+def _same_connection(old: LineConfig, new: LineConfig) -> bool:
+    """Whether two line configurations differ only where no reconnection is needed."""
+    keep = ("topic_filters", "payload_type", "time_field", "time_mask", "time_zone",
+            "ignore_missing_time", "debug", "max_payload", "max_held", "publish_qos",
+            "publish_retain", "subscribe_qos")  # fmt: skip
+    return attrs.evolve(old, **{k: getattr(new, k) for k in keep}) == new

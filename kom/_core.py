@@ -1,0 +1,150 @@
+"""A line's pure core: route each message, let its station decode it, count everything.
+
+No sockets, threads or clocks: the line's I/O loop feeds messages in with their receive
+time and does what comes back (hand updates over, acknowledge to the broker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+import attrs
+
+from ._config import LineConfig, StationConfig
+from ._model import Update
+from ._router import Route, Router, Rule
+from ._station import Delivery, Message, Station, StationState
+
+
+@attrs.define
+class Counters:
+    """Counters of a line or a station (SPEC issue: received, routed, unrouted, ...)."""
+
+    received: int = 0
+    routed: int = 0
+    unrouted: int = 0
+    ignored: int = 0
+    decode_errors: int = 0
+    duplicates: int = 0
+    wills: int = 0
+    overflow: int = 0
+    bad_topics: int = 0
+    callback_errors: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    last_message: datetime | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
+class Processed(NamedTuple):
+    """The result of one message: its updates, and whether it is settled.
+
+    A settled message may be acknowledged to the broker once its updates are handed over;
+    an unsettled one waits for the consumer's ACK_ID (SPEC §5).
+    """
+
+    updates: list[Update]
+    settled: bool
+    station: Station | None
+    route: Route
+
+
+class LineCore:
+    """Routing, stations and counters of one line."""
+
+    def __init__(self, line: LineConfig, stations: Sequence[StationConfig]) -> None:
+        self.config = line
+        self.stations = [Station.build(s, line) for s in stations]
+        self.by_name = {s.name: s for s in self.stations}
+        self.router = Router(
+            [s.address for s in stations],
+            [(i, s.will_topic, s.will_payload) for i, s in enumerate(stations) if s.will_topic],
+        )
+        self.counters = Counters()
+        self.station_counters = {s.name: Counters() for s in self.stations}
+
+    def __repr__(self) -> str:
+        return f"<LineCore {self.config.name!r} stations={len(self.stations)}>"
+
+    @property
+    def wants_connection(self) -> bool:
+        """SPEC §2 forced disconnection: only while some station is neither off nor simulated."""
+        return any(s.active for s in self.stations)
+
+    def process(self, msg: Message) -> Processed:
+        """Route and decode one message; never raises for any topic or payload."""
+        counters = self.counters
+        counters.received += 1
+        counters.last_message = msg.received
+        if msg.dup:
+            counters.duplicates += 1
+        router = self.router
+        updates: list[Update] = []
+        if router.has_wills:
+            hit = router.will(msg.topic, msg.payload)
+            if hit is not None:
+                for index in hit.cleared:
+                    station = self.stations[index]
+                    if station.state is StationState.WILL:
+                        station.move(StationState.ON)
+                if hit.hit:
+                    for index in hit.hit:
+                        station = self.stations[index]
+                        updates.extend(station.will(msg.received))
+                        self.station_counters[station.name].wills += 1
+                    counters.wills += 1
+                    return Processed(updates, True, self.stations[hit.hit[0]], _WILL_ROUTE)
+        route = router.route(msg.topic)
+        if route.station is None:
+            counters.unrouted += 1
+            return Processed(updates, True, None, route)
+        station = self.stations[route.station]
+        sc = self.station_counters[station.name]
+        sc.received += 1
+        sc.last_message = msg.received
+        if msg.dup:
+            sc.duplicates += 1
+        delivery: Delivery = station.receive(msg, route.groups)
+        if delivery.ignored:
+            counters.ignored += 1
+            sc.ignored += 1
+            if station.overflow != sc.overflow:
+                counters.overflow += station.overflow - sc.overflow
+                sc.overflow = station.overflow
+            return Processed(updates, True, station, route)
+        counters.routed += 1
+        sc.routed += 1
+        for update in delivery.updates:
+            if update.reason is not None:
+                counters.decode_errors += 1
+                sc.decode_errors += 1
+        updates.extend(delivery.updates)
+        settled = not (delivery.awaiting_ack or delivery.held)
+        return Processed(updates, settled, station, route)
+
+    def lost(self, now: datetime) -> list[Update]:
+        """The connection is gone: active stations in communication error, inputs invalid."""
+        updates: list[Update] = []
+        for station in self.stations:
+            if station.active and station.state is not StationState.COMM:
+                updates.extend(station.lost(now))
+        return updates
+
+    def connected(self, generation: int) -> None:
+        """A new connection: stations leave communication error (values stay invalid)."""
+        for station in self.stations:
+            if station.state is StationState.COMM:
+                station.move(StationState.ON)
+            station.drop_unacknowledgeable(generation)
+            current = station.current
+            if current is not None and current.qos and current.generation < generation:
+                # Redelivered by the broker on this connection: the old copy cannot be
+                # acknowledged any more, so stop waiting for it.
+                station.current = None
+
+
+_WILL_ROUTE = Route(None, Rule.WILL, {})

@@ -1,0 +1,145 @@
+"""`kom demo`: a local broker, a simulated NETIO 4All and kom writing into SQLite.
+
+Everything runs on this machine on loopback: a private mosquitto on a free port, the
+simulator publishing its state every second, kom with the NETIO profile, a live table,
+and one output switched half-way through so its new state can be seen coming back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import attrs
+
+from ._client import Kom, override_broker
+from ._config import load
+from ._errors import KomError, WriteError
+from ._localbroker import LocalBroker
+from ._sinks import SinkWriter, SqliteSink
+from ._watch import LiveView
+
+PROFILE = "netio-4all.toml"
+DEVICE_ID = "netio-4All-25E0"
+
+
+def profile_path() -> Path:
+    """The NETIO profile: examples/ beside the package (an editable install, the README's)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "examples" / PROFILE, Path.cwd() / "examples" / PROFILE):
+        if candidate.is_file():
+            return candidate
+    raise KomError(f"cannot find examples/{PROFILE}; run kom demo from the kom checkout")
+
+
+def run_demo(duration: float, db: Path, plain: bool) -> int:
+    from .sim import NetioSimulator
+
+    config = load(profile_path())
+    out = sys.stdout
+    print(
+        f"kom demo: starting a local broker, a simulated NETIO 4All and kom ({duration:g} s)",
+        file=out,
+    )
+    broker = LocalBroker()
+    config = override_broker(config, broker.address)
+    # A demo client id of its own, so the demo never takes over another kom's session.
+    config = attrs.evolve(
+        config,
+        lines=tuple(attrs.evolve(l, client_id=f"kom-demo-{broker.port}") for l in config.lines),
+    )
+    sink = SqliteSink(db)
+    writer = SinkWriter([sink])
+    kom = Kom(config, writer, iterate=False)
+    view = LiveView(kom, title=f"kom demo — NETIO 4All on {broker.address} → {db}")
+    kom.add_callback(view)
+    sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE_ID, period=1.0)
+    writes_ok = 0
+    switched_at = duration * 0.4
+    switched = False
+    start = time.monotonic()
+    try:
+        kom.start()
+        sim.start()
+        if not kom.wait_connected(10):
+            raise KomError("kom could not connect to the demo broker")
+        view.note(f"kom connected to {broker.address}; NETIO simulator publishing every 1 s")
+        live = None
+        if not plain:
+            from rich.live import Live
+
+            live = Live(view.render(), refresh_per_second=4)
+            live.start()
+        last_print = 0.0
+        try:
+            while (elapsed := time.monotonic() - start) < duration:
+                if not switched and elapsed >= switched_at:
+                    switched = True
+                    before = sim.device.output_state(1)
+                    target = not bool(before)
+                    view.note(
+                        f"writing netio.out1 = {str(target).lower()} (output 1 is {'on' if before else 'off'})"
+                    )
+                    try:
+                        result = kom.write("netio.out1", target).result(5)
+                        writes_ok += 1
+                        view.note(f"write completed (QoS {result.qos}) on {result.topic}")
+                    except (WriteError, TimeoutError) as exc:
+                        view.note(f"write failed: {exc}")
+                    if plain:
+                        print("  " + "\n  ".join(view.events[-2:]), file=out)
+                if live is not None:
+                    live.update(view.render())
+                elif elapsed - last_print >= 2.0:
+                    last_print = elapsed
+                    _plain_status(view, out)
+                time.sleep(0.2)
+        finally:
+            if live is not None:
+                live.update(view.render())
+                live.stop()
+        state = view._last.get("netio.out1_state")
+        if switched and state is not None:
+            print(f"netio.out1_state now reads {state.value} ({state.quality.value})", file=out)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+        kom.close()
+        writer.close()
+        broker.close()
+    counters = kom.counters().get("line")
+    rows = _count_rows(db)
+    print(
+        f"kom demo: {counters.received if counters else 0} messages, {writer.updates} updates, "
+        f"{writes_ok} write(s); {rows} rows in {db.resolve()} (table updates)",
+        file=out,
+    )
+    return 0 if writer.updates else 1
+
+
+def _plain_status(view: LiveView, out: object) -> None:
+    last = view._last
+    picks = [
+        "netio.voltage",
+        "netio.frequency",
+        "netio.total_load",
+        "netio.out1_state",
+        "netio.out1_load",
+    ]
+    parts = []
+    for name in picks:
+        u = last.get(name)
+        if u is not None:
+            parts.append(f"{name.partition('.')[2]}={u.value if u.valid else 'invalid'}")
+    print("  " + "  ".join(parts), file=out)  # type: ignore[call-overload]
+
+
+def _count_rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM updates").fetchone()[0])
+    except sqlite3.Error:
+        return 0

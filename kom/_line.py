@@ -1,0 +1,698 @@
+"""A running line: one thread owns the MQTT session, connects, fails over, reconnects.
+
+The loop is thin: read from paho, ask the core what each message means, queue the
+updates for the host, keep kom's own timers (PINGREQ, reply timeouts), and acknowledge
+to the broker in arrival order once the host has taken the updates (SPEC §2, §5, §6).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import attrs
+
+from ._acks import AckOrder
+from ._address import Kind
+from ._backoff import backoff
+from ._config import LineConfig, StationConfig
+from ._convert import parse_write_value
+from ._core import LineCore
+from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
+from ._model import Quality, Update, Value
+from ._mqtt import Events, RawMessage, Session
+from ._station import Message, StationState
+from ._topic import check_topic
+
+log = logging.getLogger("kom.line")
+
+
+class LineState(enum.Enum):
+    IDLE = "idle"  # forced disconnection: no station wants the line
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing-off"
+    CLOSED = "closed"
+
+
+_L = LineState
+LINE_TRANSITIONS = {
+    _L.IDLE: frozenset({_L.CONNECTING, _L.CLOSED}),
+    _L.CONNECTING: frozenset({_L.CONNECTED, _L.CONNECTING, _L.BACKING_OFF, _L.IDLE, _L.CLOSED}),
+    _L.CONNECTED: frozenset({_L.CONNECTING, _L.BACKING_OFF, _L.IDLE, _L.CLOSED}),
+    _L.BACKING_OFF: frozenset({_L.CONNECTING, _L.IDLE, _L.CLOSED}),
+    _L.CLOSED: frozenset(),
+}
+
+
+class Batch(NamedTuple):
+    """Updates handed to the host at once, with the messages settled by handing them over."""
+
+    line: Line
+    updates: list[Update]
+    settles: list[tuple[int, int, int]]  # (generation, mid, qos)
+
+
+@attrs.frozen
+class WriteResult:
+    """A completed write: the tag, where it went and with which QoS."""
+
+    tag: str
+    topic: str | None
+    qos: int | None
+    mid: int | None = None
+    local: bool = False
+
+
+class _PendingWrite(NamedTuple):
+    future: Future[WriteResult]
+    result: WriteResult
+    deadline: float | None
+    qos: int
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Line(Events):
+    """One line: a thread that keeps an MQTT session to one of the line's brokers."""
+
+    def __init__(
+        self,
+        config: LineConfig,
+        stations: Sequence[StationConfig],
+        deliver: Callable[[Batch], None],
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.config = config
+        self.core = LineCore(config, stations)
+        self._deliver = deliver
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self.state = LineState.IDLE
+        self.endpoint: str | None = None
+        self.last_error: str | None = None
+        self.generation = 0
+        self._acks = AckOrder()
+        self._session: Session | None = None
+        self._thread: threading.Thread | None = None
+        self._batch: list[Update] = []
+        self._settles: list[tuple[int, int, int]] = []
+        self._writes: dict[int, _PendingWrite] = {}
+        self._early: dict[int, tuple[bool, str]] = {}
+        self._requests: dict[int, tuple[str, float]] = {}  # SUBACK/UNSUBACK deadlines
+        self._subscribed: tuple[str, ...] = ()
+        self._wanted = tuple(f.text for f in config.topic_filters)
+        self._ping_sent: float | None = None
+        self._half_read_since: float | None = None
+        self._down_reported = False
+        self._missing_time_warned: set[str] = set()
+        self.connected_event = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<Line {self.config.name!r} {self.state.value} {self.endpoint or ''}>".replace(
+            " >", ">"
+        )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # -- life -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"kom-line-{self.name}", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread: flush, send DISCONNECT, fail writes still pending."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._lock:
+            pending = list(self._writes.values())
+            self._writes.clear()
+        for write in pending:
+            _fail(
+                write.future,
+                WriteError(f"{write.result.tag}: line closed", write.result.tag, "not-connected"),
+            )
+
+    def replace(self, config: LineConfig, stations: Sequence[StationConfig]) -> None:
+        """New stations and tags on the same session (configuration reload, SPEC §2).
+
+        A station whose configuration is unchanged keeps its state, held messages and
+        last values; changed topic filters go out as UNSUBSCRIBE/SUBSCRIBE.
+        """
+        core = LineCore(config, stations)
+        with self._lock:
+            old = self.core
+            for i, station in enumerate(core.stations):
+                previous = old.by_name.get(station.name)
+                if previous is not None and previous.config == station.config:
+                    core.stations[i] = previous
+                    core.station_counters[station.name] = old.station_counters[station.name]
+                elif self.state is not LineState.CONNECTED and station.active:
+                    station.state = StationState.COMM
+                elif station.state is StationState.COMM:
+                    station.move(StationState.ON)
+            core.by_name = {s.name: s for s in core.stations}
+            core.counters = old.counters
+            self.core = core
+            self.config = config
+        self.change_filters([f.text for f in config.topic_filters])
+        self._wake.set()
+
+    def _move(self, to: LineState) -> None:
+        if to is self.state:
+            return
+        if to not in LINE_TRANSITIONS[self.state]:
+            raise KomError(
+                f"line {self.name!r}: illegal transition {self.state.value} -> {to.value}"
+            )
+        log.debug("line %s: %s -> %s", self.name, self.state.value, to.value)
+        self.state = to
+
+    def _run(self) -> None:
+        round_ = 0
+        index = 0
+        endpoints = self.config.endpoints
+        while not self._closed.is_set():
+            try:
+                if not self.core.wants_connection:
+                    self._move(LineState.IDLE)
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                self._move(LineState.CONNECTING)
+                endpoint = endpoints[index % len(endpoints)]
+                if self._connect_and_serve(endpoint):
+                    round_ = 0
+                index += 1
+                if (
+                    index % len(endpoints) == 0
+                    and not self._closed.is_set()
+                    and self.core.wants_connection
+                ):
+                    round_ += 1
+                    wait = backoff(round_, self.config.reconnect_min, self.config.reconnect_max)
+                    if wait > 0:
+                        self._move(LineState.BACKING_OFF)
+                        log.info("line %s: next attempt in %.1f s", self.name, wait)
+                        self._closed.wait(wait)
+            except Exception as exc:  # the line's thread must never die
+                self.core.counters.callback_errors += 1
+                log.exception("line %s: unexpected error: %s", self.name, exc)
+                self._closed.wait(0.5)
+        self._move(LineState.CLOSED)
+
+    def _session_for_line(self) -> Session:
+        if self._session is None:
+            self._session = Session(self.config, self)
+        return self._session
+
+    def _connect_and_serve(self, endpoint: object) -> bool:
+        """One connection: connect, subscribe, loop until lost. True when it connected."""
+        from ._config import Endpoint
+
+        assert isinstance(endpoint, Endpoint)
+        session = self._session_for_line()
+        self.endpoint = str(endpoint)
+        log.info("line %s: connecting to %s as %r", self.name, endpoint, self.config.client_id)
+        try:
+            connected = session.connect(endpoint, self.config.reply_timeout or 30.0)
+        except BrokerRefused as exc:
+            self._attempt_failed(str(exc), refused=True)
+            return False
+        except LineError as exc:
+            self._attempt_failed(str(exc))
+            return False
+        with self._lock:
+            self.generation += 1
+            self._acks.reset()
+            self._settles.clear()
+            self._requests.clear()
+            self._ping_sent = None
+            self.core.connected(self.generation)
+            if self.state is not LineState.CONNECTING:
+                self._move(LineState.CONNECTING)
+            self._move(LineState.CONNECTED)
+            self.core.counters.reconnects += 1 if self.generation > 1 else 0
+            self._down_reported = False
+            self.last_error = None
+        log.info(
+            "line %s: connected to %s (session present: %s)",
+            self.name,
+            endpoint,
+            connected.session_present,
+        )
+        if self.config.client_id == "" and connected.assigned_client_id:
+            log.info(
+                "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
+            )
+        self._subscribe(session, connected.session_present)
+        self.connected_event.set()
+        self._serve(session)
+        self.connected_event.clear()
+        return True
+
+    def _attempt_failed(self, reason: str, refused: bool = False) -> None:
+        self.core.counters.connect_failures += 1
+        self.last_error = reason
+        log.warning("line %s: %s", self.name, reason)
+        self._report_down()
+
+    def _report_down(self) -> None:
+        if self._down_reported:
+            return
+        self._down_reported = True
+        updates = self.core.lost(self._clock())
+        if updates:
+            self._deliver(Batch(self, updates, []))
+
+    def _subscribe(self, session: Session, session_present: bool) -> None:
+        wanted = self._wanted
+        now = time.monotonic()
+        timeout = self.config.reply_timeout
+        with self._lock:
+            if session_present and self._subscribed:
+                gone = [f for f in self._subscribed if f not in wanted]
+                new = [f for f in wanted if f not in self._subscribed]
+            else:
+                gone, new = [], list(wanted)
+            if gone:
+                mid = session.unsubscribe(gone)
+                self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
+            if new:
+                mid = session.subscribe(new, self.config.subscribe_qos)
+                self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+            self._subscribed = wanted
+
+    def change_filters(self, filters: Sequence[str]) -> None:
+        """New topic filters: UNSUBSCRIBE the old and SUBSCRIBE the new on the same session."""
+        with self._lock:
+            self._wanted = tuple(filters)
+            session = self._session
+            if session is None or self.state is not LineState.CONNECTED:
+                return
+            self._subscribe(session, True)
+
+    def _serve(self, session: Session) -> None:
+        cfg = self.config
+        while not self._closed.is_set():
+            alive = session.loop(0.05 if not self._batch else 0.0)
+            self._flush()
+            if not alive:
+                break
+            problem = self._check_timers(session, time.monotonic())
+            if problem is not None:
+                log.warning("line %s: %s; reconnecting", self.name, problem)
+                self.last_error = problem
+                session.drop()
+                break
+            if not self.core.wants_connection:
+                log.info("line %s: every station is off or simulated: disconnecting", self.name)
+                session.disconnect()
+                self._lost("forced disconnection", report=False)
+                return
+        else:
+            session.disconnect()
+            self._lost("closed", report=False)
+            return
+        self._lost(self.last_error or "connection lost")
+        _ = cfg
+
+    def _lost(self, reason: str, report: bool = True) -> None:
+        with self._lock:
+            dropped = self._acks.reset()
+            self._settles.clear()
+            failed = [w for w in self._writes.values() if w.qos == 0]
+            for mid in [m for m, w in self._writes.items() if w.qos == 0]:
+                del self._writes[mid]
+        for write in failed:
+            _fail(
+                write.future,
+                WriteError(
+                    f"{write.result.tag}: connection lost", write.result.tag, "not-connected"
+                ),
+            )
+        if dropped:
+            log.info("line %s: %d unacknowledged messages will be redelivered", self.name, dropped)
+        self.last_error = reason
+        if report:
+            self._report_down()
+        else:
+            updates = self.core.lost(self._clock())
+            if updates:
+                self._deliver(Batch(self, updates, []))
+
+    def _check_timers(self, session: Session, now: float) -> str | None:
+        cfg = self.config
+        last = session.last_received()
+        if cfg.ping_interval > 0:
+            if self._ping_sent is None:
+                if now - last >= cfg.ping_interval:
+                    session.ping()
+                    self._ping_sent = now
+            elif last >= self._ping_sent:
+                self._ping_sent = None
+            elif cfg.reply_timeout > 0 and now - self._ping_sent >= cfg.reply_timeout:
+                return f"no PINGRESP within {cfg.reply_timeout:g} s"
+        if cfg.reply_timeout > 0:
+            if session.reading_packet():
+                if self._half_read_since is None:
+                    self._half_read_since = now
+                elif now - max(self._half_read_since, last) >= cfg.reply_timeout:
+                    return f"a packet stayed half read for {cfg.reply_timeout:g} s"
+            else:
+                self._half_read_since = None
+            with self._lock:
+                for mid, (what, deadline) in self._requests.items():
+                    if now >= deadline:
+                        return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
+                expired = [
+                    (m, w)
+                    for m, w in self._writes.items()
+                    if w.deadline is not None and now >= w.deadline
+                ]
+                for mid, _ in expired:
+                    del self._writes[mid]
+            for _, write in expired:
+                _fail(
+                    write.future,
+                    WriteError(
+                        f"{write.result.tag}: no completion within {cfg.reply_timeout:g} s",
+                        write.result.tag,
+                        "timeout",
+                    ),
+                )
+        return None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- session events (network thread) ------------------------------------------------
+
+    def message(self, raw: RawMessage) -> None:
+        received = self._clock()
+        try:
+            topic = raw.topic.decode("utf-8")
+        except UnicodeDecodeError:
+            self.core.counters.bad_topics += 1
+            log.warning(
+                "line %s: dropped a message with an invalid UTF-8 topic %r",
+                self.name,
+                raw.topic[:80],
+            )
+            if raw.qos:
+                # Acknowledge it anyway: the broker would redeliver it forever otherwise.
+                with self._lock:
+                    self._acks.arrived(raw.mid, raw.qos)
+                    self._settles.append((self.generation, raw.mid, raw.qos))
+            return
+        msg = Message(
+            topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation
+        )
+        with self._lock:
+            if raw.qos:
+                self._acks.arrived(raw.mid, raw.qos)
+            processed = self.core.process(msg)
+            if processed.updates:
+                self._batch.extend(processed.updates)
+            if raw.qos and processed.settled:
+                self._settles.append((self.generation, raw.mid, raw.qos))
+        if self.config.debug:
+            log.debug(
+                "line %s: %s q%d m%d %r -> %s (%s)",
+                self.name, topic, raw.qos, raw.mid, raw.payload[:120],
+                processed.station.name if processed.station else None, processed.route.rule.value,
+            )  # fmt: skip
+            station = processed.station
+            if (
+                station is not None
+                and station.decoder.time_missing
+                and station.name not in self._missing_time_warned
+            ):
+                if not self.config.ignore_missing_time:
+                    log.warning(
+                        "line %s: station %s: no time field, using receive time",
+                        self.name,
+                        station.name,
+                    )
+                self._missing_time_warned.add(station.name)
+        elif not self.config.ignore_missing_time:
+            station = processed.station
+            if (
+                station is not None
+                and station.decoder.time_missing
+                and station.name not in self._missing_time_warned
+            ):
+                self._missing_time_warned.add(station.name)
+                log.warning(
+                    "line %s: station %s: no time field in the payload, using receive time",
+                    self.name,
+                    station.name,
+                )
+
+    def _flush(self) -> None:
+        with self._lock:
+            if not self._batch and not self._settles:
+                return
+            batch = Batch(self, self._batch, self._settles)
+            self._batch = []
+            self._settles = []
+        self._deliver(batch)
+
+    def settle(self, batch: Batch) -> None:
+        """The host took `batch`: acknowledge its messages to the broker, in arrival order."""
+        if not batch.settles:
+            return
+        self._settle_many(batch.settles)
+
+    def _settle_many(self, settles: Sequence[tuple[int, int, int]]) -> None:
+        with self._lock:
+            session = self._session
+            ready: list[tuple[int, int]] = []
+            for generation, mid, _ in settles:
+                if generation == self.generation:
+                    ready.extend(self._acks.done(mid))
+            if session is not None:
+                for mid, qos in ready:
+                    session.ack(mid, qos)
+        if ready and self._thread is not None:
+            pass
+
+    def published(self, mid: int, ok: bool, reason: str) -> None:
+        with self._lock:
+            write = self._writes.pop(mid, None)
+            if write is None:
+                self._early[mid] = (ok, reason)
+                return
+        if ok:
+            _complete(write.future, write.result)
+        else:
+            _fail(
+                write.future,
+                WriteError(
+                    f"{write.result.tag}: broker refused: {reason}", write.result.tag, "rejected"
+                ),
+            )
+
+    def subscribed(self, mid: int, granted: list[int]) -> None:
+        with self._lock:
+            self._requests.pop(mid, None)
+        for f, code in zip(self._subscribed, granted, strict=False):
+            if code >= 0x80:
+                log.error(
+                    "line %s: the broker refused the subscription %r (code %d)", self.name, f, code
+                )
+        log.info(
+            "line %s: subscribed %s (granted %s)", self.name, ", ".join(self._subscribed), granted
+        )
+
+    def unsubscribed(self, mid: int) -> None:
+        with self._lock:
+            self._requests.pop(mid, None)
+
+    def disconnected(self, reason: str) -> None:
+        self.last_error = f"disconnected: {reason}"
+
+    def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
+        self.core.counters.callback_errors += 1
+        log.error("line %s: %s failed (topic %r): %r", self.name, where, topic, exc)
+
+    # -- host requests (any thread) -------------------------------------------------------
+
+    def acknowledge(self, station_name: str, value: object) -> None:
+        """ACK_ID written: settle the held message, release the next one (SPEC §5)."""
+        with self._lock:
+            station = self.core.by_name[station_name]
+            generation = self.generation
+            finished, nxt = station.acknowledge(value)
+            if finished.qos:
+                if finished.generation == generation:
+                    ready = self._acks.done(finished.mid)
+                    if self._session is not None:
+                        for mid, qos in ready:
+                            self._session.ack(mid, qos)
+            if nxt is not None:
+                self._batch.extend(nxt.updates)
+        if nxt is not None:
+            self._flush()
+
+    def set_mode(self, station_name: str, mode: str) -> list[Update]:
+        """Switch a station on, off or into simulation; may connect or disconnect the line."""
+        with self._lock:
+            station = self.core.by_name[station_name]
+            target = StationState(mode)
+            if target is StationState.ON and self.state is not LineState.CONNECTED:
+                target = StationState.COMM
+            if station.state is not target and not (target is StationState.ON and station.active):
+                station.move(target)
+        self._wake.set()
+        return []
+
+    def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:
+        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6)."""
+        future: Future[WriteResult] = Future()
+        full = f"{station_name}.{tag_name}"
+        try:
+            self._write(future, station_name, tag_name, full, value)
+        except WriteError as exc:
+            _fail(future, exc)
+        except AckError as exc:
+            _fail(future, WriteError(str(exc), full, "rejected"))
+        except Exception as exc:  # the caller always learns the outcome
+            _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        return future
+
+    def _write(
+        self,
+        future: Future[WriteResult],
+        station_name: str,
+        tag_name: str,
+        full: str,
+        value: object,
+    ) -> None:
+        station = self.core.by_name.get(station_name)
+        tag = station.config.tag(tag_name) if station else None
+        if station is None or tag is None:
+            raise WriteError(f"{full}: no such tag", full, "not-output")
+        kind = tag.address.kind if tag.address is not None else None
+        if kind is Kind.ACK_ID:
+            self.acknowledge(station_name, _as_int(value))
+            _complete(future, WriteResult(full, None, None, local=True))
+            return
+        if station.state is StationState.SIMULATION:
+            converted = self._convert(tag.type, value, full)
+            update = Update(
+                full,
+                converted,
+                Quality.VALID,
+                None,
+                self._clock(),
+                self._clock(),
+                None,
+                "simulation",
+            )
+            self._deliver(Batch(self, [update], []))
+            _complete(future, WriteResult(full, None, None, local=True))
+            return
+        if not tag.type.is_output:
+            raise WriteError(f"{full}: {tag.type.value} is not an output type", full, "not-output")
+        converted = self._convert(tag.type, value, full)
+        if kind is Kind.OUT_TOPIC:
+            station.output_values[tag_name] = converted
+            _complete(future, WriteResult(full, None, None, local=True))
+            return
+        if kind is Kind.OUT_VALUE:
+            topic_tag = station.config.tag_by_kind(Kind.OUT_TOPIC)
+            topic = station.output_values.get(topic_tag.name) if topic_tag else None
+            if not isinstance(topic, str):
+                raise WriteError(
+                    f"{full}: OUT_TOPIC has no value yet (give it a default)", full, "topic"
+                )
+            payload = str(converted).encode()
+        elif tag.publish is not None:
+            from ._publish import render
+
+            topic, payload = render(tag.publish, converted, station_name, tag_name, station.groups)
+        else:
+            raise WriteError(
+                f"{full}: the tag has neither OUT_VALUE nor publish", full, "not-output"
+            )
+        problem = check_topic(topic)
+        if problem:
+            raise WriteError(f"{full}: {problem}", full, "topic")
+        self._publish(future, full, topic, payload)
+
+    def _convert(self, value_type: object, value: object, full: str) -> Value:
+        from ._model import ValueType
+
+        assert isinstance(value_type, ValueType)
+        try:
+            return parse_write_value(
+                value_type, value, self.config.time_mask, self.config.time_zone
+            )
+        except ConversionError as exc:
+            raise WriteError(f"{full}: {exc}", full, "rejected") from exc
+
+    def _publish(self, future: Future[WriteResult], full: str, topic: str, payload: bytes) -> None:
+        cfg = self.config
+        qos = cfg.publish_qos
+        session = self._session
+        if session is None or (qos == 0 and self.state is not LineState.CONNECTED):
+            raise WriteError(f"{full}: line {self.name!r} is not connected", full, "not-connected")
+        deadline = time.monotonic() + cfg.reply_timeout if cfg.reply_timeout > 0 else None
+        with self._lock:
+            mid, _sent = session.publish(topic, payload, qos, cfg.publish_retain)
+            result = WriteResult(full, topic, qos, mid)
+            early = self._early.pop(mid, None)
+            if early is None:
+                self._writes[mid] = _PendingWrite(future, result, deadline, qos)
+        if early is not None:
+            ok, reason = early
+            if ok:
+                _complete(future, result)
+            else:
+                _fail(future, WriteError(f"{full}: broker refused: {reason}", full, "rejected"))
+
+    def publish_raw(self, topic: str, payload: bytes) -> Future[WriteResult]:
+        """Publish a message not tied to a tag (the line's QoS and retain)."""
+        future: Future[WriteResult] = Future()
+        try:
+            problem = check_topic(topic)
+            if problem:
+                raise WriteError(problem, None, "topic")
+            self._publish(future, topic, topic, payload)
+        except WriteError as exc:
+            _fail(future, exc)
+        return future
+
+
+def _as_int(value: object) -> object:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _complete(future: Future[WriteResult], result: WriteResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: Future[WriteResult], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,320 @@
+"""The one module that talks to paho-mqtt: a session to one broker, callbacks guarded.
+
+paho types and return codes stop here. Every paho callback is wrapped so that nothing
+raises into paho's network code (paho ends its loop when a callback raises), and failures
+are counted and logged with their topic. kom runs paho's loop on its own thread, which
+lets it add the timers paho lacks: PINGREQ after `ping_interval` of silence from the
+broker and a `reply_timeout` on PINGRESP, SUBACK and UNSUBACK (SPEC §2).
+
+Private paho attributes used (pinned to paho-mqtt 2.1-2.2, checked in tests):
+`_last_bytes_received` / `_msgtime_mutex` (when the broker last sent anything),
+`_send_simple_command` (a PINGREQ that does not arm paho's own keep-alive check),
+`_in_packet` (a half-read packet).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ._config import Endpoint, LineConfig
+from ._errors import BrokerRefused, LineError
+
+log = logging.getLogger("kom.mqtt")
+
+_PINGREQ = 0xC0  # MQTT 3.1.1 §3.12
+_REQUIRED = ("_last_bytes_received", "_msgtime_mutex", "_send_simple_command", "_in_packet")
+
+
+def check_paho() -> list[str]:
+    """The private paho attributes kom relies on that this paho version lacks."""
+    probe = paho.Client(CallbackAPIVersion.VERSION2)
+    return [name for name in _REQUIRED if not hasattr(probe, name)]
+
+
+class RawMessage(NamedTuple):
+    """A PUBLISH as paho delivered it; the topic stays bytes (it may not be UTF-8)."""
+
+    topic: bytes
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool
+    retain: bool
+
+
+class Events:
+    """What a session tells its owner. Each runs on the network thread and must be quick."""
+
+    def message(self, msg: RawMessage) -> None: ...
+    def published(self, mid: int, ok: bool, reason: str) -> None: ...
+    def subscribed(self, mid: int, granted: list[int]) -> None: ...
+    def unsubscribed(self, mid: int) -> None: ...
+    def disconnected(self, reason: str) -> None: ...
+    def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None: ...
+
+
+class Connected(NamedTuple):
+    session_present: bool
+    assigned_client_id: str | None
+
+
+class Session:
+    """One paho client: connect to one endpoint, loop, publish, subscribe, acknowledge."""
+
+    def __init__(self, line: LineConfig, events: Events) -> None:
+        self.line = line
+        self._events = events
+        v5 = line.protocol == "5"
+        kwargs: dict[str, Any] = {
+            "client_id": line.client_id,
+            "protocol": paho.MQTTv5 if v5 else paho.MQTTv311,
+            "transport": line.transport,
+            "manual_ack": True,
+            "reconnect_on_failure": False,
+        }
+        if not v5:
+            kwargs["clean_session"] = line.effective_clean_session
+        client = paho.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger("kom.paho"))
+        # Outgoing QoS 1/2 writes in flight at once; paho's default of 20 caps write rates.
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        if line.transport == "websockets":
+            client.ws_set_options(path=line.ws_path)
+        if line.tls is not None:
+            tls = line.tls
+            try:
+                client.tls_set(
+                    ca_certs=tls.ca_file,
+                    certfile=tls.cert_file,
+                    keyfile=tls.key_file,
+                    cert_reqs=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
+                )
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise LineError(f"line {line.name!r}: TLS set-up failed: {exc}", line.name) from exc
+            client.tls_insecure_set(not tls.verify)
+        if line.username is not None or line.password is not None:
+            client.username_pw_set(
+                line.username or "", line.password.value if line.password else None
+            )
+        if line.will is not None:
+            will = line.will
+            client.will_set(will.topic, will.message, will.qos, will.retain)
+        client.connect_timeout = line.reply_timeout or 30.0
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        self._connack: tuple[bool, int, str, str | None] | None = None
+        self._closing = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Session line={self.line.name!r} connected={self.connected}>"
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.is_connected())
+
+    # -- connecting -------------------------------------------------------------------
+
+    def connect(self, endpoint: Endpoint, timeout: float) -> Connected:
+        """Open TCP/TLS, send CONNECT and wait for CONNACK; raises LineError or BrokerRefused."""
+        line = self.line
+        self._connack = None
+        kwargs: dict[str, Any] = {}
+        if line.protocol == "5":
+            kwargs["clean_start"] = line.effective_clean_session
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            # MQTT 5 §3.1.2.11.2: without an expiry the session ends with the connection.
+            props.SessionExpiryInterval = 0 if line.effective_clean_session else 0xFFFFFFFF
+            kwargs["properties"] = props
+        where = f"line {line.name!r} at {endpoint}"
+        try:
+            rc = self._client.connect(endpoint.host, endpoint.port, line.keep_alive, **kwargs)
+        except ssl.SSLCertVerificationError as exc:
+            raise LineError(
+                f"{where}: TLS certificate refused: {exc.verify_message}", line.name
+            ) from exc
+        except ssl.SSLError as exc:
+            raise LineError(f"{where}: TLS failed: {exc.reason or exc}", line.name) from exc
+        except (OSError, ValueError) as exc:
+            raise LineError(f"{where}: cannot connect: {exc}", line.name) from exc
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LineError(f"{where}: cannot connect: {paho.error_string(rc)}", line.name)
+        deadline = time.monotonic() + timeout
+        while self._connack is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.drop()
+                raise LineError(f"{where}: no CONNACK within {timeout:g} s", line.name)
+            try:
+                rc = self._client.loop(min(left, 0.1))
+            except (OSError, ssl.SSLError) as exc:
+                self.drop()
+                raise LineError(f"{where}: connection failed: {exc}", line.name) from exc
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,) and self._connack is None:
+                self.drop()
+                raise LineError(
+                    f"{where}: connection lost before CONNACK ({paho.error_string(rc)})", line.name
+                )
+        present, code, text, assigned = self._connack
+        if code != 0:
+            self.drop()
+            raise BrokerRefused(f"{where}: broker refused the connection: {text}", line.name, code)
+        return Connected(present, assigned)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        try:
+            assigned = None
+            if props is not None and hasattr(props, "AssignedClientIdentifier"):
+                assigned = props.AssignedClientIdentifier
+            code = int(reason.value) if hasattr(reason, "value") else int(reason)
+            self._connack = (bool(flags.session_present), code, str(reason), assigned)
+        except Exception as exc:  # never raise into paho
+            self._events.callback_failed("on_connect", exc, None)
+            self._connack = (False, 255, f"bad CONNACK: {exc}", None)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def loop(self, timeout: float) -> bool:
+        """Run paho's network loop once; False when the connection is gone."""
+        try:
+            rc = self._client.loop(timeout)
+        except Exception as exc:  # a paho bug must not end the line's thread
+            self._events.callback_failed("loop", exc, None)
+            self.drop()
+            return False
+        return bool(rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._client.is_connected())
+
+    def last_received(self) -> float:
+        """When the broker last sent anything (paho's clock: time.monotonic)."""
+        client = self._client
+        with client._msgtime_mutex:
+            return float(client._last_bytes_received)
+
+    def reading_packet(self) -> bool:
+        """Whether a packet is half read (its first byte arrived, the rest not yet)."""
+        return bool(self._client._in_packet["command"])
+
+    def ping(self) -> None:
+        """Send PINGREQ without arming paho's keep-alive check (kom keeps its own timer)."""
+        self._client._send_simple_command(_PINGREQ)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def subscribe(self, filters: Sequence[str], qos: int) -> int:
+        rc, mid = self._client.subscribe([(f, qos) for f in filters])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LineError(f"SUBSCRIBE failed: {paho.error_string(rc)}", self.line.name)
+        return int(mid or 0)
+
+    def unsubscribe(self, filters: Sequence[str]) -> int:
+        rc, mid = self._client.unsubscribe(list(filters))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LineError(f"UNSUBSCRIBE failed: {paho.error_string(rc)}", self.line.name)
+        return int(mid or 0)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> tuple[int, bool]:
+        """Queue a PUBLISH; returns (mid, sent_now). QoS 1/2 queue while disconnected."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return int(info.mid), False
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LineError(f"PUBLISH failed: {paho.error_string(info.rc)}", self.line.name)
+        return int(info.mid), True
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Send PUBACK (QoS 1) or PUBCOMP (QoS 2) for a received message."""
+        self._client.ack(mid, qos)
+
+    # -- closing ----------------------------------------------------------------------
+
+    def disconnect(self, timeout: float = 2.0) -> None:
+        """Send DISCONNECT after what is queued, then close (the line's will is not sent)."""
+        self._closing = True
+        client = self._client
+        if not client.is_connected():
+            self.drop()
+            return
+        deadline = time.monotonic() + timeout
+        while client.want_write() and time.monotonic() < deadline:
+            client.loop(0.05)
+        client.disconnect()
+        while time.monotonic() < deadline and client.want_write():
+            client.loop(0.05)
+        self.drop()
+
+    def drop(self) -> None:
+        """Close the socket at once, without DISCONNECT (the broker sends our will)."""
+        try:
+            self._client._sock_close()
+        except Exception as exc:  # closing must never fail the caller
+            log.debug("closing socket: %s", exc)
+
+    # -- paho callbacks, each guarded ----------------------------------------------------
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        topic: bytes | None = None
+        try:
+            topic = message._topic
+            self._events.message(
+                RawMessage(
+                    topic,
+                    message.payload,
+                    message.qos,
+                    message.mid,
+                    bool(message.dup),
+                    bool(message.retain),
+                )
+            )
+        except Exception as exc:
+            self._events.callback_failed("on_message", exc, topic)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        try:
+            failed = bool(getattr(reason, "is_failure", False))
+            self._events.published(mid, not failed, str(reason))
+        except Exception as exc:
+            self._events.callback_failed("on_publish", exc, None)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        try:
+            granted = [int(getattr(r, "value", r)) for r in reasons]
+            self._events.subscribed(mid, granted)
+        except Exception as exc:
+            self._events.callback_failed("on_subscribe", exc, None)
+
+    def _on_unsubscribe(
+        self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        try:
+            self._events.unsubscribed(mid)
+        except Exception as exc:
+            self._events.callback_failed("on_unsubscribe", exc, None)
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        try:
+            if not self._closing:
+                self._events.disconnected(str(reason))
+        except Exception as exc:
+            self._events.callback_failed("on_disconnect", exc, None)
+
+
+Callback = Callable[..., None]

@@ -1,0 +1,199 @@
+"""Historian sinks for `kom run`: SQLite (the default) and JSON lines (SPEC §9).
+
+A sink's `write()` returns only once the updates are durable (committed); the line
+acknowledges QoS 1/2 messages to the broker after that: at-least-once into the historian.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Protocol
+
+import orjson
+
+from ._convert import format_time
+from ._errors import ConfigError
+from ._model import Update
+
+log = logging.getLogger("kom.sink")
+
+
+class Sink(Protocol):
+    def write(self, updates: Sequence[Update]) -> None: ...
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY,
+    tag TEXT NOT NULL,
+    value,
+    quality TEXT NOT NULL,
+    reason TEXT,
+    ts TEXT NOT NULL,
+    received TEXT NOT NULL,
+    topic TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);
+"""
+
+
+def _sql_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+class SqliteSink:
+    """One table `updates`; WAL mode; one transaction per batch."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        # The dispatcher thread writes; close() may come from the main thread.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self.rows = 0
+
+    def __repr__(self) -> str:
+        return f"SqliteSink({str(self.path)!r}, rows={self.rows})"
+
+    def write(self, updates: Sequence[Update]) -> None:
+        ft = format_time
+        rows = [
+            (u.tag, _sql_value(u.value), u.quality.value, u.reason.value if u.reason else None,
+             ft(u.ts), ft(u.received), u.topic, u.detail)
+            for u in updates
+        ]  # fmt: skip
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT INTO updates (tag, value, quality, reason, ts, received, topic, detail)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            self.rows += len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class JsonlSink:
+    """One JSON object a line (SPEC §9), flushed (and fsynced for files) per batch."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._file: IO[bytes]
+        if target == "-":
+            self._file = sys.stdout.buffer
+            self._owned = False
+        else:
+            self._file = open(target, "ab")  # noqa: SIM115 - kept open for the sink's life
+            self._owned = True
+        self._lock = threading.Lock()
+        self.rows = 0
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({self.target!r}, rows={self.rows})"
+
+    def write(self, updates: Sequence[Update]) -> None:
+        data = b"".join(orjson.dumps(record(u)) + b"\n" for u in updates)
+        with self._lock:
+            self._file.write(data)
+            self._file.flush()
+            if self._owned:
+                os.fsync(self._file.fileno())
+            self.rows += len(updates)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owned:
+                self._file.close()
+            else:
+                self._file.flush()
+
+
+def record(update: Update) -> dict[str, object]:
+    """The SPEC §9 record of an update: ISO times, durations in seconds, invalid as null."""
+    value = update.value
+    if isinstance(value, datetime):
+        value = format_time(value)
+    elif isinstance(value, timedelta):
+        value = value.total_seconds()
+    return {
+        "tag": update.tag,
+        "value": value,
+        "quality": update.quality.value,
+        "reason": update.reason.value if update.reason else None,
+        "ts": format_time(update.ts),
+        "received": format_time(update.received),
+        "topic": update.topic,
+    }
+
+
+def open_sink(url: str) -> Sink:
+    """`sqlite:PATH`, `jsonl:-` or `jsonl:PATH`; a bare path is taken as SQLite."""
+    kind, sep, rest = url.partition(":")
+    if not sep:
+        return SqliteSink(url)
+    if kind == "sqlite" and rest:
+        return SqliteSink(rest)
+    if kind == "jsonl" and rest:
+        return JsonlSink(rest)
+    raise ConfigError([f"--sink {url!r}: expected sqlite:PATH, jsonl:- or jsonl:PATH"])
+
+
+class SinkWriter:
+    """Writes every batch into every sink, retrying until each commits (never drops).
+
+    It runs as kom's update callback: the batch is acknowledged to the broker only after
+    this returns, so a sink that cannot commit holds the acknowledgements back.
+    """
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+        self.updates = 0
+        self.failures = 0
+        self._closed = threading.Event()
+
+    def __call__(self, updates: Sequence[Update]) -> None:
+        for sink in self.sinks:
+            delay = 0.1
+            while True:
+                try:
+                    sink.write(updates)
+                    break
+                except Exception as exc:
+                    self.failures += 1
+                    log.error("sink %r: write failed, retrying in %.1f s: %s", sink, delay, exc)
+                    if self._closed.wait(delay):
+                        raise
+                    delay = min(delay * 2, 5.0)
+        self.updates += len(updates)
+
+    def close(self) -> None:
+        self._closed.set()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("closing sink %r: %s", sink, exc)

@@ -1,0 +1,369 @@
+"""A station's decoding and state, without I/O: message in, updates out (SPEC §3-5, §7).
+
+The line feeds each routed message to its station; the station answers with the updates
+to hand out, holds messages while an ACK_ID is awaited, and keeps its state (on, off,
+simulation, will error, communication error) as an explicit table.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import attrs
+import orjson
+
+from ._address import MISSING, Kind
+from ._config import LineConfig, StationConfig, TagConfig, time_reader
+from ._convert import converter
+from ._errors import AckError, ConversionError, KomError, TimeMaskError
+from ._model import Quality, Reason, Update, Value
+from ._processing import Processing
+
+VALID = Quality.VALID
+INVALID = Quality.INVALID
+INPUT_KINDS = frozenset(
+    {Kind.IN_TOPIC, Kind.IN_DATA, Kind.IN_ID, Kind.JSON, Kind.JSONPATH, Kind.TOPIC}
+)
+
+
+class Message(NamedTuple):
+    """One received PUBLISH as the core sees it; `generation` counts connections."""
+
+    topic: str
+    payload: bytes
+    received: datetime
+    qos: int = 0
+    mid: int = 0
+    dup: bool = False
+    retain: bool = False
+    generation: int = 0
+
+
+class StationState(enum.Enum):
+    ON = "on"
+    OFF = "off"
+    SIMULATION = "simulation"
+    WILL = "will"
+    COMM = "comm"
+
+
+class IllegalTransition(KomError, RuntimeError):
+    """A station was asked to move between two states that have no edge."""
+
+
+_S = StationState
+TRANSITIONS: Mapping[StationState, frozenset[StationState]] = {
+    _S.ON: frozenset({_S.WILL, _S.COMM, _S.OFF, _S.SIMULATION}),
+    _S.WILL: frozenset({_S.ON, _S.COMM, _S.OFF, _S.SIMULATION}),
+    _S.COMM: frozenset({_S.ON, _S.OFF, _S.SIMULATION}),
+    _S.OFF: frozenset({_S.ON, _S.COMM, _S.SIMULATION}),
+    _S.SIMULATION: frozenset({_S.ON, _S.COMM, _S.OFF}),
+}
+
+
+class _Reader(NamedTuple):
+    full: str
+    kind: Kind
+    read: Callable[[Any], Any] | None
+    group: str | None
+    convert: Callable[[object], Value]
+    processing: Processing | None
+    filtered: bool
+
+
+class Decoder:
+    """Turns one message into the updates of a station's input tags, in SPEC §4 order."""
+
+    def __init__(self, station: StationConfig, line: LineConfig) -> None:
+        self.station = station.name
+        self._line = line
+        payload_type = station.payload_type or line.payload_type
+        first: list[_Reader] = []
+        middle: list[_Reader] = []
+        last: list[_Reader] = []
+        for tag in station.tags:
+            if tag.address is None or tag.address.kind not in INPUT_KINDS:
+                continue
+            reader = _reader(station, tag, line)
+            kind = tag.address.kind
+            if kind is Kind.IN_ID:
+                last.append(reader)
+            elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
+                first.append(reader)
+            else:
+                middle.append(reader)
+        # IN_TOPIC before IN_DATA, whatever the file's order.
+        first.sort(key=lambda r: r.kind is Kind.IN_DATA)
+        self._readers = (*first, *middle, *last)
+        self._json = payload_type == "json"
+        self._time = time_reader(line) if self._json else None
+        self._mask = line.time_mask
+        self._zone = line.time_zone
+        self._max_payload = line.max_payload
+        self.input_tags = tuple(r.full for r in self._readers)
+        #: Last reported (value, valid) per tag with dead band or change-only filtering.
+        self.last: dict[str, tuple[Value, bool]] = {}
+        #: Set when a message had no time field (the line warns once per station).
+        self.time_missing = False
+
+    def decode(self, msg: Message, groups: Mapping[str, str | None]) -> list[Update]:
+        """The updates for `msg`; never raises for any payload or topic."""
+        received = msg.received
+        ts = received
+        doc: Any = MISSING
+        failure: tuple[Reason, str] | None = None
+        time_failure: tuple[Reason, str] | None = None
+        if self._json:
+            payload = msg.payload
+            if len(payload) > self._max_payload:
+                failure = (Reason.PARSE, f"payload of {len(payload)} bytes is over max_payload")
+            else:
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    failure = (Reason.PARSE, f"payload is not JSON: {exc}")
+            if failure is None and self._time is not None:
+                raw = self._time(doc)
+                if raw is MISSING:
+                    self.time_missing = True
+                else:
+                    try:
+                        ts = self._mask.read(raw, self._zone)
+                    except TimeMaskError as exc:
+                        time_failure = (Reason.TIME, str(exc))
+        updates: list[Update] = []
+        append = updates.append
+        topic = msg.topic
+        last = self.last
+        for r in self._readers:
+            kind = r.kind
+            reason: Reason | None = None
+            detail: str | None = None
+            value: Value = None
+            if kind is Kind.IN_TOPIC:
+                value = topic
+            elif kind is Kind.IN_DATA:
+                try:
+                    value = msg.payload.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    reason, detail = Reason.ENCODING, f"payload is not UTF-8: {exc.reason}"
+            elif kind is Kind.IN_ID:
+                value = msg.mid if msg.qos else 0
+            else:
+                if kind is Kind.TOPIC:
+                    raw = groups.get(r.group or "", MISSING)
+                    if raw is None:
+                        raw = MISSING
+                elif failure is not None:
+                    raw = None
+                    reason, detail = failure
+                else:
+                    raw = r.read(doc) if r.read is not None else MISSING
+                if reason is None:
+                    if time_failure is not None:
+                        reason, detail = time_failure
+                    elif raw is MISSING:
+                        reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
+                    else:
+                        try:
+                            value = r.convert(raw)
+                        except ConversionError as exc:
+                            reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+            if reason is None and r.processing is not None:
+                value, reason = r.processing.apply(value)
+                if reason is not None:
+                    detail = f"{r.full}: {value!r} is outside its limits"
+                    value = None
+            if reason is not None:
+                value = None
+            if r.filtered:
+                valid = reason is None
+                assert r.processing is not None
+                if not r.processing.should_report(value, valid, last.get(r.full)):
+                    continue
+                last[r.full] = (value, valid)
+            append(
+                Update(
+                    r.full, value, INVALID if reason else VALID, reason, ts, received, topic, detail
+                )
+            )
+        return updates
+
+    def invalidate(self, reason: Reason, now: datetime, detail: str | None = None) -> list[Update]:
+        """Every input tag `invalid` with `reason` (will, comm)."""
+        self.last.clear()
+        return [
+            Update(name, None, INVALID, reason, now, now, None, detail) for name in self.input_tags
+        ]
+
+
+def _reader(station: StationConfig, tag: TagConfig, line: LineConfig) -> _Reader:
+    assert tag.address is not None
+    processing: Processing | None = tag.processing
+    default = Processing.default_for(tag.type)
+    needs_apply = bool(tag.processing.invert or tag.processing.scale or tag.processing.limits)
+    filtered = tag.processing.deadband is not None or tag.processing.on_change
+    if (
+        not needs_apply
+        and not filtered
+        and tag.processing == attrs.evolve(default, on_change=False)
+    ):
+        processing = None
+    elif not needs_apply:
+        processing = _FilterOnly(tag.processing)  # type: ignore[assignment]
+    return _Reader(
+        full=f"{station.name}.{tag.name}",
+        kind=tag.address.kind,
+        read=tag.address.read,
+        group=tag.address.group,
+        convert=converter(tag.type, line.time_mask, line.time_zone),
+        processing=processing,
+        filtered=filtered,
+    )
+
+
+class _FilterOnly:
+    """A tag that only filters reports (dead band, change-only): apply() is skipped."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, processing: Processing) -> None:
+        self._p = processing
+
+    def apply(self, value: Value) -> tuple[Value, Reason | None]:
+        return value, None
+
+    def should_report(self, value: Value, valid: bool, last: tuple[Value, bool] | None) -> bool:
+        return self._p.should_report(value, valid, last)
+
+
+class Delivery(NamedTuple):
+    """What a station did with a message: the updates, and whether it awaits ACK_ID."""
+
+    updates: list[Update]
+    awaiting_ack: bool = False
+    held: bool = False
+    ignored: bool = False
+
+
+IGNORED = Delivery([], ignored=True)
+
+
+@attrs.define
+class Station:
+    """The running state of one station: mode and errors, decoding, the ACK_ID hold queue."""
+
+    config: StationConfig
+    decoder: Decoder
+    max_held: int = 10_000
+    state: StationState = StationState.COMM
+    current: Message | None = None
+    held: deque[Message] = attrs.field(factory=deque)
+    groups: Mapping[str, str | None] = attrs.field(factory=dict)
+    overflow: int = 0
+    output_values: dict[str, Value] = attrs.field(factory=dict)
+
+    @classmethod
+    def build(cls, config: StationConfig, line: LineConfig) -> Station:
+        station = cls(config, Decoder(config, line), max_held=line.max_held)
+        if config.mode != "on":
+            station.state = StationState(config.mode)
+        for tag in config.tags:
+            if tag.default is not None:
+                station.output_values[tag.name] = tag.default
+        return station
+
+    def __repr__(self) -> str:
+        return f"<Station {self.config.name!r} {self.state.value} held={len(self.held)}>"
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def uses_ack(self) -> bool:
+        return self.config.tag_by_kind(Kind.ACK_ID) is not None
+
+    @property
+    def active(self) -> bool:
+        """Whether the station wants its line connected (neither off nor simulated)."""
+        return self.state not in (StationState.OFF, StationState.SIMULATION)
+
+    def move(self, to: StationState) -> None:
+        """Change state along an edge of TRANSITIONS; anything else raises."""
+        if to is self.state:
+            return
+        if to not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"station {self.name!r}: {self.state.value} -> {to.value}")
+        self.state = to
+
+    def receive(self, msg: Message, groups: Mapping[str, str | None]) -> Delivery:
+        """Process a routed message; with ACK_ID, hold it behind the one being processed."""
+        if not self.active:
+            return IGNORED
+        if self.state is StationState.WILL:
+            self.move(StationState.ON)  # SPEC §3: any message routed to the station clears it
+        if self.state is StationState.COMM:
+            self.move(StationState.ON)
+        if not self.uses_ack:
+            self.groups = groups
+            return Delivery(self.decoder.decode(msg, groups))
+        if self.current is not None:
+            if msg.qos == 0 and len(self.held) >= self.max_held:
+                self.overflow += 1
+                return Delivery([], held=False, ignored=True)
+            self.held.append(msg)
+            return Delivery([], held=True)
+        self.current = msg
+        self.groups = groups
+        return Delivery(self.decoder.decode(msg, groups), awaiting_ack=True)
+
+    def acknowledge(self, value: object) -> tuple[Message, Delivery | None]:
+        """SPEC §5: ACK_ID written with the current IN_ID releases the next held message.
+
+        Returns the finished message and the next one's delivery (None when none waits).
+        """
+        current = self.current
+        if current is None:
+            raise AckError(f"station {self.name!r} holds no message to acknowledge")
+        expected = current.mid if current.qos else 0
+        if type(value) is not int or value != expected:
+            raise AckError(
+                f"station {self.name!r}: ACK_ID must be {expected} (IN_ID), got {value!r}"
+            )
+        self.current = None
+        if not self.held:
+            return current, None
+        nxt = self.held.popleft()
+        self.current = nxt
+        return current, Delivery(self.decoder.decode(nxt, self.groups), awaiting_ack=True)
+
+    def drop_unacknowledgeable(self, generation: int) -> int:
+        """After a lost connection, forget held QoS 1/2 messages of older connections.
+
+        The broker redelivers them on the new connection (persistent session), so
+        keeping them would process them twice; QoS 0 messages are kept (never resent).
+        """
+        before = len(self.held)
+        self.held = deque(m for m in self.held if m.qos == 0 or m.generation >= generation)
+        return before - len(self.held)
+
+    def will(self, now: datetime) -> list[Update]:
+        """The station's device left (its will arrived): error and invalid inputs."""
+        if not self.active:
+            return []
+        self.move(StationState.WILL)
+        return self.decoder.invalidate(
+            Reason.WILL, now, f"station {self.name!r}: device will received"
+        )
+
+    def lost(self, now: datetime) -> list[Update]:
+        """The line went down: communication error and invalid inputs."""
+        if not self.active:
+            return []
+        self.move(StationState.COMM)
+        return self.decoder.invalidate(Reason.COMM, now, f"station {self.name!r}: line down")
