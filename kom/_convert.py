@@ -128,6 +128,8 @@ def _quaternary(raw: object) -> int:
 def _text(raw: object) -> str:
     if type(raw) is str:
         return raw
+    if isinstance(raw, str):  # a StrEnum from a Python caller: its text, not JSON
+        return str(raw)
     try:
         # NaN and infinities (from Python callers; JSON has none) come out as null.
         return orjson.dumps(raw).decode()
@@ -203,7 +205,10 @@ def parse_write_value(value_type: ValueType, raw: object, mask: TimeMask, zone: 
     kind = value_type.kind
     if kind == "abstime":
         if isinstance(raw, datetime):
-            return raw.astimezone(UTC) if raw.tzinfo is not None else zone.localize(raw)
+            try:
+                return raw.astimezone(UTC) if raw.tzinfo is not None else zone.localize(raw)
+            except (OverflowError, OSError, ValueError):  # beyond datetime's range in UTC
+                raise _refuse("a time within years 1-9999 in UTC", raw) from None
         try:
             return mask.read(raw, zone)
         except TimeMaskError as exc:

@@ -92,18 +92,11 @@ class Session:
         client.max_queued_messages_set(0)
         if line.transport == "websockets":
             client.ws_set_options(path=line.ws_path)
+        self._tls: _TrackingContext | None = None
         if line.tls is not None:
-            tls = line.tls
-            try:
-                client.tls_set(
-                    ca_certs=tls.ca_file,
-                    certfile=tls.cert_file,
-                    keyfile=tls.key_file,
-                    cert_reqs=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
-                )
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise LineError(f"line {line.name!r}: TLS set-up failed: {exc}", line.name) from exc
-            client.tls_insecure_set(not tls.verify)
+            self._tls = _tls_context(line)
+            client.tls_set_context(self._tls)
+            client.tls_insecure_set(not line.tls.verify)
         if line.username is not None or line.password is not None:
             client.username_pw_set(
                 line.username or "", line.password.value if line.password else None
@@ -147,12 +140,14 @@ class Session:
         try:
             rc = self._client.connect(endpoint.host, endpoint.port, line.keep_alive, **kwargs)
         except ssl.SSLCertVerificationError as exc:
-            raise LineError(
-                f"{where}: TLS certificate refused: {exc.verify_message}", line.name
-            ) from exc
+            self._close_failed_tls()
+            why = exc.verify_message
+            raise LineError(f"{where}: TLS certificate refused: {why}", line.name) from exc
         except ssl.SSLError as exc:
+            self._close_failed_tls()
             raise LineError(f"{where}: TLS failed: {exc.reason or exc}", line.name) from exc
         except (OSError, ValueError) as exc:
+            self._close_failed_tls()
             raise LineError(f"{where}: cannot connect: {exc}", line.name) from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LineError(f"{where}: cannot connect: {paho.error_string(rc)}", line.name)
@@ -177,6 +172,12 @@ class Session:
             self.drop()
             raise BrokerRefused(f"{where}: broker refused the connection: {text}", line.name, code)
         return Connected(present, assigned)
+
+    def _close_failed_tls(self) -> None:
+        """paho leaves the TLS socket of a failed handshake open; close it here."""
+        if self._tls is not None and self._tls.last is not None:
+            self._tls.last.close()
+            self._tls.last = None
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         try:
@@ -317,4 +318,32 @@ class Session:
             self._events.callback_failed("on_disconnect", exc, None)
 
 
-Callback = Callable[..., None]
+class _TrackingContext(ssl.SSLContext):
+    """An SSL context that remembers its last socket, so a failed handshake can be closed."""
+
+    last: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        sock = super().wrap_socket(*args, **kwargs)
+        self.last = sock
+        return sock
+
+
+def _tls_context(line: LineConfig) -> _TrackingContext:
+    """TLS for a line: verification of chain and host name on unless `verify = false`."""
+    tls = line.tls
+    assert tls is not None
+    ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if tls.ca_file:
+            ctx.load_verify_locations(cafile=tls.ca_file)
+        else:
+            ctx.load_default_certs()
+        if tls.cert_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise LineError(f"line {line.name!r}: TLS set-up failed: {exc}", line.name) from exc
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

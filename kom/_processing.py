@@ -53,8 +53,8 @@ class Processing:
     `apply` runs inversion (digital), scaling and limits (analog and integer); `should_report`
     runs the dead band and change-only filters. With `minimum` or `maximum` set and `limits`
     None, out-of-range values are discarded. Which options fit which tag type is the
-    configuration loader's check; here each option acts on the values it
-    can act on and leaves the others alone.
+    configuration loader's check; here each option acts on the values it can act on and
+    leaves the others alone.
     """
 
     invert: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
@@ -9,6 +10,7 @@ import orjson
 
 from ._config import PLACEHOLDER, Publish
 from ._convert import format_value
+from ._errors import WriteError
 from ._model import Value
 
 
@@ -21,16 +23,26 @@ def render(
     Formats: `{value:json}` (JSON text, strings quoted), `{value:int}` (a whole number;
     true/false as 1/0), `{value:raw}` (as is). A plain `{value}` is the value's text;
     inside a JSON template (one starting with `{` or `[`) strings are escaped for JSON.
+    Raises WriteError for a group with no value yet, or a placeholder that leaves an empty
+    topic level (reason `topic`).
     """
+    full = f"{station}.{tag}"
     names: dict[str, Value] = {"value": value, "tag": tag, "station": station}
     names.update({k: v for k, v in groups.items() if v is not None})
-    topic = PLACEHOLDER.sub(
-        lambda m: _text(names.get(m.group(1)), m.group(2), False), publish.topic
-    )
-    json_template = publish.payload.lstrip()[:1] in ("{", "[")
-    payload = PLACEHOLDER.sub(
-        lambda m: _text(names.get(m.group(1)), m.group(2), json_template), publish.payload
-    )
+
+    def fill(m: re.Match[str], in_json: bool, reason: str) -> str:
+        name = m.group(1)
+        if name not in names:  # a group before any message matched it: not "null"
+            raise WriteError(f"{full}: no value for {{{name}}} yet", full, reason)
+        return _text(names[name], m.group(2), in_json)
+
+    topic = PLACEHOLDER.sub(lambda m: fill(m, False, "topic"), publish.topic)
+    # SPEC §6: a placeholder may not leave an empty level; the template's own are kept.
+    if topic.split("/").count("") > publish.topic.split("/").count(""):
+        raise WriteError(f"{full}: a placeholder leaves an empty level in {topic!r}", full, "topic")
+    # Placeholders aside: the default template "{value}" starts with a brace but is no JSON.
+    json_template = PLACEHOLDER.sub("", publish.payload).lstrip()[:1] in ("{", "[")
+    payload = PLACEHOLDER.sub(lambda m: fill(m, json_template, "rejected"), publish.payload)
     return topic, payload.encode("utf-8")
 
 

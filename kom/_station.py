@@ -356,6 +356,8 @@ class Station:
         """The station's device left (its will arrived): error and invalid inputs."""
         if not self.active:
             return []
+        if self.state is StationState.COMM:
+            self.move(StationState.ON)  # a message arrived, so the line is up (as in receive)
         self.move(StationState.WILL)
         return self.decoder.invalidate(
             Reason.WILL, now, f"station {self.name!r}: device will received"

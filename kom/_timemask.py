@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_MASK", "TimeMask", "Zone", "short_repr"]
 
 DEFAULT_MASK = "yyyy-mm-dd hh:mi:ss.mss"
 
-_UTC = UTC
+_UTC = UTC  # datetime's, named apart from Zone.UTC
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _OFFSET = re.compile(r"([+-])(\d\d):?(\d\d)", re.ASCII)
 
@@ -61,7 +61,7 @@ class Zone:
 
     @classmethod
     def parse(cls, text: str) -> Zone:
-        """The zone spelt `local`, `UTC` (any case), `+01:00`, `-05:30` or `+0100`.
+        """The zone spelt `local`, `UTC`, `Z` (any case), `+01:00`, `-05:30` or `+0100`.
 
         Raises TimeMaskError for anything else. A zero offset is `Zone.UTC`.
         """
@@ -164,9 +164,10 @@ class TimeMask(abc.ABC):
         """`dt` written the way this mask reads it (UNIX: int or float seconds; UNIXMS: int ms)."""
 
     def _refuse(self, raw: object, why: str = "") -> TimeMaskError:
-        expected = {"UNIX": "seconds since 1970", "UNIXMS": "milliseconds since 1970"}.get(
-            self.text, f"a time like {self.text!r}"
-        )
+        expected = {
+            "UNIX": "seconds since 1970 (UNIX)",
+            "UNIXMS": "milliseconds since 1970 (UNIXMS)",
+        }.get(self.text, f"a time like {self.text!r}")
         message = f"expected {expected}, found {short_repr(raw)}"
         return TimeMaskError(f"{message}: {why}" if why else message)
 
@@ -273,12 +274,12 @@ def _year2(digits: str) -> int:
     return 2000 + int(digits)
 
 
+_MICRO_SCALE = (0, 100_000, 10_000, 1000, 100, 10, 1)
+
+
 def _micros(digits: str) -> int:
     # 3 digits are milliseconds; up to 6 (accepted when a literal follows) are microseconds.
     return int(digits) * _MICRO_SCALE[len(digits)]
-
-
-_MICRO_SCALE = (0, 100_000, 10_000, 1000, 100, 10, 1)
 
 
 _Piece = str | tuple[str, int]

@@ -8,15 +8,17 @@ MAX_TOPIC_BYTES = 65535
 
 
 def check_topic(topic: str) -> str | None:
-    """Return why `topic` cannot be published to, or None when it can."""
+    """Return why `topic` cannot be published to, or None when it can.
+
+    Empty levels are allowed (MQTT 3.1.1 §4.7.1.1): NETIO's command topic ends with `/`.
+    An empty level that a placeholder leaves is refused where templates are rendered.
+    """
     if not topic:
         return "a topic may not be empty"
     if "+" in topic or "#" in topic:
         return f"a topic may not contain wildcards: {topic!r}"
     if "\x00" in topic:
         return "a topic may not contain NUL"
-    if "" in topic.split("/"):
-        return f"a topic may not have an empty level: {topic!r}"
     if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
         return "a topic may not be longer than 65535 bytes"
     return None

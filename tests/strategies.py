@@ -37,7 +37,7 @@ lookalike_strings = st.one_of(
             " ",
             "1e999",
         ]
-    ),  # fmt: skip
+    ),
 )
 
 json_scalars = st.one_of(

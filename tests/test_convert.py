@@ -227,8 +227,7 @@ def test_any_json_value(raw: object, value_type: ValueType, mask: str) -> None:
     """Any JSON value gives a value of the tag's Python type or a ConversionError, nothing else."""
     try:
         value = converter(value_type, TimeMask.parse(mask), PLUS1)(raw)
-    except ConversionError as exc:
-        assert exc.found is raw
+    except ConversionError:
         return
     assert type(value) in PYTHON_TYPES[value_type.kind]
     if value_type.kind == "integer":
@@ -265,7 +264,10 @@ def test_reltime_round_trip(value: timedelta) -> None:
     ("value", "expected"),
     [
         (datetime(2026, 11, 22, 10, 0, 0, 123456, UTC), "2026-11-22T10:00:00.123Z"),
-        (datetime(2026, 11, 22, 11, tzinfo=timezone(timedelta(hours=1))), "2026-11-22T10:00:00.000Z"),
+        (
+            datetime(2026, 11, 22, 11, tzinfo=timezone(timedelta(hours=1))),
+            "2026-11-22T10:00:00.000Z",
+        ),
         (datetime(2026, 11, 22, 10), "2026-11-22T10:00:00.000Z"),
         (datetime(1, 1, 1, tzinfo=UTC), "0001-01-01T00:00:00.000Z"),
         (timedelta(minutes=5, milliseconds=1), 300.001),

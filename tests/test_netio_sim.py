@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import io
 import itertools
 import queue
@@ -329,6 +330,31 @@ def test_run_netio_prints_each_message_and_returns_0(broker: Mosquitto, client_i
     events = [line for line in lines if f" devices/{client_id}/messages/events/ " in line]
     assert len(events) >= 3
     assert lines[-1].endswith(f"devices/{client_id}/status offline")
+
+
+def test_run_netio_stops_cleanly_on_ctrl_c(broker: Mosquitto, client_id: str) -> None:
+    """Ctrl-C ends run_netio with exit code 0 after it published `offline`."""
+    out, err = io.StringIO(), io.StringIO()
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    try:
+        code = run_netio(broker.address, id=client_id, verbose=True, out=out, err=err)
+    finally:
+        timer.cancel()
+    assert code == 0, err.getvalue()
+    assert out.getvalue().splitlines()[-1].endswith(f"devices/{client_id}/status offline")
+
+
+def test_context_manager_connects_and_leaves_cleanly(
+    broker: Mosquitto, observer: Observer, client_id: str
+) -> None:
+    """A `with` block starts the simulator and stops it cleanly, `offline` included."""
+    with NetioSimulator(broker.host, broker.port, client_id=client_id) as sim:
+        assert sim.wait_connected(TIMEOUT)
+        assert repr(sim).endswith(" connected>")
+        observer.next(on(sim.device.status_topic, b"online"))
+    observer.next(on(sim.device.status_topic, b"offline"))
+    assert not sim.running
 
 
 def test_run_netio_returns_2_when_it_cannot_connect() -> None:

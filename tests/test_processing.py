@@ -54,7 +54,9 @@ def same(a: object, b: object) -> bool:
         ({"scale": (2, 0)}, "text", ("text", None)),
     ],
 )
-def test_apply(options: dict[str, Any], value: Value, expected: tuple[Value, Reason | None]) -> None:
+def test_apply(
+    options: dict[str, Any], value: Value, expected: tuple[Value, Reason | None]
+) -> None:
     """apply inverts, scales and checks limits in that order, never raising."""
     result = Processing(**options).apply(value)
     assert same(result[0], expected[0])
@@ -81,7 +83,7 @@ def test_refused_options(options: dict[str, Any], message: str) -> None:
 
 
 def test_options_are_normalised() -> None:
-    """Numbers are kept as floats and a scale list becomes a tuple, so that equal options compare equal."""
+    """Numbers become floats and a scale list a tuple, so that equal options compare equal."""
     p = Processing(scale=[2, 1], minimum=0, maximum=10, deadband=1)
     assert p == Processing(scale=(2.0, 1.0), minimum=0.0, maximum=10.0, deadband=1.0)
     assert p.scale == (2.0, 1.0)
@@ -153,7 +155,7 @@ def test_should_report(
     last: tuple[Value, bool] | None,
     expected: bool,
 ) -> None:
-    """First, invalid and validity-changing updates are reported; dead band and change-only filter the rest."""
+    """First, invalid and validity changes are reported; dead band and change-only filter others."""
     assert Processing(**options).should_report(value, valid, last) is expected
 
 
@@ -176,7 +178,7 @@ def bounds(draw: st.DrawFn) -> tuple[float | None, float | None]:
 def test_clamp_stays_within(
     limits: tuple[float | None, float | None], value: float, scale: tuple[float, float] | None
 ) -> None:
-    """Clamping gives a value within [minimum, maximum], or None with a reason, never anything else."""
+    """Clamping gives a value within [minimum, maximum], or None with a reason, nothing else."""
     low, high = limits
     result, reason = Processing(scale=scale, minimum=low, maximum=high, limits="clamp").apply(value)
     if result is None:
@@ -185,8 +187,8 @@ def test_clamp_stays_within(
         return
     assert reason is None
     assert type(result) is type(value)
-    assert low is None or result >= low  # type: ignore[operator]
-    assert high is None or result <= high  # type: ignore[operator]
+    assert low is None or result >= low
+    assert high is None or result <= high
 
 
 @given(limits=bounds(), value=finite | int64)

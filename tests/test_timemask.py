@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -19,9 +21,8 @@ PLUS1 = Zone.parse("+01:00")
 DEFAULT = TimeMask.parse(DEFAULT_MASK)
 
 
-def utc(*fields: int) -> datetime:
-    """An aware UTC datetime from its fields."""
-    return datetime(*fields, tzinfo=UTC)  # type: ignore[misc]
+#: An aware UTC datetime from its fields.
+utc = functools.partial(datetime, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -71,7 +72,8 @@ def test_zone_parse_local(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "CET", "Europe/Prague", "+1", "+01:60", "+24:00", "01:00", "+01:00:00", "+٠١:٠٠"]
+    "text",
+    ["", "CET", "Europe/Prague", "+1", "+01:60", "+24:00", "01:00", "+01:00:00", "+\u0661:\u0660"],
 )
 def test_zone_parse_refused(text: str) -> None:
     """Anything but local, UTC or a ±hh:mm offset is a TimeMaskError that names the text."""
@@ -297,7 +299,7 @@ def test_epoch_read_accepted(mask: TimeMask, raw: object, expected: datetime) ->
         "abc",
         "",
         "1_767_607_200",
-        "١٧",
+        "\u0661\u0667",  # Arabic-Indic digits: float() takes them, a timestamp may not
         float("nan"),
         float("inf"),
         "-inf",
@@ -311,7 +313,9 @@ def test_epoch_read_accepted(mask: TimeMask, raw: object, expected: datetime) ->
 @pytest.mark.parametrize("mask", [UNIX, UNIXMS])
 def test_epoch_read_refused(mask: TimeMask, raw: object) -> None:
     """Booleans, non-numbers, NaN, infinities and out-of-range numbers are TimeMaskErrors."""
-    with pytest.raises(TimeMaskError, match=r"^expected (milli)?seconds since 1970, found "):
+    with pytest.raises(
+        TimeMaskError, match=r"^expected (milli)?seconds since 1970 \(UNIX(MS)?\), found "
+    ):
         mask.read(raw, Zone.UTC)
 
 
@@ -384,10 +388,8 @@ def test_read_any_json_value(raw: object, name: str) -> None:
 @given(text=st.text(max_size=30))
 def test_parse_any_text(text: str) -> None:
     """Any mask text compiles or raises TimeMaskError, nothing else."""
-    try:
+    with contextlib.suppress(TimeMaskError):
         TimeMask.parse(text)
-    except TimeMaskError:
-        pass
 
 
 def test_short_repr() -> None:
@@ -397,4 +399,4 @@ def test_short_repr() -> None:
     assert short_repr("abc") == "'abc'"
     assert len(short_repr("x" * 1000)) <= 64
     assert len(short_repr(list(range(10_000)))) <= 64
-    assert short_repr(timezone.utc) == repr(timezone.utc)
+    assert short_repr(PLUS1) == repr(PLUS1)
