@@ -117,10 +117,14 @@ class Decoder:
         doc: Any = MISSING
         failure: tuple[Reason, str] | None = None
         time_failure: tuple[Reason, str] | None = None
+        payload = msg.payload
+        # SPEC §8: a huge payload is refused on any line, IN_DATA included.
+        too_big: tuple[Reason, str] | None = None
+        if len(payload) > self._max_payload:
+            too_big = (Reason.PARSE, f"payload of {len(payload)} bytes is over max_payload")
         if self._json:
-            payload = msg.payload
-            if len(payload) > self._max_payload:
-                failure = (Reason.PARSE, f"payload of {len(payload)} bytes is over max_payload")
+            if too_big is not None:
+                failure = too_big
             else:
                 try:
                     doc = orjson.loads(payload)
@@ -147,10 +151,13 @@ class Decoder:
             if kind is Kind.IN_TOPIC:
                 value = topic
             elif kind is Kind.IN_DATA:
-                try:
-                    value = msg.payload.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    reason, detail = Reason.ENCODING, f"payload is not UTF-8: {exc.reason}"
+                if too_big is not None:
+                    reason, detail = too_big
+                else:
+                    try:
+                        value = payload.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        reason, detail = Reason.ENCODING, f"payload is not UTF-8: {exc.reason}"
             elif kind is Kind.IN_ID:
                 value = msg.mid if msg.qos else 0
             else:
@@ -174,10 +181,12 @@ class Decoder:
                         except ConversionError as exc:
                             reason, detail = Reason.TYPE, f"{r.full}: {exc}"
             if reason is None and r.processing is not None:
+                raw_value = value
                 value, reason = r.processing.apply(value)
-                if reason is not None:
-                    detail = f"{r.full}: {value!r} is outside its limits"
-                    value = None
+                if reason is Reason.LIMITS:
+                    detail = f"{r.full}: {raw_value!r} is outside its limits"
+                elif reason is not None:
+                    detail = f"{r.full}: {raw_value!r} cannot be scaled"
             if reason is not None:
                 value = None
             if r.filtered:

@@ -19,7 +19,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -30,6 +30,8 @@ START_ATTEMPTS = 3
 
 # "Error: Address already in use" (MQTT listener); libwebsockets says it its own way.
 _BIND_FAILURE = re.compile(r"in use|Unable to create websockets listener")
+
+_RUNNING = re.compile(r"mosquitto version \S+ running")
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 
@@ -350,9 +352,13 @@ class Mosquitto:
                 raise BrokerError(
                     f"mosquitto exited with status {proc.returncode} on start:\n{self._log_tail()}"
                 )
-            # The process must still be alive after the probe: a port someone else took would
-            # accept our probe while mosquitto is failing to bind it.
-            if all(_port_accepts(port) for port in ports) and proc.poll() is None:
+            # A port someone else holds accepts our probe while mosquitto fails to bind it, so
+            # also wait for mosquitto 2's "running" line, logged once every listener is open.
+            if (
+                _RUNNING.search(self._new_log_text(log_size))
+                and all(_port_accepts(port) for port in ports)
+                and proc.poll() is None
+            ):
                 return True
             time.sleep(0.02)
         self._terminate(signal.SIGKILL)
@@ -435,13 +441,18 @@ class Mosquitto:
         except FileNotFoundError:
             return ""
 
-    def _log_tail(self, lines: int = 30) -> str:
-        text = self.log()
+    def _log_tail(self, lines: int = 20) -> str:
+        """The end of the log, then the end of what mosquitto printed before its log was open."""
+        tail = self.log().splitlines()[-lines:]
         with contextlib.suppress(OSError):
-            out = self._out.read_text(errors="replace")
-            if out.strip():
-                text += "\n--- stdout/stderr ---\n" + out
-        return "\n".join(text.splitlines()[-lines:])
+            printed = [
+                line
+                for line in self._out.read_text(errors="replace").splitlines()
+                if "should not be run as root" not in line
+            ]
+            if printed:
+                tail += ["--- stdout/stderr ---", *printed[-lines:]]
+        return "\n".join(tail)
 
     def connections(self, client_id: str) -> int:
         """How many times a client with this id completed CONNECT, per the log."""
@@ -457,6 +468,23 @@ class Mosquitto:
                     f"{text!r} not in the log within {timeout} s:\n{self._log_tail()}"
                 )
             time.sleep(0.02)
+
+
+class BrokerFactory(Protocol):
+    """The `broker_factory` fixture: makes a started `Mosquitto` with these options."""
+
+    def __call__(
+        self,
+        *,
+        tls: bool = ...,
+        require_certificate: bool = ...,
+        users: dict[str, str] | None = ...,
+        websockets: bool = ...,
+        persistence: bool = ...,
+        autosave_interval: int | None = ...,
+        extra: list[str] | None = ...,
+        start: bool = ...,
+    ) -> Mosquitto: ...
 
 
 def _cleanup(box: list[subprocess.Popen[bytes]], directory: Path) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
-from tests._broker import Mosquitto, mosquitto_binary
+from tests._broker import BrokerFactory, Mosquitto, mosquitto_binary
 
 # CI machines are slower and shared: no per-example deadline, and the same examples every run so
 # that a red build can be reproduced.
@@ -21,8 +21,6 @@ if os.environ.get("CI"):
 
 BROKER_FIXTURES = frozenset({"broker", "broker_factory"})
 NO_MOSQUITTO = "mosquitto is not installed (scripts/setup installs it); broker tests need it"
-
-BrokerFactory = Callable[..., Mosquitto]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,15 +16,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests._broker import Mosquitto
+from tests._broker import BrokerError, BrokerFactory, Mosquitto
 from tests._fakebroker import FakeBroker, PacketType, packet, packet_id
 from tests._proxy import FaultProxy, Mode
 
 TIMEOUT = 5.0
 # How long "silent" must last before a test believes it; far longer than a loopback round trip.
 QUIET = 0.3
-
-BrokerFactory = Callable[..., Mosquitto]
 
 
 class Peer:
@@ -106,10 +104,14 @@ def peers() -> Iterator[Callable[..., Peer]]:
 
 def raw_connect(host: str, port: int, client_id: str = "raw") -> socket.socket:
     """Open a TCP connection and send an MQTT 3.1.1 CONNECT (clean session, keep alive 60)."""
-    sock = socket.create_connection((host, port), timeout=TIMEOUT)
     name = client_id.encode()
     body = b"\x00\x04MQTT\x04\x02\x00\x3c" + struct.pack("!H", len(name)) + name
-    sock.sendall(packet(PacketType.CONNECT, 0, body))
+    sock = socket.create_connection((host, port), timeout=TIMEOUT)
+    try:
+        sock.sendall(packet(PacketType.CONNECT, 0, body))
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -282,6 +284,12 @@ def test_broker_kill_and_restart(broker: Mosquitto) -> None:
         assert recv_exactly(again, 4) == CONNACK_OK
     broker.wait_for_log("as killed (", count=2)
     assert broker.connections("killed") == 2
+
+
+def test_broker_bad_config_reports_the_log(broker_factory: BrokerFactory) -> None:
+    """A config mosquitto rejects raises BrokerError carrying mosquitto's own complaint."""
+    with pytest.raises(BrokerError, match='Unknown configuration variable "bogus_option"'):
+        broker_factory(extra=["bogus_option 1"])
 
 
 def test_broker_close_removes_everything(broker_factory: BrokerFactory) -> None:

@@ -85,7 +85,7 @@ class _Inbox(Events):
         self.subacks[mid] = granted
 
     def disconnected(self, reason: str) -> None:
-        log.info("disconnected: %s", reason)
+        log.debug("disconnected: %s", reason)  # the simulator's thread says more
 
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
         log.error("paho callback %s failed (topic %r): %r", where, topic, exc)
@@ -472,7 +472,8 @@ def run_netio(
         print(f"kom sim netio: {exc}", file=err)
         return 2
     print(
-        f"kom sim netio: {id} ({mode} mode, {outputs} outputs, every {period:g} s) "
+        f"kom sim netio: {id} ({mode} mode, {outputs} output{'s' if outputs != 1 else ''}, "
+        f"every {period:g} s) "
         f"on {sim.endpoint}; Ctrl-C stops",
         file=err,
         flush=True,
