@@ -24,6 +24,7 @@ Try it with the NETIO profile and a broker of your own (never a production broke
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import threading
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item in args.write:
             tag, _, value = item.partition("=")
             future = k.write(tag, value)  # text is converted like a payload value
-            future.add_done_callback(lambda f, tag=tag: report(tag, f))
+            future.add_done_callback(functools.partial(report, tag))
 
         deadline = time.monotonic() + args.duration
         if args.iterate:
@@ -148,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("line states:", {n: ln.state.value for n, ln in k.lines.items()})
         for name, counters in k.counters().items():
-            nonzero = {key: v for key, v in counters.as_dict().items() if v and key != "last_message"}
+            nonzero = {
+                key: v for key, v in counters.as_dict().items() if v and key != "last_message"
+            }
             print(f"counters {name}: {nonzero}")
     finally:
         k.close()  # DISCONNECT; the callback still gets the last updates (reason comm)

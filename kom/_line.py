@@ -142,6 +142,8 @@ class Line(Events):
         with self._lock:
             pending = list(self._writes.values())
             self._writes.clear()
+            if self._session is not None and (self._thread is None or not self._thread.is_alive()):
+                self._session.close()
         for write in pending:
             _fail(
                 write.future,

@@ -129,6 +129,7 @@ class Session:
         """Open TCP/TLS, send CONNECT and wait for CONNACK; raises LineError or BrokerRefused."""
         line = self.line
         self._connack = None
+        self._closing = False
         kwargs: dict[str, Any] = {}
         if line.protocol == "5":
             kwargs["clean_start"] = line.effective_clean_session
@@ -260,6 +261,15 @@ class Session:
             client.loop(0.05)
         self.drop()
 
+    def close(self) -> None:
+        """Release everything, paho's wake-up socket pair included (paho frees it only in GC)."""
+        self._closing = True
+        self.drop()
+        try:
+            self._client._reset_sockets()
+        except Exception as exc:  # releasing must never fail the caller
+            log.debug("releasing sockets: %s", exc)
+
     def drop(self) -> None:
         """Close the socket at once, without DISCONNECT (the broker sends our will)."""
         try:
@@ -323,7 +333,7 @@ class _TrackingContext(ssl.SSLContext):
 
     last: ssl.SSLSocket | None = None
 
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         sock = super().wrap_socket(*args, **kwargs)
         self.last = sock
         return sock

@@ -92,7 +92,8 @@ class Mosquitto:
     maps user names to passwords and turns anonymous access off. `websockets` adds a websockets
     listener on `ws_port`. `persistence` keeps a database in the temporary directory, saved on
     `stop()` and every `autosave_interval` seconds. `extra` lines are appended to the main
-    listener's section of the config, so listener options apply to it.
+    listener's section of the config, so listener options apply to it. With `start=False` the
+    files are written but no process runs until `start()`.
     """
 
     def __init__(
@@ -380,7 +381,8 @@ class Mosquitto:
         if proc is None:
             return
         if proc.poll() is None:
-            if self._paused and sig != signal.SIGKILL:
+            if self._paused:
+                # A stopped process holds SIGTERM until continued (SIGKILL would not wait).
                 proc.send_signal(signal.SIGCONT)
             proc.send_signal(sig)
             try:

@@ -111,8 +111,31 @@ durations = st.timedeltas(min_value=timedelta(days=-99_000), max_value=timedelta
 json_keys = st.one_of(
     st.text(max_size=6),
     st.sampled_from(
-        ["a", "Time", "a.b", "[1]", "x[", "]", '"', '"q"', "\\", " sp ", " ", "", "$"]
-        + ["$.a", "é", "温度", "a b", '["x"]', "\t", "1", "JA=x", "\u2028", "\u00a0x"]
+        [
+            "a",
+            "Time",
+            "a.b",
+            "[1]",
+            "x[",
+            "]",
+            '"',
+            '"q"',
+            "\\",
+            " sp ",
+            " ",
+            "",
+            "$",
+            "$.a",
+            "é",
+            "温度",
+            "a b",
+            '["x"]',
+            "\t",
+            "1",
+            "JA=x",
+            "\u2028",
+            "\u00a0x",
+        ]
     ),
 )
 

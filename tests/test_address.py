@@ -63,7 +63,7 @@ def test_ja_accepted(text: str, steps: tuple[Step, ...]) -> None:
         ("a[-1]", "an index is a whole number from 1, found [-1]"),
         ("a[1.5]", "an index is a whole number from 1, found [1.5]"),
         ("a[ 1]", "an index is a whole number from 1"),
-        ("a[١]", "an index is a whole number from 1"),
+        ("a[\u0661]", "an index is a whole number from 1"),
         ("a[]", "an index is a whole number from 1, found []"),
         ("a[", "unclosed '[' at position 2 in 'a['"),
         ('a["x]', "unclosed '['"),
@@ -74,7 +74,7 @@ def test_ja_accepted(text: str, steps: tuple[Step, ...]) -> None:
         ("a.[1]", "a dot followed by '['"),
         ("a[1]b", "unexpected 'b' at position 5"),
         ("a[1]]", "unexpected ']'"),
-        ("a[\"\\x\"]", "bad quoted key"),
+        ('a["\\x"]', "bad quoted key"),
     ],
 )
 def test_ja_refused(text: str, message: str) -> None:
@@ -171,7 +171,7 @@ def test_reader_never_raises(doc: object, text: str) -> None:
     """Readers on documents of any shape return MISSING rather than raise."""
     read = compile_steps(parse_json_address(text))
     found = read(doc)
-    assert found is MISSING or found == 1 or found == "a"
+    assert found is MISSING or found in (1, "a")
 
 
 @pytest.mark.parametrize(
@@ -304,7 +304,11 @@ def test_address_refused(text: str, message: str) -> None:
 def test_address_steps_and_group() -> None:
     """A JA= address keeps its steps and a TOPIC= address its group; text is the stripped input."""
     ja = parse_address(" JA=rx.gwrxf[1].time ")
-    assert (ja.text, ja.steps, ja.group) == ("JA=rx.gwrxf[1].time", ("rx", "gwrxf", 0, "time"), None)
+    assert (ja.text, ja.steps, ja.group) == (
+        "JA=rx.gwrxf[1].time",
+        ("rx", "gwrxf", 0, "time"),
+        None,
+    )
     topic = parse_address("TOPIC=dev")
     assert (topic.steps, topic.group, topic.read) == ((), "dev", None)
     assert parse_address("IN_ID") == Address("IN_ID", Kind.IN_ID)

@@ -263,9 +263,7 @@ def reference(addresses: list[str], topic: str) -> Route:
 
 @settings(max_examples=200, deadline=None)
 @given(addresses_and_topics(), st.integers(1, 4))
-def test_router_agrees_with_reference(
-    case: tuple[list[str], list[str]], cache_size: int
-) -> None:
+def test_router_agrees_with_reference(case: tuple[list[str], list[str]], cache_size: int) -> None:
     """Property (c): for any addresses and topics, the router decides as the plain reference."""
     addresses, topics = case
     router = Router(addresses, cache_size=cache_size)

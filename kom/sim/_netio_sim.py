@@ -250,7 +250,7 @@ class NetioSimulator:
         try:
             return self._use(session, inbox)
         finally:
-            _release(session)
+            session.close()
 
     def _use(self, session: Session, inbox: _Inbox) -> bool:
         try:
@@ -393,20 +393,6 @@ class NetioSimulator:
             except Exception as exc:  # an observer's bug must not stop the device
                 log.error("on_publish failed: %r", exc)
         return mid
-
-
-def _release(session: Session) -> None:
-    """Close every socket of a finished session now, rather than at some later collection.
-
-    paho frees the socket pair that wakes its loop only in ``Client.__del__``, and the
-    session and its paho client refer to each other through the callbacks, so without this
-    the pair lingers until the garbage collector finds the cycle, which then reports it
-    unclosed (a ResourceWarning). kom/_mqtt.py has no ``Session.close()`` for this yet.
-    """
-    try:
-        session._client._reset_sockets()
-    except Exception as exc:  # closing must never fail the simulator
-        log.debug("closing the session's sockets: %r", exc)
 
 
 # -- the command line ------------------------------------------------------------------
