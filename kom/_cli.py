@@ -19,6 +19,7 @@ import orjson
 from ._config import Config, LineConfig, StationConfig, load
 from ._errors import ConfigError, KomError, WriteError
 from ._model import Update
+from ._router import literal_prefix
 
 log = logging.getLogger("kom")
 

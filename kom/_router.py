@@ -93,6 +93,8 @@ class Router:
                 self._exact[address] = index  # rule 3 first: the topic ".*" itself is exact
             else:
                 self._exact[address] = index
+                if literal_prefix(address) == address:
+                    continue  # no meta character: it matches itself only, as the exact rule does
                 try:
                     regexes.append((address, index, re.compile(address)))
                 except re.error:
