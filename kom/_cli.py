@@ -158,7 +158,9 @@ def routing_table(stations: Sequence[StationConfig]) -> list[str]:
     rows += [f"all    '#' -> {s.name}" for s in stations if s.address == "#"]
     rows += [f"exact  {s.address!r} -> {s.name}" for s in stations if s.address not in ("#", ".*")]
     regexes = sorted(
-        (s for s in stations if s.regex is not None), key=lambda s: s.address, reverse=True
+        (s for s in stations if s.regex is not None and literal_prefix(s.address) != s.address),
+        key=lambda s: s.address,
+        reverse=True,
     )
     rows += [f"regex  {s.address!r} -> {s.name}" for s in regexes]
     rows += [f"other  '.*' -> {s.name}" for s in stations if s.address == ".*"]
