@@ -112,8 +112,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
-    print(f"{args.config}: OK — {len(config.lines)} line(s), {len(config.stations)} station(s), "
-          f"{sum(len(s.tags) for s in config.stations)} tag(s)")  # fmt: skip
+    print(
+        f"{args.config}: OK — {len(config.lines)} line(s), {len(config.stations)} station(s), "
+        f"{sum(len(s.tags) for s in config.stations)} tag(s)"
+    )
     for line in config.lines:
         _print_line(line)
         stations = config.stations_of(line.name)
@@ -131,12 +133,19 @@ def _print_line(line: LineConfig) -> None:
     if line.client_id == "":
         cid = "'' (broker-assigned: clean session forced)"
     print(
-        f"line {line.name}: {hosts} {line.transport}{' TLS' if line.tls else ''} MQTT {line.protocol}"
+        f"line {line.name}: {hosts} {line.transport}{' TLS' if line.tls else ''} "
+        f"MQTT {line.protocol}"
     )
-    print(f"  client id {cid}, clean session {line.effective_clean_session}, keep alive {line.keep_alive} s, "
-          f"ping {line.ping_interval:g} s, reply timeout {line.reply_timeout:g} s")  # fmt: skip
-    print(f"  subscribe {', '.join(f.text for f in line.topic_filters)} (QoS {line.subscribe_qos}); "
-          f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; payload {line.payload_type}")  # fmt: skip
+    print(
+        f"  client id {cid}, clean session {line.effective_clean_session}, "
+        f"keep alive {line.keep_alive} s, "
+        f"ping {line.ping_interval:g} s, reply timeout {line.reply_timeout:g} s"
+    )
+    print(
+        f"  subscribe {', '.join(f.text for f in line.topic_filters)} (QoS {line.subscribe_qos}); "
+        f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
+        f"payload {line.payload_type}"
+    )
 
 
 def _print_station(station: StationConfig) -> None:
@@ -294,7 +303,7 @@ def cmd_write(args: argparse.Namespace) -> int:
     if args.broker:
         config = override_broker(config, args.broker)
     try:
-        station, tag = config.find_tag(args.tag)
+        station, _tag = config.find_tag(args.tag)
     except KeyError:
         print(f"kom write: no tag {args.tag!r} in {args.config}", file=sys.stderr)
         return EXIT_CONFIG
@@ -323,8 +332,10 @@ def cmd_write(args: argparse.Namespace) -> int:
     if result.local:
         print(f"{args.tag} = {args.value}: set")
     else:
-        print(f"{args.tag} = {args.value}: published to {result.topic!r} with QoS {result.qos}, "
-              f"{how.get(result.qos or 0, 'done')}")  # fmt: skip
+        print(
+            f"{args.tag} = {args.value}: published to {result.topic!r} with QoS {result.qos}, "
+            f"{how.get(result.qos or 0, 'done')}"
+        )
     return EXIT_OK
 
 
@@ -353,9 +364,14 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
     from .sim import run_netio
 
     return run_netio(
-        args.broker, id=args.id, mode=args.mode, outputs=args.outputs, period=args.period,
-        duration=args.duration, verbose=args.verbose,
-    )  # fmt: skip
+        args.broker,
+        id=args.id,
+        mode=args.mode,
+        outputs=args.outputs,
+        period=args.period,
+        duration=args.duration,
+        verbose=args.verbose,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -198,23 +198,59 @@ DEFAULT_MASK = "yyyy-mm-dd hh:mi:ss.mss"
 
 LINE_KEYS = frozenset(
     {
-        "name", "host", "port", "tls", "transport", "ws_path", "protocol", "username",
-        "password", "client_id", "clean_session", "keep_alive", "ping_interval",
-        "reply_timeout", "topic_filter", "subscribe_qos", "publish_qos", "publish_retain",
-        "will", "payload_type", "time_field", "time_mask", "time_zone",
-        "ignore_missing_time", "debug", "max_payload", "max_held", "reconnect_min",
-        "reconnect_max", "outbox",
+        "name",
+        "host",
+        "port",
+        "tls",
+        "transport",
+        "ws_path",
+        "protocol",
+        "username",
+        "password",
+        "client_id",
+        "clean_session",
+        "keep_alive",
+        "ping_interval",
+        "reply_timeout",
+        "topic_filter",
+        "subscribe_qos",
+        "publish_qos",
+        "publish_retain",
+        "will",
+        "payload_type",
+        "time_field",
+        "time_mask",
+        "time_zone",
+        "ignore_missing_time",
+        "debug",
+        "max_payload",
+        "max_held",
+        "reconnect_min",
+        "reconnect_max",
+        "outbox",
     }
-)  # fmt: skip
+)
 STATION_KEYS = frozenset(
     {"name", "line", "address", "will_topic", "will_payload", "mode", "payload_type", "tag"}
 )
 TAG_KEYS = frozenset(
     {
-        "name", "type", "address", "unit", "description", "publish", "default", "invert",
-        "scale", "min", "max", "limits", "deadband", "on_change",
+        "name",
+        "type",
+        "address",
+        "unit",
+        "description",
+        "publish",
+        "default",
+        "invert",
+        "scale",
+        "min",
+        "max",
+        "limits",
+        "deadband",
+        "on_change",
     }
-)  # fmt: skip
+)
 
 
 class _Errors:
@@ -290,8 +326,14 @@ class _Table:
 
 
 def _type_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            list: "a list", dict: "a table"}.get(kind, kind.__name__)  # fmt: skip
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
 
 
 def _show(value: Any) -> str:
@@ -735,9 +777,8 @@ def _read_tag(
             t.error("address", problem)
         if address.is_json and payload_type != "json":
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
-        if address.kind is Kind.TOPIC:
-            if regex is None or address.group not in regex.groupindex:
-                t.error("address", f"the station address has no group named {address.group!r}")
+        if address.kind is Kind.TOPIC and (regex is None or address.group not in regex.groupindex):
+            t.error("address", f"the station address has no group named {address.group!r}")
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
     zone = line.time_zone if line else Zone.parse("local")

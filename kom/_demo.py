@@ -48,7 +48,7 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
     # A demo client id of its own, so the demo never takes over another kom's session.
     config = attrs.evolve(
         config,
-        lines=tuple(attrs.evolve(l, client_id=f"kom-demo-{broker.port}") for l in config.lines),
+        lines=tuple(attrs.evolve(ln, client_id=f"kom-demo-{broker.port}") for ln in config.lines),
     )
     sink = SqliteSink(db)
     writer = SinkWriter([sink])
@@ -80,7 +80,8 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
                     before = sim.device.output_state(1)
                     target = not bool(before)
                     view.note(
-                        f"writing netio.out1 = {str(target).lower()} (output 1 is {'on' if before else 'off'})"
+                        f"writing netio.out1 = {str(target).lower()} "
+                        f"(output 1 is {'on' if before else 'off'})"
                     )
                     try:
                         result = kom.write("netio.out1", target).result(5)

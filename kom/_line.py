@@ -436,9 +436,14 @@ class Line(Events):
         if self.config.debug:
             log.debug(
                 "line %s: %s q%d m%d %r -> %s (%s)",
-                self.name, topic, raw.qos, raw.mid, raw.payload[:120],
-                processed.station.name if processed.station else None, processed.route.rule.value,
-            )  # fmt: skip
+                self.name,
+                topic,
+                raw.qos,
+                raw.mid,
+                raw.payload[:120],
+                processed.station.name if processed.station else None,
+                processed.route.rule.value,
+            )
             station = processed.station
             if (
                 station is not None
@@ -541,12 +546,11 @@ class Line(Events):
             station = self.core.by_name[station_name]
             generation = self.generation
             finished, nxt = station.acknowledge(value)
-            if finished.qos:
-                if finished.generation == generation:
-                    ready = self._acks.done(finished.mid)
-                    if self._session is not None:
-                        for mid, qos in ready:
-                            self._session.ack(mid, qos)
+            if finished.qos and finished.generation == generation:
+                ready = self._acks.done(finished.mid)
+                if self._session is not None:
+                    for mid, qos in ready:
+                        self._session.ack(mid, qos)
             if nxt is not None:
                 self._batch.extend(nxt.updates)
         if nxt is not None:

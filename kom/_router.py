@@ -9,6 +9,7 @@ order), and decisions are cached per topic because SCADA topics repeat.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from collections.abc import Iterable, Mapping
@@ -95,10 +96,9 @@ class Router:
                 self._exact[address] = index
                 if literal_prefix(address) == address:
                     continue  # no meta character: it matches itself only, as the exact rule does
-                try:
+                # An address that is no regular expression still routes by exact match.
+                with contextlib.suppress(re.error):
                     regexes.append((address, index, re.compile(address)))
-                except re.error:
-                    pass  # an address that is no regex still routes by exact match
         regexes.sort(key=lambda r: r[0], reverse=True)
         # Each regex keeps its rank in the descending order, so candidates from several
         # prefix buckets can be merged back into that order.

@@ -73,10 +73,18 @@ class SqliteSink:
     def write(self, updates: Sequence[Update]) -> None:
         ft = format_time
         rows = [
-            (u.tag, _sql_value(u.value), u.quality.value, u.reason.value if u.reason else None,
-             ft(u.ts), ft(u.received), u.topic, u.detail)
+            (
+                u.tag,
+                _sql_value(u.value),
+                u.quality.value,
+                u.reason.value if u.reason else None,
+                ft(u.ts),
+                ft(u.received),
+                u.topic,
+                u.detail,
+            )
             for u in updates
-        ]  # fmt: skip
+        ]
         with self._lock:
             db = self._db
             db.execute("BEGIN")

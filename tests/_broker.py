@@ -212,7 +212,7 @@ class Mosquitto:
     # -- setup ----------------------------------------------------------------------------------
 
     def _make_certificates(self) -> None:
-        import trustme  # noqa: PLC0415 - only TLS brokers need it
+        import trustme
 
         ca = trustme.CA()
         server = ca.issue_cert("localhost", "127.0.0.1")

@@ -93,7 +93,7 @@ class Publisher:
             self.received.append(message)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        result, mid = self.client.subscribe(topic, qos)
+        result, _mid = self.client.subscribe(topic, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS
         time.sleep(0.2)
 

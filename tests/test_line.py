@@ -78,7 +78,12 @@ def test_failover_to_the_second_address_when_the_first_is_killed(
         assert kom.wait_connected(5)
         assert kom.lines["line"].endpoint == first.address
         first.kill()
-        wait_until(lambda: kom.lines["line"].endpoint == second.address and kom.lines["line"].state is LineState.CONNECTED)
+        wait_until(
+            lambda: (
+                kom.lines["line"].endpoint == second.address
+                and kom.lines["line"].state is LineState.CONNECTED
+            )
+        )
         got.wait(lambda us: any(u.reason is Reason.COMM for u in us))
         with Publisher(second.port) as pub:
             pub.publish(f"{topic_prefix}/b2/data", '{"v": 1}')
@@ -91,20 +96,34 @@ def test_a_silent_broker_is_detected_within_ping_interval_plus_reply_timeout(
     """SIGSTOP on the broker: kom notices within ping_interval + reply_timeout and fails over."""
     first = broker_factory()  # type: ignore[operator]
     second = broker_factory()  # type: ignore[operator]
-    line = _line(first, topic_prefix, host=f"{first.address};{second.address}", ping_interval=1, reply_timeout=1)
+    line = _line(
+        first,
+        topic_prefix,
+        host=f"{first.address};{second.address}",
+        ping_interval=1,
+        reply_timeout=1,
+    )
     cfg = config(STATION.format(prefix=topic_prefix), **line)
     with start(cfg, Collector()) as kom:
         assert kom.wait_connected(5)
         first.pause()
         stopped = time.monotonic()
-        wait_until(lambda: kom.lines["line"].endpoint == second.address and kom.lines["line"].state is LineState.CONNECTED, 6)
+        wait_until(
+            lambda: (
+                kom.lines["line"].endpoint == second.address
+                and kom.lines["line"].state is LineState.CONNECTED
+            ),
+            6,
+        )
         detected = time.monotonic() - stopped
         # ping_interval (1) + reply_timeout (1), plus one loop turn and the connect itself.
         assert detected < 1 + 1 + 1.0, detected
         first.resume()
 
 
-def test_filter_change_resubscribes_on_the_same_session(broker: Mosquitto, topic_prefix: str) -> None:
+def test_filter_change_resubscribes_on_the_same_session(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
     """Reloading with other topic filters sends UNSUBSCRIBE/SUBSCRIBE without a new connection."""
     got = Collector()
     line = _line(broker, topic_prefix, topic_filter=f"{topic_prefix}/a/#")
@@ -149,7 +168,9 @@ def test_ack_id_holds_the_next_message_until_the_consumer_acknowledges(
 ) -> None:
     """With ACK_ID the second message is only handed out after ACK_ID = IN_ID of the first."""
     got = Collector()
-    cfg = config(ACK_STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix, payload_type="text"))
+    cfg = config(
+        ACK_STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix, payload_type="text")
+    )
     with start(cfg, got) as kom, Publisher(broker.port) as pub:
         assert kom.wait_connected(5)
         pub.publish(f"{topic_prefix}/q", "one")
@@ -173,14 +194,18 @@ def test_unacknowledged_qos1_message_is_redelivered_after_a_lost_connection(
 ) -> None:
     """A message held for ACK_ID when the connection drops comes again, flagged duplicate."""
     got = Collector()
-    cfg = config(ACK_STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix, payload_type="text"))
+    cfg = config(
+        ACK_STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix, payload_type="text")
+    )
     with start(cfg, got) as kom, Publisher(broker.port) as pub:
         assert kom.wait_connected(5)
         pub.publish(f"{topic_prefix}/q", "precious")
         got.wait_count("q.data", 1)
         line = kom.lines["line"]
         line._session.drop()  # the network goes away before the consumer acknowledged
-        got.wait(lambda us: [u.value for u in us if u.tag == "q.data" and u.valid] == ["precious"] * 2)
+        got.wait(
+            lambda us: [u.value for u in us if u.tag == "q.data" and u.valid] == ["precious"] * 2
+        )
         assert [u.reason for u in got.of("q.data")] == [None, Reason.COMM, None]
         assert kom.counters()["line"].duplicates == 1
         kom.write("q.ack", got.values("q.id")[-1]).result(2)
@@ -189,15 +214,15 @@ def test_unacknowledged_qos1_message_is_redelivered_after_a_lost_connection(
 
 def test_a_qos2_write_completes(broker: Mosquitto, topic_prefix: str) -> None:
     """A QoS 2 write's future completes (on PUBCOMP) and the message reaches a subscriber."""
-    body = """
+    body = f"""
 [[station]]
 name = "out"
 address = "unused/out"
 [[station.tag]]
 name = "cmd"
 type = "TxtO"
-publish = { topic = "%s/cmd", payload = "{value}" }
-""" % topic_prefix
+publish = {{ topic = "{topic_prefix}/cmd", payload = "{{value}}" }}
+"""
     cfg = config(body, **_line(broker, topic_prefix, publish_qos=2))
     with start(cfg) as kom, Publisher(broker.port) as sub:
         sub.subscribe(f"{topic_prefix}/cmd", 2)
@@ -210,12 +235,15 @@ publish = { topic = "%s/cmd", payload = "{value}" }
 
 def test_write_failures_have_reasons(broker: Mosquitto, topic_prefix: str) -> None:
     """Writing an input tag, an unknown tag, or to a topic with a wildcard fails with a reason."""
-    body = STATION.format(prefix=topic_prefix) + """
+    body = (
+        STATION.format(prefix=topic_prefix)
+        + """
 [[station.tag]]
 name = "cmd"
 type = "TxtO"
 publish = { topic = "x/{value}", payload = "1" }
 """
+    )
     cfg = config(body, **_line(broker, topic_prefix))
     with start(cfg) as kom:
         assert kom.wait_connected(5)
@@ -250,8 +278,10 @@ publish = { topic = "o/cmd", payload = "{value}" }
         assert failed.value.reason == "not-connected"
 
 
-def test_a_raising_callback_and_bad_payloads_do_not_stop_the_line(broker: Mosquitto, topic_prefix: str) -> None:
-    """Consumer exceptions, invalid JSON and invalid UTF-8 are counted; later messages still arrive."""
+def test_a_raising_callback_and_bad_payloads_do_not_stop_the_line(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """Consumer exceptions, invalid JSON and invalid UTF-8 are counted; later messages arrive."""
     got = Collector()
     calls = {"n": 0}
 
@@ -284,12 +314,19 @@ def test_station_will_puts_the_station_in_error_and_the_next_message_clears_it(
     broker: Mosquitto, topic_prefix: str
 ) -> None:
     """A device's own will message invalidates its station's tags; its next message clears it."""
-    body = STATION.format(prefix=topic_prefix) + f"""
+    body = (
+        STATION.format(prefix=topic_prefix)
+        + f"""
 will_topic = "{topic_prefix}/status"
 will_payload = "offline"
 """
+    )
     # will_topic/will_payload must be station keys: put them before the tags.
-    body = body.replace("[[station.tag]]", f'will_topic = "{topic_prefix}/status"\nwill_payload = "offline"\n[[station.tag]]', 1)
+    body = body.replace(
+        "[[station.tag]]",
+        f'will_topic = "{topic_prefix}/status"\nwill_payload = "offline"\n[[station.tag]]',
+        1,
+    )
     body = body.rsplit("will_topic", 1)[0]
     got = Collector()
     cfg = config(body, **_line(broker, topic_prefix))
@@ -310,7 +347,9 @@ will_payload = "offline"
         assert kom.station_state("dev") == "on"
 
 
-def test_all_stations_off_disconnects_and_one_on_reconnects(broker: Mosquitto, topic_prefix: str) -> None:
+def test_all_stations_off_disconnects_and_one_on_reconnects(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
     """Forced disconnection: every station off closes the session; switching one on reopens it."""
     cfg = config(STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix))
     with start(cfg, Collector()) as kom:
@@ -340,8 +379,10 @@ def test_line_down_makes_tags_invalid_with_comm(broker: Mosquitto, topic_prefix:
         assert kom.station_state("dev") == "comm"
 
 
-def test_sigterm_restart_keeps_the_persistent_session(broker_factory: object, topic_prefix: str) -> None:
-    """After a broker restart with persistence, the session is present and messages queued meanwhile arrive."""
+def test_sigterm_restart_keeps_the_persistent_session(
+    broker_factory: object, topic_prefix: str
+) -> None:
+    """After a broker restart with persistence, messages queued for the session arrive."""
     broker = broker_factory(persistence=True)  # type: ignore[operator]
     got = Collector()
     cfg = config(STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix))

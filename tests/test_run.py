@@ -80,12 +80,14 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int
 def test_run_stores_every_value_in_sqlite_and_stops_cleanly_on_sigterm(
     broker: Mosquitto, topic_prefix: str, tmp_path: Path
 ) -> None:
-    """Every published QoS 1 value is a row in SQLite; SIGTERM exits 0 with a consistent database."""
+    """Every published QoS 1 value is a row in SQLite; SIGTERM exits 0, the database consistent."""
     cfg, db = tmp_path / "stations.toml", tmp_path / "kom.db"
     _write(cfg, broker, topic_prefix)
     proc = _run(["run", str(cfg), "--sink", f"sqlite:{db}"], tmp_path)
     try:
-        wait_until(lambda: broker.connections(f"kom-run-{topic_prefix[-6:]}") == 1, what="kom connected")
+        wait_until(
+            lambda: broker.connections(f"kom-run-{topic_prefix[-6:]}") == 1, what="kom connected"
+        )
         time.sleep(0.3)
         with Publisher(broker.port) as pub:
             for n in range(200):
@@ -106,7 +108,9 @@ def test_run_stores_every_value_in_sqlite_and_stops_cleanly_on_sigterm(
 
 
 @pytest.mark.broker
-def test_run_jsonl_to_stdout_has_the_spec_record_format(broker: Mosquitto, topic_prefix: str, tmp_path: Path) -> None:
+def test_run_jsonl_to_stdout_has_the_spec_record_format(
+    broker: Mosquitto, topic_prefix: str, tmp_path: Path
+) -> None:
     """`--sink jsonl:-` prints one SPEC §9 record per line, invalid values as null with a reason."""
     cfg = tmp_path / "stations.toml"
     _write(cfg, broker, topic_prefix)
@@ -125,11 +129,14 @@ def test_run_jsonl_to_stdout_has_the_spec_record_format(broker: Mosquitto, topic
     assert [r["value"] for r in records] == [5, None, None]
     assert records[2]["reason"] == "comm"  # closed off on stop
     assert set(records[0]) == {"tag", "value", "quality", "reason", "ts", "received", "topic"}
-    assert records[1]["quality"] == "invalid" and records[1]["reason"] == "type"
+    assert records[1]["quality"] == "invalid"
+    assert records[1]["reason"] == "type"
 
 
 @pytest.mark.broker
-def test_sighup_adds_a_station_without_reconnecting(broker: Mosquitto, topic_prefix: str, tmp_path: Path) -> None:
+def test_sighup_adds_a_station_without_reconnecting(
+    broker: Mosquitto, topic_prefix: str, tmp_path: Path
+) -> None:
     """SIGHUP with a new station starts filling it; the broker sees no new connection."""
     cfg, db = tmp_path / "stations.toml", tmp_path / "kom.db"
     _write(cfg, broker, topic_prefix)
@@ -143,7 +150,9 @@ def test_sighup_adds_a_station_without_reconnecting(broker: Mosquitto, topic_pre
         time.sleep(1.0)
         with Publisher(broker.port) as pub:
             pub.publish(f"{topic_prefix}/b", '{"n": 42}')
-        wait_until(lambda: db.exists() and len(_rows(db, "b.n")) == 1, what="row of the new station")
+        wait_until(
+            lambda: db.exists() and len(_rows(db, "b.n")) == 1, what="row of the new station"
+        )
         cfg.write_text("this is [not toml")
         proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
@@ -158,30 +167,38 @@ def test_sighup_adds_a_station_without_reconnecting(broker: Mosquitto, topic_pre
 
 
 @pytest.mark.broker
-def test_kom_write_publishes_and_waits_for_completion(broker: Mosquitto, topic_prefix: str, tmp_path: Path) -> None:
+def test_kom_write_publishes_and_waits_for_completion(
+    broker: Mosquitto, topic_prefix: str, tmp_path: Path
+) -> None:
     """`kom write` publishes the output tag with QoS 1, prints the outcome and exits 0."""
     cfg = tmp_path / "stations.toml"
     _write(cfg, broker, topic_prefix)
     with Publisher(broker.port) as sub:
         sub.subscribe(f"{topic_prefix}/cmd")
-        done = subprocess.run(KOM + ["write", str(cfg), "a.cmd", "start"], capture_output=True, timeout=30)
+        done = subprocess.run(
+            [*KOM, "write", str(cfg), "a.cmd", "start"], capture_output=True, timeout=30
+        )
         assert done.returncode == 0, done.stderr.decode()
         assert b"QoS 1" in done.stdout
         wait_until(lambda: [m.payload for m in sub.messages()] == [b"start"])
-    failed = subprocess.run(KOM + ["write", str(cfg), "a.n", "1"], capture_output=True, timeout=30)
+    failed = subprocess.run([*KOM, "write", str(cfg), "a.n", "1"], capture_output=True, timeout=30)
     assert failed.returncode == 1
     assert b"not-output" in failed.stderr
 
 
 def test_check_prints_the_routing_table_and_exit_codes(tmp_path: Path) -> None:
     """`kom check` exits 0 with the routing table, or 2 listing every error with its key path."""
-    good = subprocess.run(KOM + ["check", "examples/netio-4all.toml"], capture_output=True, cwd=_root())
+    good = subprocess.run(
+        [*KOM, "check", "examples/netio-4all.toml"], capture_output=True, cwd=_root()
+    )
     assert good.returncode == 0
     assert b"exact  'devices/netio-4All-25E0/messages/events/' -> netio" in good.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text('[line]\nhost = "h"\nkeep_alive = -1\n[[station]]\nname = "s"\naddress = "t"\n'
-                   '[[station.tag]]\nname = "x"\ntype = "Ai"\naddress = "JX=a"\n')  # fmt: skip
-    result = subprocess.run(KOM + ["check", str(bad)], capture_output=True)
+    bad.write_text(
+        '[line]\nhost = "h"\nkeep_alive = -1\n[[station]]\nname = "s"\naddress = "t"\n'
+        '[[station.tag]]\nname = "x"\ntype = "Ai"\naddress = "JX=a"\n'
+    )
+    result = subprocess.run([*KOM, "check", str(bad)], capture_output=True)
     assert result.returncode == 2
     assert b"line.keep_alive" in result.stderr
     assert b"station[1].tag[1].address" in result.stderr
@@ -192,13 +209,20 @@ def test_route_json_explains_a_topic() -> None:
     payload = (Path(_root()) / "tests/data/netio-4all-state.json").read_text()
     topic = "devices/netio-4All-25E0/messages/events/"
     result = subprocess.run(
-        KOM + ["route", "examples/netio-4all.toml", topic, "--payload", payload, "--json"],
-        capture_output=True, cwd=_root(), check=True,
-    )  # fmt: skip
+        [*KOM, "route", "examples/netio-4all.toml", topic, "--payload", payload, "--json"],
+        capture_output=True,
+        cwd=_root(),
+        check=True,
+    )
     out = json.loads(result.stdout)
-    assert out["station"] == "netio" and out["rule"] == "exact"
+    assert out["station"] == "netio"
+    assert out["rule"] == "exact"
     assert all(r["quality"] == "valid" for r in out["updates"])
-    unrouted = subprocess.run(KOM + ["route", "examples/netio-4all.toml", "x/y", "--json"], capture_output=True, cwd=_root())
+    unrouted = subprocess.run(
+        [*KOM, "route", "examples/netio-4all.toml", "x/y", "--json"],
+        capture_output=True,
+        cwd=_root(),
+    )
     assert json.loads(unrouted.stdout) == {"station": None, "rule": "unrouted", "updates": []}
 
 
