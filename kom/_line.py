@@ -19,6 +19,7 @@ from typing import NamedTuple
 import attrs
 
 from ._acks import AckOrder
+from ._outbox import Outbox
 from ._address import Kind
 from ._backoff import backoff
 from ._config import LineConfig, StationConfig
@@ -75,6 +76,7 @@ class _PendingWrite(NamedTuple):
     result: WriteResult
     deadline: float | None
     qos: int
+    outbox_id: int | None = None
 
 
 def _utcnow() -> datetime:
@@ -108,6 +110,13 @@ class Line(Events):
         self._batch: list[Update] = []
         self._settles: list[tuple[int, int, int]] = []
         self._writes: dict[int, _PendingWrite] = {}
+        self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
+        # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
+        # caller may still complete later, and only then may its row go.
+        self._outbox_ids: dict[int, int] = {}
+        self._recovered = self._outbox.pending() if self._outbox else []
+        self._short_sessions = 0
+        self.takeovers = 0
         self._early: dict[int, tuple[bool, str]] = {}
         self._requests: dict[int, tuple[str, float]] = {}  # SUBACK/UNSUBACK deadlines
         self._subscribed: tuple[str, ...] = ()
@@ -144,6 +153,8 @@ class Line(Events):
             self._writes.clear()
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
                 self._session.close()
+            if self._outbox is not None:
+                self._outbox.close()
         for write in pending:
             _fail(
                 write.future,
@@ -263,10 +274,48 @@ class Line(Events):
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
             )
         self._subscribe(session, connected.session_present)
+        self._resend_recovered(session)
         self.connected_event.set()
-        self._serve(session)
+        started = time.monotonic()
+        lost = self._serve(session)
         self.connected_event.clear()
+        return not (lost and self._taken_over(time.monotonic() - started))
+
+    def _taken_over(self, lasted: float) -> bool:
+        """Whether the broker keeps closing the session right after it opens.
+
+        Brokers identify clients by client id only (MQTT 3.1.1 §3.1.3.1): a second process
+        with the same id makes the broker close the older session, and two such processes
+        knock each other off forever. MQTT 5 says so ("Session taken over"); for 3.1.1,
+        three sessions in a row lost within seconds of opening say the same. Either way it
+        is reported, counted, and the line backs off instead of reconnecting at once.
+        """
+        explicit = "taken over" in (self.last_error or "").lower()
+        short = lasted < max(5.0, 2 * self.config.reply_timeout)
+        self._short_sessions = self._short_sessions + 1 if short else 0
+        if not explicit and self._short_sessions < 3:
+            return False
+        self.takeovers += 1
+        log.error(
+            "line %s: the broker closed the session %s after it opened (%s); is another "
+            "client using client id %r? Backing off.",
+            self.name,
+            "at once" if explicit else f"{self._short_sessions} times in a row",
+            self.last_error or "connection lost",
+            self.config.client_id,
+        )
         return True
+
+    def _resend_recovered(self, session: Session) -> None:
+        """Send the outbox writes a previous run of kom left behind (after a crash)."""
+        if not self._recovered:
+            return
+        with self._lock:
+            recovered, self._recovered = self._recovered, []
+            for row in recovered:
+                mid, _ = session.publish(row.topic, row.payload, row.qos, row.retain)
+                self._outbox_ids[mid] = row.id
+        log.warning("line %s: resent %d write(s) left in the outbox", self.name, len(recovered))
 
     def _attempt_failed(self, reason: str, refused: bool = False) -> None:
         self.core.counters.connect_failures += 1
@@ -309,8 +358,8 @@ class Line(Events):
                 return
             self._subscribe(session, True)
 
-    def _serve(self, session: Session) -> None:
-        cfg = self.config
+    def _serve(self, session: Session) -> bool:
+        """Loop until the connection ends; True when it was lost (not closed by kom)."""
         while not self._closed.is_set():
             alive = session.loop(0.05 if not self._batch else 0.0)
             self._flush()
@@ -326,13 +375,13 @@ class Line(Events):
                 log.info("line %s: every station is off or simulated: disconnecting", self.name)
                 session.disconnect()
                 self._lost("forced disconnection", report=False)
-                return
+                return False
         else:
             session.disconnect()
             self._lost("closed", report=False)
-            return
+            return False
         self._lost(self.last_error or "connection lost")
-        _ = cfg
+        return True
 
     def _lost(self, reason: str, report: bool = True) -> None:
         with self._lock:
@@ -501,6 +550,9 @@ class Line(Events):
 
     def published(self, mid: int, ok: bool, reason: str) -> None:
         with self._lock:
+            outbox_id = self._outbox_ids.pop(mid, None)
+            if outbox_id is not None and ok and self._outbox is not None:
+                self._outbox.done(outbox_id)
             write = self._writes.pop(mid, None)
             if write is None:
                 self._early[mid] = (ok, reason)
@@ -661,9 +713,18 @@ class Line(Events):
             raise WriteError(f"{full}: line {self.name!r} is not connected", full, "not-connected")
         deadline = time.monotonic() + cfg.reply_timeout if cfg.reply_timeout > 0 else None
         with self._lock:
+            outbox_id = None
+            if self._outbox is not None and qos > 0:
+                # Committed before paho sees it: a crash from here on loses nothing.
+                outbox_id = self._outbox.add(full, topic, payload, qos, cfg.publish_retain)
             mid, _sent = session.publish(topic, payload, qos, cfg.publish_retain)
             result = WriteResult(full, topic, qos, mid)
             early = self._early.pop(mid, None)
+            if outbox_id is not None:
+                if early is not None and early[0]:
+                    self._outbox.done(outbox_id)  # type: ignore[union-attr]
+                else:
+                    self._outbox_ids[mid] = outbox_id
             if early is None:
                 self._writes[mid] = _PendingWrite(future, result, deadline, qos)
         if early is not None:

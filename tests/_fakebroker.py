@@ -93,6 +93,11 @@ class FakeBroker:
         self.return_code = return_code
         self.ignore_pingreq = False
         self.ignore_subscribe = False
+        #: Leave the client's QoS 1/2 PUBLISH unanswered (no PUBACK/PUBREC).
+        self.ignore_publish = False
+        #: Keep PUBCOMP back until `release_pubcomp()`.
+        self.hold_pubcomp = False
+        self._held_pubcomp: list[bytes] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((HOST, 0))
@@ -205,6 +210,12 @@ class FakeBroker:
         with self._send_lock:
             client.sendall(data)
 
+    def release_pubcomp(self) -> None:
+        """Send the PUBCOMPs held back by `hold_pubcomp`."""
+        held, self._held_pubcomp = self._held_pubcomp, []
+        for ident in held:
+            self.send_raw(packet(PacketType.PUBCOMP, 0, ident))
+
     def drop_client(self) -> None:
         """Close the current client's connection abruptly (RST)."""
         client = self._client
@@ -297,13 +308,16 @@ class FakeBroker:
             return packet(PacketType.UNSUBACK, 0, body[:2])
         if kind is PacketType.PUBLISH:
             qos = raw[0] >> 1 & 0x03
-            if qos:
+            if qos and not self.ignore_publish:
                 _, offset = _utf8_string(body, 0)
                 ident = body[offset : offset + 2]
                 reply = PacketType.PUBACK if qos == 1 else PacketType.PUBREC
                 return packet(reply, 0, ident)
             return b""
         if kind is PacketType.PUBREL:
+            if self.hold_pubcomp:
+                self._held_pubcomp.append(body[:2])
+                return b""
             return packet(PacketType.PUBCOMP, 0, body[:2])
         if kind is PacketType.PUBREC:
             # MQTT 3.1.1 §3.6.1: PUBREL has flags 0b0010.

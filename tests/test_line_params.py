@@ -399,3 +399,109 @@ def test_the_driver_refusing_broker_is_reported(topic_prefix: str) -> None:
 
 
 _ = Reason
+
+
+OUT = """
+[[station]]
+name = "o"
+address = "o/in"
+[[station.tag]]
+name = "cmd"
+type = "TxtO"
+publish = { topic = "o/cmd", payload = "{value}" }
+"""
+
+
+def test_a_qos2_write_completes_only_on_pubcomp() -> None:
+    """A QoS 2 write stays pending after PUBREC and completes when PUBCOMP arrives."""
+    with FakeBroker() as fake:
+        fake.hold_pubcomp = True
+        cfg = config(OUT, host=fake.address, client_id="kom-q2", publish_qos=2, ping_interval=0)
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            future = kom.write("o.cmd", "x")
+            fake.wait_for(PacketType.PUBREL, 1)  # PUBREC came, kom answered PUBREL
+            time.sleep(0.2)
+            assert not future.done()
+            fake.release_pubcomp()
+            assert future.result(5).qos == 2
+
+
+def test_a_write_without_acknowledgement_fails_with_timeout() -> None:
+    """A QoS 1 write the broker never acknowledges fails with reason timeout after reply_timeout."""
+    from kom import WriteError
+
+    with FakeBroker() as fake:
+        fake.ignore_publish = True
+        cfg = config(OUT, host=fake.address, client_id="kom-wt", publish_qos=1, reply_timeout=1)
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            started = time.monotonic()
+            with pytest.raises(WriteError) as failed:
+                kom.write("o.cmd", "x").result(5)
+            assert failed.value.reason == "timeout"
+            assert 0.9 < time.monotonic() - started < 3
+
+
+def test_out_topic_and_out_value_publish(broker: Mosquitto, topic_prefix: str) -> None:
+    """Writing OUT_VALUE publishes to the current OUT_TOPIC (its default, then a written one)."""
+    body = f"""
+[[station]]
+name = "w"
+address = "{topic_prefix}/in"
+[[station.tag]]
+name = "topic"
+type = "TxtO"
+address = "OUT_TOPIC"
+default = "{topic_prefix}/first"
+[[station.tag]]
+name = "value"
+type = "TxtO"
+address = "OUT_VALUE"
+"""
+    cfg = config(body, host=broker.address, client_id="kom-outv", publish_qos=1)
+    with start(cfg) as kom, Publisher(broker.port) as sub:
+        sub.subscribe(f"{topic_prefix}/#")
+        assert kom.wait_connected(5)
+        kom.write("w.value", "one").result(5)
+        kom.write("w.topic", f"{topic_prefix}/second").result(5)
+        kom.write("w.value", "two").result(5)
+        wait_until(lambda: len(sub.messages()) == 2)
+        assert [(m.topic, m.payload) for m in sub.messages()] == [
+            (f"{topic_prefix}/first", b"one"),
+            (f"{topic_prefix}/second", b"two"),
+        ]
+
+
+def test_duplicate_client_id_is_reported_not_a_silent_loop(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """Two lines with one client id knock each other off; kom reports it and backs off."""
+    set_testing(False)
+    cfg = _cfg(
+        topic_prefix, host=broker.address, client_id="kom-twin", reconnect_min=0.2, reconnect_max=1
+    )
+    with start(cfg) as first, start(cfg) as second:  # type: ignore[arg-type]
+        wait_until(lambda: first.lines["line"].takeovers + second.lines["line"].takeovers > 0, 15)
+        connections = broker.connections("kom-twin")
+    assert connections < 40  # backed off, not a tight reconnect loop
+
+
+def test_outbox_keeps_writes_across_a_restart(tmp_path: Path) -> None:
+    """QoS 1 writes not acknowledged before kom stops are sent again by the next kom."""
+    outbox = tmp_path / "outbox.db"
+    with FakeBroker() as fake:
+        fake.ignore_publish = True
+        cfg = config(OUT, host=fake.address, client_id="kom-ob", publish_qos=1, outbox=str(outbox))
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            kom.write("o.cmd", "must arrive")
+            fake.wait_for(PacketType.PUBLISH, 1)
+        fake.ignore_publish = False
+        with start(cfg) as kom:
+            fake.wait_for(PacketType.PUBLISH, 2)
+            from kom._outbox import Outbox
+
+            wait_until(lambda: not Outbox(outbox, "line").pending(), what="outbox emptied")
+    payloads = [raw[-len(b"must arrive") :] for raw in fake.packets(PacketType.PUBLISH)]
+    assert payloads == [b"must arrive", b"must arrive"]
