@@ -19,7 +19,6 @@ from typing import NamedTuple
 import attrs
 
 from ._acks import AckOrder
-from ._outbox import Outbox
 from ._address import Kind
 from ._backoff import backoff
 from ._config import LineConfig, StationConfig
@@ -28,6 +27,7 @@ from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
 from ._model import Quality, Update, Value
 from ._mqtt import Events, RawMessage, Session
+from ._outbox import Outbox
 from ._station import Message, StationState
 from ._topic import check_topic
 

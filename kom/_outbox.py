@@ -72,7 +72,8 @@ class Outbox:
         """Writes not completed, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, tag, topic, payload, qos, retain FROM outbox WHERE line = ? ORDER BY id",
+                "SELECT id, tag, topic, payload, qos, retain FROM outbox"
+                " WHERE line = ? ORDER BY id",
                 (self.line,),
             ).fetchall()
         return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4], bool(r[5])) for r in rows]
