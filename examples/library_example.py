@@ -46,6 +46,15 @@ def ack_stations(config: kom.Config) -> dict[str, str]:
     return found
 
 
+_print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print one line; the dispatcher and the caller's thread both print."""
+    with _print_lock:
+        print(text, flush=True)
+
+
 def show(update: Update) -> str:
     if update.valid:
         return f"{update.tag} = {update.value!r}  (ts {update.ts:%Y-%m-%d %H:%M:%S.%f} UTC)"
@@ -69,7 +78,7 @@ class Consumer:
     def __call__(self, updates: Sequence[Update]) -> None:
         self._attached.wait()
         for update in updates:
-            print(show(update), flush=True)
+            say(show(update))
             self.maybe_ack(update)
 
     def maybe_ack(self, update: Update) -> None:
@@ -79,7 +88,7 @@ class Consumer:
             # handled above, so it may go. The broker gets PUBACK/PUBCOMP now, in order.
             assert isinstance(update.value, int)
             self._kom.ack(station, update.value)
-            print(f"  acknowledged {station} message {update.value}", flush=True)
+            say(f"  acknowledged {station} message {update.value}")
 
 
 def report(tag: str, future: Future[WriteResult]) -> None:
@@ -87,12 +96,12 @@ def report(tag: str, future: Future[WriteResult]) -> None:
     try:
         result = future.result()
     except WriteError as exc:
-        print(f"write {tag}: failed [{exc.reason}] {exc}", flush=True)
+        say(f"write {tag}: failed [{exc.reason}] {exc}")
         return
     if result.local:
-        print(f"write {tag}: done locally", flush=True)
+        say(f"write {tag}: done locally")
     else:
-        print(f"write {tag}: completed on {result.topic!r} (QoS {result.qos})", flush=True)
+        say(f"write {tag}: completed on {result.topic!r} (QoS {result.qos})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,12 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors = {name: line.last_error for name, line in k.lines.items()}
             print(f"not connected: {errors}", file=sys.stderr)
             return 1
-        print(f"connected: {', '.join(f'{n} ({ln.endpoint})' for n, ln in k.lines.items())}")
+        say(f"connected: {', '.join(f'{n} ({ln.endpoint})' for n, ln in k.lines.items())}")
 
         for item in args.mode:
             station, _, mode = item.partition("=")
-            k.set_mode(station, mode)
-            print(f"station {station}: {k.station_state(station)}")
+            try:
+                k.set_mode(station, mode)
+            except (ValueError, kom.KomError) as exc:  # unknown station or mode
+                print(f"--mode {item}: {exc}", file=sys.stderr)
+                return 2
+            say(f"station {station}: {k.station_state(station)}")
 
         for item in args.write:
             tag, _, value = item.partition("=")
@@ -140,19 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             while (left := deadline - time.monotonic()) > 0:
                 # updates() ends after `timeout` seconds without a batch, or on close().
                 for update in k.updates(timeout=min(left, 1.0)):
-                    print(show(update), flush=True)
+                    say(show(update))
                     consumer.maybe_ack(update)
                     if time.monotonic() >= deadline:
                         break
         else:
             time.sleep(args.duration)
 
-        print("line states:", {n: ln.state.value for n, ln in k.lines.items()})
+        states = {n: ln.state.value for n, ln in k.lines.items()}
+        say(f"line states: {states}")
         for name, counters in k.counters().items():
             nonzero = {
                 key: v for key, v in counters.as_dict().items() if v and key != "last_message"
             }
-            print(f"counters {name}: {nonzero}")
+            say(f"counters {name}: {nonzero}")
     finally:
         k.close()  # DISCONNECT; the callback still gets the last updates (reason comm)
     return 0

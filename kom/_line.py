@@ -98,6 +98,10 @@ class Line(Events):
         self._deliver = deliver
         self._clock = clock
         self._lock = threading.RLock()
+        # Acknowledgement order has a lock of its own: the dispatcher settles batches while
+        # the network thread routes and decodes, and the two should not wait on each other.
+        self._ack_lock = threading.Lock()
+        self._arrivals: list[tuple[int, int]] = []  # QoS 1/2 arrivals until the next flush
         self._wake = threading.Event()
         self._closed = threading.Event()
         self.state = LineState.IDLE
@@ -250,9 +254,10 @@ class Line(Events):
         except LineError as exc:
             self._attempt_failed(str(exc))
             return False
-        with self._lock:
+        with self._lock, self._ack_lock:
             self.generation += 1
             self._acks.reset()
+            self._arrivals.clear()
             self._settles.clear()
             self._requests.clear()
             self._ping_sent = None
@@ -384,8 +389,9 @@ class Line(Events):
         return True
 
     def _lost(self, reason: str, report: bool = True) -> None:
-        with self._lock:
+        with self._lock, self._ack_lock:
             dropped = self._acks.reset()
+            self._arrivals.clear()
             self._settles.clear()
             failed = [w for w in self._writes.values() if w.qos == 0]
             for mid in [m for m, w in self._writes.items() if w.qos == 0]:
@@ -468,7 +474,7 @@ class Line(Events):
             if raw.qos:
                 # Acknowledge it anyway: the broker would redeliver it forever otherwise.
                 with self._lock:
-                    self._acks.arrived(raw.mid, raw.qos)
+                    self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
         msg = Message(
@@ -476,7 +482,8 @@ class Line(Events):
         )
         with self._lock:
             if raw.qos:
-                self._acks.arrived(raw.mid, raw.qos)
+                # Registered in arrival order at the next flush, before anyone can settle it.
+                self._arrivals.append((raw.mid, raw.qos))
             processed = self.core.process(msg)
             if processed.updates:
                 self._batch.extend(processed.updates)
@@ -522,6 +529,14 @@ class Line(Events):
 
     def _flush(self) -> None:
         with self._lock:
+            if self._arrivals:
+                # Under both locks (always taken in this order), so that arrivals are
+                # registered in order and before anyone can settle them.
+                with self._ack_lock:
+                    arrived = self._acks.arrived
+                    for mid, qos in self._arrivals:
+                        arrived(mid, qos)
+                self._arrivals = []
             if not self._batch and not self._settles:
                 return
             batch = Batch(self, self._batch, self._settles)
@@ -536,17 +551,14 @@ class Line(Events):
         self._settle_many(batch.settles)
 
     def _settle_many(self, settles: Sequence[tuple[int, int, int]]) -> None:
-        with self._lock:
+        with self._ack_lock:
             session = self._session
             ready: list[tuple[int, int]] = []
             for generation, mid, _ in settles:
                 if generation == self.generation:
                     ready.extend(self._acks.done(mid))
-            if session is not None:
-                for mid, qos in ready:
-                    session.ack(mid, qos)
-        if ready and self._thread is not None:
-            pass
+            if session is not None and ready:
+                session.ack_many(ready)
 
     def published(self, mid: int, ok: bool, reason: str) -> None:
         with self._lock:
@@ -598,11 +610,9 @@ class Line(Events):
             station = self.core.by_name[station_name]
             generation = self.generation
             finished, nxt = station.acknowledge(value)
-            if finished.qos and finished.generation == generation:
-                ready = self._acks.done(finished.mid)
-                if self._session is not None:
-                    for mid, qos in ready:
-                        self._session.ack(mid, qos)
+        if finished.qos and finished.generation == generation:
+            self._settle_many([(generation, finished.mid, finished.qos)])
+        with self._lock:
             if nxt is not None:
                 self._batch.extend(nxt.updates)
         if nxt is not None:

@@ -15,6 +15,7 @@ Private paho attributes used (pinned to paho-mqtt 2.1-2.2, checked in tests):
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -32,7 +33,17 @@ from ._errors import BrokerRefused, LineError
 log = logging.getLogger("kom.mqtt")
 
 _PINGREQ = 0xC0  # MQTT 3.1.1 §3.12
-_REQUIRED = ("_last_bytes_received", "_msgtime_mutex", "_send_simple_command", "_in_packet")
+_PUBACK = b"\x40\x02"  # MQTT 3.1.1 §3.4: type 4, remaining length 2
+_PUBCOMP = b"\x70\x02"  # MQTT 3.1.1 §3.7: type 7, remaining length 2
+_REQUIRED = (
+    "_last_bytes_received",
+    "_msgtime_mutex",
+    "_send_simple_command",
+    "_in_packet",
+    "_sock",
+    "_packet_queue",
+    "_reset_sockets",
+)
 
 
 def check_paho() -> list[str]:
@@ -152,6 +163,7 @@ class Session:
             raise LineError(f"{where}: cannot connect: {exc}", line.name) from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LineError(f"{where}: cannot connect: {paho.error_string(rc)}", line.name)
+        self._buffer_socket()
         deadline = time.monotonic() + timeout
         while self._connack is None:
             left = deadline - time.monotonic()
@@ -194,14 +206,64 @@ class Session:
     # -- the loop ---------------------------------------------------------------------
 
     def loop(self, timeout: float) -> bool:
-        """Run paho's network loop once; False when the connection is gone."""
+        """Run paho's network loop once, then every packet already buffered.
+
+        False when the connection is gone.
+        """
+        client = self._client
         try:
-            rc = self._client.loop(timeout)
+            rc = client.loop(timeout)
+            sock = client._sock
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket):
+                # paho reads one packet per select(); packets already in our buffer need
+                # no select, so they are handled here (bounded, so timers still run).
+                budget = 2000
+                while budget and sock.buffered():
+                    budget -= 1
+                    rc = client.loop_read()
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        break
         except Exception as exc:  # a paho bug must not end the line's thread
             self._events.callback_failed("loop", exc, None)
             self.drop()
             return False
-        return bool(rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._client.is_connected())
+        return bool(rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.is_connected())
+
+    def _buffer_socket(self) -> None:
+        """Put kom's read buffer under paho and switch Nagle off on kom's side.
+
+        paho reads each packet with three recv() calls (type, length, body) and a select()
+        per packet; reading 64 KiB at a time and serving paho from memory removes most of
+        those system calls. TCP_NODELAY sends PUBACKs at once; TCP_QUICKACK, re-armed after
+        each read, stops delayed ACKs from meeting the broker's Nagle (tens of ms).
+        """
+        client = self._client
+        sock = client._sock
+        if sock is None or isinstance(sock, _BufferedSocket):
+            return
+        raw = getattr(sock, "_socket", sock)  # paho's websocket wrapper keeps the socket here
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+        except (OSError, AttributeError):
+            raw = None
+        client._sock = _BufferedSocket(sock, raw)
+
+    def ack_many(self, acks: Sequence[tuple[int, int]]) -> None:
+        """Acknowledge several messages with one write (PUBACK for QoS 1, PUBCOMP for QoS 2).
+
+        paho's ack() queues and writes one packet per call, with a wake-up byte each; the
+        packets built here are the same bytes (MQTT 3.1.1 §3.4, §3.7; in MQTT 5 a remaining
+        length of 2 means reason code 0), in order, in one queued write.
+        """
+        if not acks:
+            return
+        if len(acks) == 1:
+            self._client.ack(*acks[0])
+            return
+        data = b"".join(
+            (_PUBACK if qos == 1 else _PUBCOMP) + mid.to_bytes(2, "big") for mid, qos in acks
+        )
+        self._client._packet_queue(_PUBACK[0], data, 0, 0)
 
     def last_received(self) -> float:
         """When the broker last sent anything (paho's clock: time.monotonic)."""
@@ -326,6 +388,57 @@ class Session:
                 self._events.disconnected(str(reason))
         except Exception as exc:
             self._events.callback_failed("on_disconnect", exc, None)
+
+
+class _BufferedSocket:
+    """A socket (plain, TLS or paho's websocket wrapper) read 64 KiB at a time.
+
+    paho calls recv(1), recv(1), recv(n) per packet; those are served from memory.
+    `pending()` counts buffered bytes, which makes paho's loop read without waiting in
+    select(). Everything else goes to the wrapped socket.
+    """
+
+    __slots__ = ("_buf", "_pos", "_quickack", "_sock")
+
+    def __init__(self, sock: Any, raw: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+        self._quickack = raw if hasattr(socket, "TCP_QUICKACK") else None
+
+    def recv(self, size: int) -> bytes:
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            end = pos + size
+            self._pos = end
+            return buf[pos:end]
+        data: bytes = self._sock.recv(65536)  # BlockingIOError/SSLWantRead pass to paho
+        if self._quickack is not None:
+            try:
+                self._quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                self._quickack = None
+        if len(data) <= size:
+            self._buf = b""
+            self._pos = 0
+            return data
+        self._buf = data
+        self._pos = size
+        return data[:size]
+
+    def buffered(self) -> int:
+        return max(0, len(self._buf) - self._pos)
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return self.buffered() + (inner() if inner is not None else 0)
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class _TrackingContext(ssl.SSLContext):

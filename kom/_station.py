@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import attrs
 import orjson
 
-from ._address import MISSING, Kind
+from ._address import MISSING, Kind, Step, compile_many
 from ._config import LineConfig, StationConfig, TagConfig, time_reader
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
@@ -73,10 +73,19 @@ class _Reader(NamedTuple):
     convert: Callable[[object], Value]
     processing: Processing | None
     filtered: bool
+    slot: int = -1  # the JA= value's place in the list read_many() returns
+
+
+_new = tuple.__new__  # builds an Update without NamedTuple's Python-level __new__
 
 
 class Decoder:
-    """Turns one message into the updates of a station's input tags, in SPEC §4 order."""
+    """Turns one message into the updates of a station's input tags, in SPEC §4 order.
+
+    This runs for every message, so it is written for speed: all JA= paths of the
+    station are read by one generated function (`compile_many`), and updates are built
+    as plain tuples.
+    """
 
     def __init__(self, station: StationConfig, line: LineConfig) -> None:
         self.station = station.name
@@ -85,6 +94,7 @@ class Decoder:
         first: list[_Reader] = []
         middle: list[_Reader] = []
         last: list[_Reader] = []
+        paths: list[tuple[Step, ...]] = []
         for tag in station.tags:
             if tag.address is None or tag.address.kind not in INPUT_KINDS:
                 continue
@@ -95,16 +105,22 @@ class Decoder:
             elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
                 first.append(reader)
             else:
+                if kind is Kind.JSON:
+                    reader = reader._replace(slot=len(paths))
+                    paths.append(tag.address.steps)
                 middle.append(reader)
         # IN_TOPIC before IN_DATA, whatever the file's order.
         first.sort(key=lambda r: r.kind is Kind.IN_DATA)
-        self._readers = (*first, *middle, *last)
+        self._first = tuple(first)
+        self._middle = tuple(middle)
+        self._last = tuple(last)
+        self._read_many = compile_many(paths) if paths else None
         self._json = payload_type == "json"
         self._time = time_reader(line) if self._json else None
         self._mask = line.time_mask
         self._zone = line.time_zone
         self._max_payload = line.max_payload
-        self.input_tags = tuple(r.full for r in self._readers)
+        self.input_tags = tuple(r.full for r in (*first, *middle, *last))
         #: Last reported (value, valid) per tag with dead band or change-only filtering.
         self.last: dict[str, tuple[Value, bool]] = {}
         #: Set when a message had no time field (the line warns once per station).
@@ -115,14 +131,14 @@ class Decoder:
         received = msg.received
         ts = received
         doc: Any = MISSING
+        raws: list[Any] = []
         failure: tuple[Reason, str] | None = None
-        time_failure: tuple[Reason, str] | None = None
         payload = msg.payload
         # SPEC §8: a huge payload is refused on any line, IN_DATA included.
         too_big: tuple[Reason, str] | None = None
         if len(payload) > self._max_payload:
             too_big = (Reason.PARSE, f"payload of {len(payload)} bytes is over max_payload")
-        if self._json:
+        if self._json and (self._middle or self._time is not None):
             if too_big is not None:
                 failure = too_big
             else:
@@ -130,77 +146,98 @@ class Decoder:
                     doc = orjson.loads(payload)
                 except orjson.JSONDecodeError as exc:
                     failure = (Reason.PARSE, f"payload is not JSON: {exc}")
-            if failure is None and self._time is not None:
-                raw = self._time(doc)
-                if raw is MISSING:
-                    self.time_missing = True
-                else:
-                    try:
-                        ts = self._mask.read(raw, self._zone)
-                    except TimeMaskError as exc:
-                        time_failure = (Reason.TIME, str(exc))
+            if failure is None:
+                if self._read_many is not None:
+                    raws = self._read_many(doc)
+                if self._time is not None:
+                    raw = self._time(doc)
+                    if raw is MISSING:
+                        self.time_missing = True
+                    else:
+                        try:
+                            ts = self._mask.read(raw, self._zone)
+                        except TimeMaskError as exc:
+                            # SPEC §7: an unreadable timestamp makes the content invalid.
+                            failure = (Reason.TIME, str(exc))
         updates: list[Update] = []
         append = updates.append
         topic = msg.topic
-        last = self.last
-        for r in self._readers:
-            kind = r.kind
+        for r in self._first:
+            if r.kind is Kind.IN_TOPIC:
+                self._emit(append, r, topic, None, None, ts, received, topic)
+            elif too_big is not None:
+                self._emit(append, r, None, *too_big, ts, received, topic)
+            else:
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"payload is not UTF-8: {exc.reason}"
+                    self._emit(append, r, None, Reason.ENCODING, why, ts, received, topic)
+                else:
+                    self._emit(append, r, text, None, None, ts, received, topic)
+        for r in self._middle:
             reason: Reason | None = None
             detail: str | None = None
             value: Value = None
-            if kind is Kind.IN_TOPIC:
-                value = topic
-            elif kind is Kind.IN_DATA:
-                if too_big is not None:
-                    reason, detail = too_big
+            slot = r.slot
+            if r.kind is Kind.TOPIC:
+                raw = groups.get(r.group or "")
+                if raw is None:
+                    raw = MISSING
+            elif failure is not None:
+                raw = None
+                reason, detail = failure
+            elif slot >= 0:
+                raw = raws[slot]
+            else:
+                raw = r.read(doc) if r.read is not None else MISSING
+            if reason is None:
+                if raw is MISSING:
+                    reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
                 else:
                     try:
-                        value = payload.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        reason, detail = Reason.ENCODING, f"payload is not UTF-8: {exc.reason}"
-            elif kind is Kind.IN_ID:
-                value = msg.mid if msg.qos else 0
-            else:
-                if kind is Kind.TOPIC:
-                    raw = groups.get(r.group or "", MISSING)
-                    if raw is None:
-                        raw = MISSING
-                elif failure is not None:
-                    raw = None
-                    reason, detail = failure
-                else:
-                    raw = r.read(doc) if r.read is not None else MISSING
-                if reason is None:
-                    if time_failure is not None:
-                        reason, detail = time_failure
-                    elif raw is MISSING:
-                        reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
-                    else:
-                        try:
-                            value = r.convert(raw)
-                        except ConversionError as exc:
-                            reason, detail = Reason.TYPE, f"{r.full}: {exc}"
-            if reason is None and r.processing is not None:
-                raw_value = value
-                value, reason = r.processing.apply(value)
-                if reason is Reason.LIMITS:
-                    detail = f"{r.full}: {raw_value!r} is outside its limits"
-                elif reason is not None:
-                    detail = f"{r.full}: {raw_value!r} cannot be scaled"
-            if reason is not None:
-                value = None
-            if r.filtered:
-                valid = reason is None
-                assert r.processing is not None
-                if not r.processing.should_report(value, valid, last.get(r.full)):
-                    continue
-                last[r.full] = (value, valid)
-            append(
-                Update(
-                    r.full, value, INVALID if reason else VALID, reason, ts, received, topic, detail
-                )
-            )
+                        value = r.convert(raw)
+                    except ConversionError as exc:
+                        reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+            if reason is None and r.processing is None:
+                # The common case: a valid value with nothing to apply or filter.
+                append(_new(Update, (r.full, value, VALID, None, ts, received, topic, None)))
+                continue
+            self._emit(append, r, value, reason, detail, ts, received, topic)
+        for r in self._last:
+            self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
         return updates
+
+    def _emit(  # noqa: PLR0917 - per-tag hot path: positional arguments are cheaper
+        self,
+        append: Callable[[Update], None],
+        r: _Reader,
+        value: Value,
+        reason: Reason | None,
+        detail: str | None,
+        ts: datetime,
+        received: datetime,
+        topic: str,
+    ) -> None:
+        """Apply the tag's processing and filter, then append its update (the general path)."""
+        processing = r.processing
+        if reason is None and processing is not None:
+            raw_value = value
+            value, reason = processing.apply(value)
+            if reason is Reason.LIMITS:
+                detail = f"{r.full}: {raw_value!r} is outside its limits"
+            elif reason is not None:
+                detail = f"{r.full}: {raw_value!r} cannot be scaled"
+        if reason is not None:
+            value = None
+        if r.filtered:
+            assert processing is not None
+            valid = reason is None
+            if not processing.should_report(value, valid, self.last.get(r.full)):
+                return
+            self.last[r.full] = (value, valid)
+        quality = INVALID if reason else VALID
+        append(_new(Update, (r.full, value, quality, reason, ts, received, topic, detail)))
 
     def invalidate(self, reason: Reason, now: datetime, detail: str | None = None) -> list[Update]:
         """Every input tag `invalid` with `reason` (will, comm)."""
