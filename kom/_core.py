@@ -134,8 +134,14 @@ class LineCore:
                 updates.extend(station.lost(now))
         return updates
 
-    def connected(self, generation: int) -> None:
-        """A new connection: stations leave communication error (values stay invalid)."""
+    def connected(self, generation: int) -> list[Update]:
+        """A new connection: stations leave communication error (values stay invalid).
+
+        Returns the updates of held QoS 0 messages that may now go out: the message an
+        ACK_ID station was processing is redelivered by the broker when it was QoS 1/2,
+        so the next held one must not wait behind it (nor be overtaken by new ones).
+        """
+        updates: list[Update] = []
         for station in self.stations:
             if station.state is StationState.COMM:
                 station.move(StationState.ON)
@@ -145,6 +151,10 @@ class LineCore:
                 # Redelivered by the broker on this connection: the old copy cannot be
                 # acknowledged any more, so stop waiting for it.
                 station.current = None
+                released = station.release_next()
+                if released is not None:
+                    updates.extend(released.updates)
+        return updates
 
 
 _WILL_ROUTE = Route(None, Rule.WILL, {})

@@ -261,7 +261,9 @@ class Line(Events):
             self._settles.clear()
             self._requests.clear()
             self._ping_sent = None
-            self.core.connected(self.generation)
+            released = self.core.connected(self.generation)
+            if released:
+                self._batch.extend(released)
             if self.state is not LineState.CONNECTING:
                 self._move(LineState.CONNECTING)
             self._move(LineState.CONNECTED)

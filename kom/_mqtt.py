@@ -43,6 +43,7 @@ _REQUIRED = (
     "_sock",
     "_packet_queue",
     "_reset_sockets",
+    "_handle_on_message",
 )
 
 
@@ -97,7 +98,9 @@ class Session:
             kwargs["clean_session"] = line.effective_clean_session
         client = paho.Client(CallbackAPIVersion.VERSION2, **kwargs)
         client.suppress_exceptions = True
-        client.enable_logger(logging.getLogger("kom.paho"))
+        if line.debug:
+            # paho logs every packet: worth it when debugging, a cost per packet otherwise.
+            client.enable_logger(logging.getLogger("kom.paho"))
         # Outgoing QoS 1/2 writes in flight at once; paho's default of 20 caps write rates.
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
@@ -122,6 +125,9 @@ class Session:
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_disconnect = self._on_disconnect
+        # paho's dispatch decodes the topic again and matches it against per-topic
+        # callbacks kom never registers; hand the message straight to kom instead.
+        client._handle_on_message = self._handle_on_message  # type: ignore[method-assign]
         self._client = client
         self._connack: tuple[bool, int, str, str | None] | None = None
         self._closing = False
@@ -340,6 +346,9 @@ class Session:
             log.debug("closing socket: %s", exc)
 
     # -- paho callbacks, each guarded ----------------------------------------------------
+
+    def _handle_on_message(self, message: Any) -> None:
+        self._on_message(self._client, None, message)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic: bytes | None = None

@@ -309,6 +309,9 @@ class Station:
     state: StationState = StationState.COMM
     current: Message | None = None
     held: deque[Message] = attrs.field(factory=deque)
+    #: The regex groups of each held message (a held message keeps its own topic's groups).
+    held_groups: deque[Mapping[str, str | None]] = attrs.field(factory=deque)
+    uses_ack: bool = False
     groups: Mapping[str, str | None] = attrs.field(factory=dict)
     overflow: int = 0
     output_values: dict[str, Value] = attrs.field(factory=dict)
@@ -316,6 +319,7 @@ class Station:
     @classmethod
     def build(cls, config: StationConfig, line: LineConfig) -> Station:
         station = cls(config, Decoder(config, line), max_held=line.max_held)
+        station.uses_ack = config.tag_by_kind(Kind.ACK_ID) is not None
         if config.mode != "on":
             station.state = StationState(config.mode)
         for tag in config.tags:
@@ -329,10 +333,6 @@ class Station:
     @property
     def name(self) -> str:
         return self.config.name
-
-    @property
-    def uses_ack(self) -> bool:
-        return self.config.tag_by_kind(Kind.ACK_ID) is not None
 
     @property
     def active(self) -> bool:
@@ -349,11 +349,12 @@ class Station:
 
     def receive(self, msg: Message, groups: Mapping[str, str | None]) -> Delivery:
         """Process a routed message; with ACK_ID, hold it behind the one being processed."""
-        if not self.active:
-            return IGNORED
-        if self.state is StationState.WILL:
-            self.move(StationState.ON)  # SPEC §3: any message routed to the station clears it
-        if self.state is StationState.COMM:
+        state = self.state
+        if state is not StationState.ON:
+            if state is StationState.OFF or state is StationState.SIMULATION:
+                return IGNORED
+            # SPEC §3: any message routed to a station in will error clears it; a message
+            # after a communication error means the line is back.
             self.move(StationState.ON)
         if not self.uses_ack:
             self.groups = groups
@@ -363,6 +364,7 @@ class Station:
                 self.overflow += 1
                 return Delivery([], held=False, ignored=True)
             self.held.append(msg)
+            self.held_groups.append(groups)
             return Delivery([], held=True)
         self.current = msg
         self.groups = groups
@@ -382,11 +384,16 @@ class Station:
                 f"station {self.name!r}: ACK_ID must be {expected} (IN_ID), got {value!r}"
             )
         self.current = None
-        if not self.held:
-            return current, None
+        return current, self.release_next()
+
+    def release_next(self) -> Delivery | None:
+        """Hand out the next held message when none is being processed (ACK_ID stations)."""
+        if self.current is not None or not self.held:
+            return None
         nxt = self.held.popleft()
+        self.groups = self.held_groups.popleft()
         self.current = nxt
-        return current, Delivery(self.decoder.decode(nxt, self.groups), awaiting_ack=True)
+        return Delivery(self.decoder.decode(nxt, self.groups), awaiting_ack=True)
 
     def drop_unacknowledgeable(self, generation: int) -> int:
         """After a lost connection, forget held QoS 1/2 messages of older connections.
@@ -395,7 +402,13 @@ class Station:
         keeping them would process them twice; QoS 0 messages are kept (never resent).
         """
         before = len(self.held)
-        self.held = deque(m for m in self.held if m.qos == 0 or m.generation >= generation)
+        kept = [
+            (m, g)
+            for m, g in zip(self.held, self.held_groups, strict=True)
+            if m.qos == 0 or m.generation >= generation
+        ]
+        self.held = deque(m for m, _ in kept)
+        self.held_groups = deque(g for _, g in kept)
         return before - len(self.held)
 
     def will(self, now: datetime) -> list[Update]:

@@ -69,6 +69,13 @@ def is_acked(info: mqtt.MQTTMessageInfo) -> bool:
         return bool(info._published)
 
 
+def toml(value: object) -> str:
+    """A TOML value (strings, booleans, numbers, lists and inline tables)."""
+    from ._kom import _toml
+
+    return _toml(value)
+
+
 def payload(number: int) -> bytes:
     """The payload that carries `number`."""
     return b'{"n": %d}' % number

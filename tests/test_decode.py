@@ -757,7 +757,7 @@ def test_ack_qos0_overflow_counted() -> None:
 
 
 def test_ack_dropped_after_reconnect() -> None:
-    """After a reconnection, held QoS 1/2 messages of the old connection are dropped, QoS 0 kept."""
+    """After a reconnection, held QoS 1/2 of the old connection are dropped; QoS 0 goes out."""
     core = ack_core()
     station = core.by_name["s"]
     core.connected(1)
@@ -765,9 +765,11 @@ def test_ack_dropped_after_reconnect() -> None:
     core.process(Message("t", b'{"v":2}', T0, 1, 2, generation=1))
     core.process(Message("t", b'{"v":3}', T0, 0, 0, generation=1))
     core.lost(T0)
-    core.connected(2)
-    assert station.current is None
-    assert [m.payload for m in station.held] == [b'{"v":3}']
+    released = core.connected(2)
+    # The held QoS 0 message goes out now instead of waiting to be overtaken by new ones.
+    assert station.current is not None and station.current.payload == b'{"v":3}'
+    assert list(station.held) == []
+    assert [u.value for u in released if u.tag == "s.v"] == [3.0]
 
 
 # --- the NETIO profile -----------------------------------------------------------------------
@@ -937,3 +939,30 @@ def test_decoding_never_raises(
             current = station.current
             station.acknowledge(current.mid if current.qos else 0)
     assert core.counters.received == len(messages)
+
+
+def test_a_held_message_keeps_its_own_topic_groups() -> None:
+    """A message held behind ACK_ID is decoded with its own topic's regex groups when released."""
+    core = core_of(
+        """
+        [line]
+        host = "h"
+        [[station]]
+        name = "jobs"
+        address = "jobs/(?P<who>[a-z]+)"
+        [[station.tag]]
+        name = "who"
+        type = "TxtI"
+        address = "TOPIC=who"
+        [[station.tag]]
+        name = "ack"
+        type = "Co"
+        address = "ACK_ID"
+        """
+    )
+    first = core.process(msg("jobs/alice", "{}", qos=1, mid=1))
+    assert values(first.updates) == {"who": "alice"}
+    core.process(msg("jobs/bob", "{}", qos=1, mid=2))
+    _, released = core.by_name["jobs"].acknowledge(1)
+    assert released is not None
+    assert values(released.updates) == {"who": "bob"}
