@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -74,6 +74,7 @@ class _Reader(NamedTuple):
     processing: Processing | None
     filtered: bool
     slot: int = -1  # the JA= value's place in the list read_many() returns
+    kind_name: str = ""  # the value type's conversion family (ValueType.kind)
 
 
 _new = tuple.__new__  # builds an Update without NamedTuple's Python-level __new__
@@ -115,6 +116,7 @@ class Decoder:
         self._middle = tuple(middle)
         self._last = tuple(last)
         self._read_many = compile_many(paths) if paths else None
+        self._decode_middle = _compile_middle(self._middle, self._slow)
         self._json = payload_type == "json"
         self._time = time_reader(line) if self._json else None
         self._mask = line.time_mask
@@ -175,38 +177,47 @@ class Decoder:
                     self._emit(append, r, None, Reason.ENCODING, why, ts, received, topic)
                 else:
                     self._emit(append, r, text, None, None, ts, received, topic)
-        for r in self._middle:
-            reason: Reason | None = None
-            detail: str | None = None
-            value: Value = None
-            slot = r.slot
-            if r.kind is Kind.TOPIC:
-                raw = groups.get(r.group or "")
-                if raw is None:
-                    raw = MISSING
-            elif failure is not None:
-                raw = None
-                reason, detail = failure
-            elif slot >= 0:
-                raw = raws[slot]
-            else:
-                raw = r.read(doc) if r.read is not None else MISSING
-            if reason is None:
-                if raw is MISSING:
-                    reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
-                else:
-                    try:
-                        value = r.convert(raw)
-                    except ConversionError as exc:
-                        reason, detail = Reason.TYPE, f"{r.full}: {exc}"
-            if reason is None and r.processing is None:
-                # The common case: a valid value with nothing to apply or filter.
-                append(_new(Update, (r.full, value, VALID, None, ts, received, topic, None)))
-                continue
-            self._emit(append, r, value, reason, detail, ts, received, topic)
+        self._decode_middle(raws, doc, groups, failure, ts, received, topic, append)
         for r in self._last:
             self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
         return updates
+
+    def _slow(  # noqa: PLR0917 - called from generated code, positionally
+        self,
+        r: _Reader,
+        raws: list[Any],
+        doc: Any,
+        groups: Mapping[str, str | None],
+        failure: tuple[Reason, str] | None,
+        ts: datetime,
+        received: datetime,
+        topic: str,
+        append: Callable[[Update], None],
+    ) -> None:
+        """One JSON or topic tag, every case (the generated fast path handles the common)."""
+        reason: Reason | None = None
+        detail: str | None = None
+        value: Value = None
+        if r.kind is Kind.TOPIC:
+            raw = groups.get(r.group or "")
+            if raw is None:
+                raw = MISSING
+        elif failure is not None:
+            raw = None
+            reason, detail = failure
+        elif r.slot >= 0:
+            raw = raws[r.slot]
+        else:
+            raw = r.read(doc) if r.read is not None else MISSING
+        if reason is None:
+            if raw is MISSING:
+                reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
+            else:
+                try:
+                    value = r.convert(raw)
+                except ConversionError as exc:
+                    reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+        self._emit(append, r, value, reason, detail, ts, received, topic)
 
     def _emit(  # noqa: PLR0917 - per-tag hot path: positional arguments are cheaper
         self,
@@ -247,6 +258,71 @@ class Decoder:
         ]
 
 
+#: Inline checks for raw values that need no conversion, by kind (SPEC §4 table): a finite
+#: float for analog (x - x is 0.0 only for finite x), a 64-bit int for integer, a JSON
+#: boolean for digital, a string for text. Anything else takes the converter.
+_FAST: dict[str, tuple[tuple[str, str], ...]] = {
+    "analog": (
+        ("type(raw) is float and raw - raw == 0.0", "raw"),
+        ("type(raw) is int", "float(raw)"),  # JSON integers fit a float (orjson: 64 bits)
+    ),
+    "integer": (
+        ("type(raw) is int and -9223372036854775808 <= raw <= 9223372036854775807", "raw"),
+    ),
+    "digital": (
+        ("raw is True or raw is False", "raw"),
+        ("type(raw) is int and (raw == 0 or raw == 1)", "raw == 1"),
+    ),
+    "text": (("type(raw) is str", "raw"),),
+}
+
+
+def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Callable[..., None]:
+    """Generate the per-message loop over a station's JSON and topic tags, unrolled.
+
+    Each JA= tag without processing gets an inline test for a raw value that needs no
+    conversion, and builds its update directly; every other case calls `slow`, which
+    holds the complete rules. The generated text contains only indexes and names bound
+    in its namespace, never configuration text.
+    """
+    ns: dict[str, Any] = {
+        "MISSING": MISSING,
+        "new": _new,
+        "Update": Update,
+        "VALID": VALID,
+        "slow": slow,
+    }
+    body = [
+        "def decode_middle(raws, doc, groups, failure, ts, received, topic, append):",
+        "    if failure is not None:",
+    ]
+    for i in range(len(readers)):
+        ns[f"R{i}"] = readers[i]
+        body.append(f"        slow(R{i}, raws, doc, groups, failure, ts, received, topic, append)")
+    body.append("        return")
+    for i, r in enumerate(readers):
+        fast = _FAST.get(r.kind_name) if r.slot >= 0 and r.processing is None else None
+        if fast is None:
+            body.append(f"    slow(R{i}, raws, doc, groups, None, ts, received, topic, append)")
+            continue
+        ns[f"N{i}"] = r.full
+        body.append(f"    raw = raws[{r.slot}]")
+        for n, (test, value) in enumerate(fast):
+            update = f"(N{i}, {value}, VALID, None, ts, received, topic, None)"
+            body += [
+                f"    {'if' if n == 0 else 'elif'} {test}:",
+                f"        append(new(Update, {update}))",
+            ]
+        body += [
+            "    else:",
+            f"        slow(R{i}, raws, doc, groups, None, ts, received, topic, append)",
+        ]
+    body.append("    return None")
+    exec("\n".join(body), ns)  # generated from indexes only (see docstring)
+    function: Callable[..., None] = ns["decode_middle"]
+    return function
+
+
 def _reader(station: StationConfig, tag: TagConfig, line: LineConfig) -> _Reader:
     assert tag.address is not None
     processing: Processing | None = tag.processing
@@ -269,6 +345,7 @@ def _reader(station: StationConfig, tag: TagConfig, line: LineConfig) -> _Reader
         convert=converter(tag.type, line.time_mask, line.time_zone),
         processing=processing,
         filtered=filtered,
+        kind_name=tag.type.kind,
     )
 
 

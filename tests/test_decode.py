@@ -767,7 +767,8 @@ def test_ack_dropped_after_reconnect() -> None:
     core.lost(T0)
     released = core.connected(2)
     # The held QoS 0 message goes out now instead of waiting to be overtaken by new ones.
-    assert station.current is not None and station.current.payload == b'{"v":3}'
+    assert station.current is not None
+    assert station.current.payload == b'{"v":3}'
     assert list(station.held) == []
     assert [u.value for u in released if u.tag == "s.v"] == [3.0]
 
@@ -966,3 +967,52 @@ def test_a_held_message_keeps_its_own_topic_groups() -> None:
     _, released = core.by_name["jobs"].acknowledge(1)
     assert released is not None
     assert values(released.updates) == {"who": "bob"}
+
+
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["1", "0", "on", "+58,890", "12.0", "nan", "2026-01-01 10:00:00.000"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=JSON_SCALARS, value_type=st.sampled_from(["Ai", "Ci", "Di", "Qi", "TxtI", "TiA", "TiR"]))
+def test_the_generated_fast_path_agrees_with_the_converters(raw: object, value_type: str) -> None:
+    """Whatever the raw JSON value, the decoded update equals the type's converter's answer."""
+    from kom._convert import converter
+    from kom._timemask import TimeMask, Zone
+
+    core = core_of(
+        f"""
+        [line]
+        host = "h"
+        payload_type = "json"
+        time_zone = "UTC"
+        [[station]]
+        name = "s"
+        address = "t"
+        [[station.tag]]
+        name = "x"
+        type = "{value_type}"
+        address = "JA=a.x"
+        on_change = false
+        """
+    )
+    try:
+        payload = orjson.dumps({"a": {"x": raw}})
+    except orjson.JSONEncodeError:
+        return  # not representable as JSON (an integer beyond 64 bits): nothing to decode
+    (update,) = core.process(msg("t", payload)).updates
+    convert = converter(ValueType(value_type), TimeMask.parse("yyyy-mm-dd hh:mi:ss.mss"), Zone.UTC)
+    try:
+        expected = convert(orjson.loads(payload)["a"]["x"])
+    except Exception:
+        assert (update.quality, update.reason) == (Quality.INVALID, Reason.TYPE)
+    else:
+        assert update.valid
+        assert update.value == expected
+        assert type(update.value) is type(expected)
