@@ -5,7 +5,7 @@ acknowledged to the broker only once the host has it; output tags become PUBLISH
 whose completion is reported by QoS.
 """
 
-from ._client import Kom, override_broker
+from ._client import Kom, override_broker, tune_gc
 from ._config import Config, LineConfig, StationConfig, TagConfig, load, loads
 from ._errors import (
     AckError,
@@ -51,4 +51,5 @@ __all__ = [
     "load",
     "loads",
     "override_broker",
+    "tune_gc",
 ]

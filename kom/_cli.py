@@ -221,10 +221,11 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker
+    from ._client import Kom, override_broker, tune_gc
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
+    tune_gc()
     if args.broker:
         config = override_broker(config, args.broker)
     sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]

@@ -7,6 +7,7 @@ the broker (SPEC §5: "in the library when the consumer's callback has returned"
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -29,6 +30,18 @@ log = logging.getLogger("kom")
 
 UpdatesCallback = Callable[[Sequence[Update]], None]
 _STOP = object()
+
+
+def tune_gc(threshold: int = 50_000) -> None:
+    """Make Python's cyclic garbage collector run less often in a process that runs kom.
+
+    kom allocates a dozen small tuples per message; with the default threshold (700) the
+    collector runs every few dozen messages and, measured on the NETIO drain benchmark,
+    costs about 15% of throughput. Updates hold no cycles, so collecting rarely is safe.
+    `kom run` and `kom demo` call this; a host process embedding kom decides for itself.
+    """
+    gc.freeze()  # what exists after start-up (configuration, modules) is never collected
+    gc.set_threshold(threshold, 20, 100)
 
 
 def override_broker(config: Config, broker: str) -> Config:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from ._client import Kom, override_broker
+from ._client import Kom, override_broker, tune_gc
 from ._config import load
 from ._errors import KomError, WriteError
 from ._localbroker import LocalBroker
@@ -38,6 +38,7 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
     from .sim import NetioSimulator
 
     config = load(profile_path())
+    tune_gc()
     out = sys.stdout
     print(
         f"kom demo: starting a local broker, a simulated NETIO 4All and kom ({duration:g} s)",
