@@ -46,6 +46,9 @@ CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);
 """
 
 
+_PLAIN = frozenset({float, int, bool, str})
+
+
 def _sql_value(value: object) -> object:
     if isinstance(value, datetime):
         return format_time(value)
@@ -71,20 +74,33 @@ class SqliteSink:
         return f"SqliteSink({str(self.path)!r}, rows={self.rows})"
 
     def write(self, updates: Sequence[Update]) -> None:
-        ft = format_time
-        rows = [
-            (
-                u.tag,
-                _sql_value(u.value),
-                u.quality.value,
-                u.reason.value if u.reason else None,
-                ft(u.ts),
-                ft(u.received),
-                u.topic,
-                u.detail,
+        rows = []
+        append = rows.append
+        ts_key: object = None
+        rx_key: object = None
+        ts_text = rx_text = ""
+        for u in updates:
+            # The updates of one message share their time objects: format each once.
+            if u.ts is not ts_key:
+                ts_key, ts_text = u.ts, format_time(u.ts)
+            if u.received is not rx_key:
+                rx_key, rx_text = u.received, format_time(u.received)
+            value = u.value
+            if value is not None and type(value) not in _PLAIN:
+                value = _sql_value(value)
+            reason = u.reason
+            append(
+                (
+                    u.tag,
+                    value,
+                    u.quality.value,
+                    reason.value if reason else None,
+                    ts_text,
+                    rx_text,
+                    u.topic,
+                    u.detail,
+                )
             )
-            for u in updates
-        ]
         with self._lock:
             db = self._db
             db.execute("BEGIN")
