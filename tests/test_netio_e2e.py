@@ -33,27 +33,22 @@ def _rows(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
 def test_simulator_into_sqlite_then_write_then_will(broker: Mosquitto, tmp_path: Path) -> None:
     """Each state is stored typed and valid; a write switches the device; its will invalidates."""
     db = tmp_path / "kom.db"
+    run = [*KOM, "run", "examples/netio-4all.toml", "--broker", broker.address]
     seen: list[bytes] = []
     with Publisher(broker.port) as spy:
         spy.subscribe(f"devices/{DEVICE}/messages/events/")
-        sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE, period=0.3)
-        sim.start()
-        assert sim.wait_connected(5)
         proc = subprocess.Popen(
-            [
-                *KOM,
-                "run",
-                "examples/netio-4all.toml",
-                "--broker",
-                broker.address,
-                "--sink",
-                f"sqlite:{db}",
-            ],
+            [*run, "--sink", f"sqlite:{db}"],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        # kom subscribes before the device starts, so every state message is for it too.
+        broker.wait_for_log("kom-netio-demo 1 devices/+/messages/events/", timeout=10)
+        sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE, period=0.3)
+        sim.start()
         try:
+            assert sim.wait_connected(5)
             wait_until(
                 lambda: len(_rows(db, "SELECT 1 FROM updates WHERE tag='netio.voltage'")) >= 3,
                 15,
