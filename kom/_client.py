@@ -137,8 +137,8 @@ class Kom:
         for line in self.lines.values():
             line.close(timeout)
         self._queue.put(_STOP)
-        if self._dispatcher is not None:
-            self._dispatcher.join(timeout)
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(timeout)  # close() from inside a callback must not join itself
         self._iter_queue.put(_STOP)
 
     # -- hand-over ----------------------------------------------------------------------

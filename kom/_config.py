@@ -500,8 +500,9 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
             t.error("time_field", str(exc))
     mask = _parse_with(t, "time_mask", DEFAULT_MASK, TimeMask.parse)
     zone = _parse_with(t, "time_zone", "local", Zone.parse)
-    reconnect_min = t.number("reconnect_min", 0.5, 0, 3600)
-    reconnect_max = t.number("reconnect_max", 30.0, 0, 86400)
+    # Both above zero: a back-off of zero would reconnect in a tight loop.
+    reconnect_min = t.number("reconnect_min", 0.5, 0.01, 3600)
+    reconnect_max = t.number("reconnect_max", 30.0, 0.01, 86400)
     if reconnect_min is not None and reconnect_max is not None and reconnect_max < reconnect_min:
         t.error("reconnect_max", f"must not be below reconnect_min ({reconnect_min:g})")
     outbox = t.get("outbox", str, None)
@@ -545,6 +546,12 @@ def _check_name(value: str) -> str | None:
     if NAME.fullmatch(value):
         return None
     return f"a name matches [A-Za-z_][A-Za-z0-9_-]*, found {value!r}"
+
+
+def _check_will_topic(value: str) -> str | None:
+    from ._topic import check_topic
+
+    return check_topic(value) if value else None
 
 
 def _check_client_id(value: str) -> str | None:
@@ -699,7 +706,7 @@ def _read_station(
         line = lines.get(line_name)
         if line is None and line_list:
             t.error("line", f"no line named {line_name!r}")
-    will_topic = t.get("will_topic", str, None)
+    will_topic = t.get("will_topic", str, None, _check_will_topic)
     will_payload = t.get("will_payload", str, None)
     mode = t.choice("mode", "on", MODES)
     payload_type = t.get("payload_type", str, None)

@@ -102,6 +102,7 @@ class Line(Events):
         # the network thread routes and decodes, and the two should not wait on each other.
         self._ack_lock = threading.Lock()
         self._arrivals: list[tuple[int, int]] = []  # QoS 1/2 arrivals until the next flush
+        self._unsettled = 0  # batches with messages to acknowledge, handed over, not settled
         self._wake = threading.Event()
         self._closed = threading.Event()
         self.state = LineState.IDLE
@@ -208,7 +209,7 @@ class Line(Events):
             try:
                 if not self.core.wants_connection:
                     self._move(LineState.IDLE)
-                    self._wake.wait(1.0)
+                    self._wait(self._wake, 1.0)
                     self._wake.clear()
                     continue
                 self._move(LineState.CONNECTING)
@@ -226,7 +227,7 @@ class Line(Events):
                     if wait > 0:
                         self._move(LineState.BACKING_OFF)
                         log.info("line %s: next attempt in %.1f s", self.name, wait)
-                        self._closed.wait(wait)
+                        self._wait(self._closed, wait)
             except Exception as exc:  # the line's thread must never die
                 self.core.counters.callback_errors += 1
                 log.exception("line %s: unexpected error: %s", self.name, exc)
@@ -384,11 +385,23 @@ class Line(Events):
                 self._lost("forced disconnection", report=False)
                 return False
         else:
+            self._drain_acknowledgements()
             session.disconnect()
             self._lost("closed", report=False)
             return False
         self._lost(self.last_error or "connection lost")
         return True
+
+    def _drain_acknowledgements(self, timeout: float = 2.0) -> None:
+        """On close, let the host take what is queued so it is acknowledged before DISCONNECT.
+
+        Without this, messages handed over during shutdown would be redelivered by the
+        broker to the next run (no loss, but needless duplicates).
+        """
+        self._flush()
+        deadline = time.monotonic() + timeout
+        while self._unsettled > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _lost(self, reason: str, report: bool = True) -> None:
         with self._lock, self._ack_lock:
@@ -439,23 +452,42 @@ class Line(Events):
                 for mid, (what, deadline) in self._requests.items():
                     if now >= deadline:
                         return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
-                expired = [
-                    (m, w)
-                    for m, w in self._writes.items()
-                    if w.deadline is not None and now >= w.deadline
-                ]
-                for mid, _ in expired:
-                    del self._writes[mid]
-            for _, write in expired:
-                _fail(
-                    write.future,
-                    WriteError(
-                        f"{write.result.tag}: no completion within {cfg.reply_timeout:g} s",
-                        write.result.tag,
-                        "timeout",
-                    ),
-                )
+            self._expire_writes(now)
         return None
+
+    def _expire_writes(self, now: float) -> None:
+        """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
+
+        A write that timed out may still be sent when the line comes back (paho keeps
+        QoS 1/2 messages queued): "timeout" means kom stopped waiting, not that the
+        message is gone; with `outbox`, its row stays until the broker completes it.
+        """
+        with self._lock:
+            expired = [
+                (m, w)
+                for m, w in self._writes.items()
+                if w.deadline is not None and now >= w.deadline
+            ]
+            for mid, _ in expired:
+                del self._writes[mid]
+        for _, write in expired:
+            _fail(
+                write.future,
+                WriteError(
+                    f"{write.result.tag}: no completion within {self.config.reply_timeout:g} s",
+                    write.result.tag,
+                    "timeout",
+                ),
+            )
+
+    def _wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait for `event` up to `seconds`, failing overdue writes meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if event.wait(min(left, 0.25)):
+                return True
+            self._expire_writes(time.monotonic())
+        return event.is_set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -542,6 +574,8 @@ class Line(Events):
             if not self._batch and not self._settles:
                 return
             batch = Batch(self, self._batch, self._settles)
+            if self._settles:
+                self._unsettled += 1
             self._batch = []
             self._settles = []
         self._deliver(batch)
@@ -551,6 +585,8 @@ class Line(Events):
         if not batch.settles:
             return
         self._settle_many(batch.settles)
+        with self._lock:
+            self._unsettled -= 1
 
     def _settle_many(self, settles: Sequence[tuple[int, int, int]]) -> None:
         with self._ack_lock:

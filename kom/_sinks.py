@@ -74,7 +74,7 @@ class SqliteSink:
         return f"SqliteSink({str(self.path)!r}, rows={self.rows})"
 
     def write(self, updates: Sequence[Update]) -> None:
-        rows = []
+        rows: list[tuple[object, ...]] = []
         append = rows.append
         ts_key: object = None
         rx_key: object = None
@@ -85,7 +85,7 @@ class SqliteSink:
                 ts_key, ts_text = u.ts, format_time(u.ts)
             if u.received is not rx_key:
                 rx_key, rx_text = u.received, format_time(u.received)
-            value = u.value
+            value: object = u.value
             if value is not None and type(value) not in _PLAIN:
                 value = _sql_value(value)
             reason = u.reason
