@@ -328,6 +328,7 @@ class Line(Events):
     def _attempt_failed(self, reason: str, refused: bool = False) -> None:
         self.core.counters.connect_failures += 1
         self.last_error = reason
+        self._expire_writes(time.monotonic())
         log.warning("line %s: %s", self.name, reason)
         self._report_down()
 

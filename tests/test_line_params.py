@@ -524,3 +524,44 @@ def test_qos2_messages_go_through_paho_and_complete(broker: Mosquitto, topic_pre
             pub.publish(f"{topic_prefix}/in", "exactly once", qos=2)
         got.wait(lambda us: any(u.value == "exactly once" for u in us))
         broker.wait_for_log("Received PUBCOMP from kom-in-q2")
+
+
+def test_a_write_times_out_while_the_line_is_down(topic_prefix: str) -> None:
+    """A QoS 1 write queued while no broker answers fails with timeout after reply_timeout."""
+    from kom import WriteError
+
+    from ._broker import free_port
+
+    cfg = config(
+        OUT, host=f"127.0.0.1:{free_port()}", client_id="kom-down", publish_qos=1, reply_timeout=1
+    )
+    with start(cfg) as kom:
+        kom.lines["line"]._session_for_line()  # a session exists before the first connection
+        started = time.monotonic()
+        with pytest.raises(WriteError) as failed:
+            kom.write("o.cmd", "x").result(5)
+        assert failed.value.reason == "timeout"
+        assert time.monotonic() - started < 3
+
+
+def test_close_from_inside_a_callback(broker: Mosquitto, topic_prefix: str) -> None:
+    """A host may close kom from its own update callback without an error."""
+    from kom import Kom
+
+    closed: list[bool] = []
+    holder: list[Kom] = []
+
+    def on_updates(updates: object) -> None:
+        if not closed:
+            holder[0].close()
+            closed.append(True)
+
+    cfg = _cfg(topic_prefix, host=broker.address)
+    kom = Kom(cfg, on_updates)  # type: ignore[arg-type]
+    holder.append(kom)
+    kom.start()
+    assert kom.wait_connected(5)
+    with Publisher(broker.port) as pub:
+        pub.publish(f"{topic_prefix}/in", "bye")
+    wait_until(lambda: bool(closed))
+    assert all(line.state is LineState.CLOSED for line in kom.lines.values())
