@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 from ._common import Report, Settings, cpu_summary, mosquitto_version, render
 
 BENCHMARKS = ("micro", "throughput", "historian", "latency", "scale", "writes")
-PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex")
+PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex", "kom-tuned")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         help="set mosquitto's max_inflight_messages (default: mosquitto's own, 20)",
     )
     parser.add_argument(
+        "--qos", default="0,1", help="throughput: QoS levels to run, comma-separated (0,1)"
+    )
+    parser.add_argument(
         "--pipelines",
         default=None,
         help=f"throughput consumers to run, comma-separated from {','.join(PIPELINES)}",
@@ -68,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [p for p in pipelines if p not in PIPELINES]
         if unknown:
             raise SystemExit(f"bench: unknown pipeline(s) {unknown} (known: {PIPELINES})")
+    qos = tuple(sorted({int(q) for q in args.qos.split(",") if q.strip()}))
+    if not qos or set(qos) - {0, 1}:
+        raise SystemExit("bench: --qos takes 0, 1 or 0,1")
     settings = Settings(
+        qos=qos,
         quick=args.quick,
         runs=args.runs if args.runs is not None else (1 if args.quick else 3),
         messages=args.messages,
@@ -88,15 +96,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "broker": mosquitto_version(),
         "quick": settings.quick,
         "runs": settings.runs,
+        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     print("kom benchmarks: " + "; ".join(f"{k} {v}" for k, v in header.items()), flush=True)
     reports: list[Report] = []
     t_all = time.perf_counter()
     for name in names:
         module = importlib.import_module(f"bench.{name}")
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         report: Report = module.run(settings)
         report.seconds = time.perf_counter() - t0
+        report.settings["load average (1 min)"] = (
+            f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+            "(other processes on the machine skew these figures)"
+        )
         reports.append(report)
         print("\n" + render(report), flush=True)
     total = time.perf_counter() - t_all

@@ -34,6 +34,7 @@ class Settings:
     publishers: int = 2
     max_inflight: int | None = None
     pipelines: tuple[str, ...] | None = None
+    qos: tuple[int, ...] = (0, 1)
 
 
 # -- results ------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ class Row:
     goal: str | None = None
     met: bool | None = None
     spread: tuple[float, float] | None = None
-    note: str = ""
+    display: str | None = None  # shown instead of the value (e.g. "HUNG")
 
     @property
     def ratio(self) -> float | None:
@@ -112,13 +113,13 @@ def render(report: Report) -> str:
     header = ("figure", "kom", "baseline", "ratio", "goal", "met")
     table: list[tuple[str, ...]] = [header]
     for row in report.rows:
-        kom = fmt(row.value, row.unit)
-        if row.spread is not None and row.spread[0] != row.spread[1]:
+        kom = row.display or fmt(row.value, row.unit)
+        if row.display is None and row.spread is not None and row.spread[0] != row.spread[1]:
             kom += f" [{fmt(row.spread[0])}..{fmt(row.spread[1])}]"
         base = "-"
         if row.baseline is not None:
             base = f"{fmt(row.baseline, row.unit)} ({row.baseline_name})"
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+        ratio = _ratio(row.ratio)
         met = {True: "MET", False: "NOT MET", None: "-"}[row.met]
         table.append((row.figure, kom, base, ratio, row.goal or "-", met))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -130,6 +131,18 @@ def render(report: Report) -> str:
         lines.append(f"   * {note}")
     lines.append(f"   ({report.seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def _ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    if ratio >= 100:
+        return f"{ratio:,.0f}x"
+    if ratio >= 10:
+        return f"{ratio:.1f}x"
+    if ratio >= 1:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.3f}x"  # 0.845x is not 0.85x
 
 
 def median_spread(values: Sequence[float]) -> tuple[float, tuple[float, float]]:

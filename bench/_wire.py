@@ -172,6 +172,7 @@ class _Acks(threading.Thread):
 
 
 def publish_worker(
+    *,
     port: int,
     qos: int,
     first: int,
@@ -237,6 +238,7 @@ def publish_worker(
 
 
 def paced_worker(
+    *,
     port: int,
     qos: int,
     rate: float,

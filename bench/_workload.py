@@ -33,7 +33,12 @@ TAGS: tuple[tuple[str, str, str, str], ...] = (
     ("voltage", "Ai", "GlobalMeasure.Voltage", "$.GlobalMeasure.Voltage"),
     ("frequency", "Ai", "GlobalMeasure.Frequency", "$.GlobalMeasure.Frequency"),
     ("total_current", "Ai", "GlobalMeasure.TotalCurrent", "$.GlobalMeasure.TotalCurrent"),
-    ("power_factor", "Ai", "GlobalMeasure.OverallPowerFactor", "$.GlobalMeasure.OverallPowerFactor"),
+    (
+        "power_factor",
+        "Ai",
+        "GlobalMeasure.OverallPowerFactor",
+        "$.GlobalMeasure.OverallPowerFactor",
+    ),
     ("total_load", "Ai", "GlobalMeasure.TotalLoad", "$.GlobalMeasure.TotalLoad"),
     ("total_energy", "Ci", "GlobalMeasure.TotalEnergy", "$.GlobalMeasure.TotalEnergy"),
     ("out1_state", "Di", "Outputs[1].State", "$.Outputs[0].State"),
@@ -159,7 +164,7 @@ class NaiveDecoder:
     """
 
     def __init__(self, tags: Sequence[tuple[str, str, str, str]] = TAGS) -> None:
-        from jsonpath_ng.ext import parse
+        from jsonpath_ng.ext.parser import parse
 
         self._parse = parse
         self.paths = [(name, path) for name, _, _, path in tags]

@@ -148,9 +148,7 @@ def routing(settings: Settings, report: Report) -> None:
         "routing: stations are half exact addresses, half regexes with a literal prefix "
         "(site042/dev00043/(?P<channel>[a-z]+)/value), 1 in 1,000 without one "
         "((?P<site>[a-z0-9]+)/gw00001/.*). Router build: "
-        + ", ".join(
-            f"{s:,} stations {report.extra[f'router_build_ms_{s}']:.1f} ms" for s in SIZES
-        )
+        + ", ".join(f"{s:,} stations {report.extra[f'router_build_ms_{s}']:.1f} ms" for s in SIZES)
     )
 
 
@@ -164,7 +162,8 @@ def decoding(settings: Settings, report: Report) -> None:
     received = datetime.now(UTC)
     msg = Message(topic, payload, received)
     check = core.process(msg)
-    assert len(check.updates) == len(TAGS) and all(u.valid for u in check.updates), check
+    assert len(check.updates) == len(TAGS), check
+    assert all(u.valid for u in check.updates), check
     process = core.process
 
     def kom_loop(count: int) -> None:
@@ -234,8 +233,6 @@ def decoding(settings: Settings, report: Report) -> None:
             "decode NETIO, kom speed-up over naive",
             us["naive"][0] / kom_us,
             "x",
-            goal=">= 3x (throughput goal)",
-            met=us["naive"][0] / kom_us >= 3,
         )
     )
     report.notes.append(

@@ -10,6 +10,7 @@ station), whose callback counts updates until every message's 12 have arrived.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import threading
 import time
@@ -19,19 +20,21 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from kom import Config, Kom, Update, loads
+from kom import Config, Kom, Update, loads, tune_gc
 
 from ._common import Broker, Report, Row, Settings, fmt, median_spread
 from ._wire import drain_raw, prepare_session, publish_worker
 from ._workload import DEVICES, TAG_COUNT, TOPIC_FILTER, NaiveDecoder, kom_config_text, payload_pool
 
-PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex")
+PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex", "kom-tuned")
+KOM_PIPELINES = ("kom-exact", "kom-regex", "kom-tuned")
 LABELS = {
     "raw": "minimal Python reader (broker ceiling)",
     "paho": "paho count-only",
     "naive": "naive: paho + json + jsonpath-ng",
     "kom-exact": "kom, 1,000 exact stations",
     "kom-regex": "kom, 1 regex station",
+    "kom-tuned": "kom, 1,000 exact stations, tune_gc()",
 }
 POOL = 2000
 NAIVE_SHARE = 4  # the naive consumer drains N / 4 messages: it is slow and steady
@@ -78,7 +81,17 @@ class Preloader:
             ready = ctx.Event()
             proc = ctx.Process(
                 target=publish_worker,
-                args=(self.port, qos, first, n, self.pool, DEVICES, ready, go, results),
+                kwargs={
+                    "port": self.port,
+                    "qos": qos,
+                    "first": first,
+                    "count": n,
+                    "payloads": self.pool,
+                    "devices": DEVICES,
+                    "ready": ready,
+                    "go": go,
+                    "results": results,
+                },
                 daemon=True,
             )
             proc.start()
@@ -98,7 +111,7 @@ class Preloader:
 
 
 def drain_paho(
-    port: int, client_id: str, qos: int, count: int, timeout: float, naive: NaiveDecoder | None
+    port: int, client_id: str, qos: int, count: int, *, timeout: float, naive: NaiveDecoder | None
 ) -> tuple[float, int]:
     """paho's own loop on this thread: count messages (or decode them the naive way)."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
@@ -141,7 +154,9 @@ def drain_paho(
 class UpdateCounter:
     """kom's update callback here: counts updates (and calls `inner` first, if any)."""
 
-    def __init__(self, target: int, inner: Callable[[Sequence[Update]], None] | None = None):
+    def __init__(
+        self, target: int, inner: Callable[[Sequence[Update]], None] | None = None
+    ) -> None:
         self.target = target
         self.inner = inner
         self.count = 0
@@ -162,15 +177,28 @@ def drain_kom(
     updates: int,
     timeout: float,
     inner: Callable[[Sequence[Update]], None] | None = None,
+    *,
+    gc_tuned: bool = False,
 ) -> tuple[float, int, dict[str, Any]]:
-    """Start kom on a pre-loaded session; seconds until `updates` updates were handed over."""
+    """Start kom on a pre-loaded session; seconds until `updates` updates were handed over.
+
+    `gc_tuned` calls `kom.tune_gc()` first, as `kom run` does (undone afterwards).
+    """
     counter = UpdateCounter(updates, inner)
     kom = Kom(config, counter, iterate=False)
-    t0 = time.perf_counter()
-    kom.start()
-    finished = counter.done.wait(timeout)
-    t_end = counter.t_end if finished else time.perf_counter()
-    kom.close()
+    thresholds = gc.get_threshold()
+    if gc_tuned:
+        tune_gc()
+    try:
+        t0 = time.perf_counter()
+        kom.start()
+        finished = counter.done.wait(timeout)
+        t_end = counter.t_end if finished else time.perf_counter()
+        kom.close()
+    finally:
+        if gc_tuned:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
     line = kom.counters()["bench"]
     stats = {
         "received": line.received,
@@ -183,7 +211,7 @@ def drain_kom(
 
 
 def drain(
-    pipeline: str, port: int, client_id: str, qos: int, count: int, timeout: float
+    pipeline: str, port: int, client_id: str, *, qos: int, count: int, timeout: float
 ) -> tuple[float, int, dict[str, Any]]:
     """Seconds to drain `count` messages with one consumer, and how many arrived."""
     if pipeline == "raw":
@@ -191,11 +219,13 @@ def drain(
         return seconds, got, {}
     if pipeline in ("paho", "naive"):
         naive = NaiveDecoder() if pipeline == "naive" else None
-        seconds, got = drain_paho(port, client_id, qos, count, timeout, naive)
+        seconds, got = drain_paho(port, client_id, qos, count, timeout=timeout, naive=naive)
         return seconds, got, {}
-    variant = pipeline.removeprefix("kom-")
+    variant = "regex" if pipeline == "kom-regex" else "exact"
     config = loads(kom_config_text(port, client_id, qos, variant))
-    seconds, got, stats = drain_kom(config, count * TAG_COUNT, timeout)
+    seconds, got, stats = drain_kom(
+        config, count * TAG_COUNT, timeout, gc_tuned=pipeline == "kom-tuned"
+    )
     return seconds, got // TAG_COUNT, stats
 
 
@@ -205,10 +235,12 @@ def run(settings: Settings) -> Report:
     pipelines = [p for p in PIPELINES if settings.pipelines is None or p in settings.pipelines]
     pool = payload_pool(POOL)
     rates: dict[tuple[int, str], list[float]] = {}
-    publish: dict[int, list[float]] = {0: [], 1: []}
+    publish: dict[int, list[float]] = {q: [] for q in settings.qos}
     problems: list[str] = []
     with Broker(broker_options(settings)) as broker:
-        report.settings["broker"] = broker.describe()
+        report.settings["broker"] = broker.describe() + (
+            "" if settings.max_inflight is not None else "; max_inflight_messages default (20)"
+        )
         report.settings["workload"] = (
             f"{n:,} messages per drain (naive: {n // NAIVE_SHARE:,}), "
             f"{min(len(p) for p in pool)}-{max(len(p) for p in pool)} B NETIO JSON, "
@@ -216,7 +248,7 @@ def run(settings: Settings) -> Report:
         )
         report.settings["runs"] = f"median of {settings.runs} [min..max]"
         preloader = Preloader(broker.port, settings.publishers, pool)
-        for qos in (0, 1):
+        for qos in settings.qos:
             for run_index in range(settings.runs):
                 for pipeline in pipelines:
                     count = n // NAIVE_SHARE if pipeline == "naive" else n
@@ -224,7 +256,12 @@ def run(settings: Settings) -> Report:
                     loaded = preloader.load(client_id, qos, count)
                     publish[qos].append(loaded["rate"])
                     seconds, got, stats = drain(
-                        pipeline, broker.port, client_id, qos, count, max(120.0, count / 1000)
+                        pipeline,
+                        broker.port,
+                        client_id,
+                        qos=qos,
+                        count=count,
+                        timeout=max(120.0, count / 1000),
                     )
                     rate = got / seconds if seconds > 0 else 0.0
                     rates.setdefault((qos, pipeline), []).append(rate)
@@ -262,9 +299,9 @@ def _rows(
     publish: dict[int, list[float]],
     settings: Settings,
 ) -> None:
-    for qos in (0, 1):
+    for qos in settings.qos:
         med = {p: median_spread(v) for (q, p), v in rates.items() if q == qos}
-        for variant in ("kom-exact", "kom-regex"):
+        for variant in KOM_PIPELINES:
             if variant not in med:
                 continue
             value, spread = med[variant]
@@ -297,14 +334,11 @@ def _rows(
                     )
                 )
             if "paho" not in med and "naive" not in med:
-                report.rows.append(Row(f"QoS {qos}: {LABELS[variant]}", value, "msg/s", spread=spread))
-            report.rows.append(
-                Row(
-                    f"QoS {qos}: {LABELS[variant]}, updates",
-                    value * TAG_COUNT,
-                    "upd/s",
-                    spread=(spread[0] * TAG_COUNT, spread[1] * TAG_COUNT),
+                report.rows.append(
+                    Row(f"QoS {qos}: {LABELS[variant]}", value, "msg/s", spread=spread)
                 )
+            report.notes.append(
+                f"QoS {qos}: {LABELS[variant]}: {fmt(value * TAG_COUNT, 'updates/s')}"
             )
         for pipeline in ("paho", "naive", "raw"):
             if pipeline not in med:

@@ -114,7 +114,12 @@ class Line(Events):
         self._thread: threading.Thread | None = None
         self._batch: list[Update] = []
         self._settles: list[tuple[int, int, int]] = []
+        # Writes have a lock of their own that is never held while calling paho: paho
+        # reports completions while holding its own message lock, so holding a kom lock
+        # across paho's publish() would deadlock against it.
+        self._writes_lock = threading.Lock()
         self._writes: dict[int, _PendingWrite] = {}
+        self._expired: set[int] = set()  # mids whose writes timed out, completion still due
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
         # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
         # caller may still complete later, and only then may its row go.
@@ -153,9 +158,10 @@ class Line(Events):
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        with self._lock:
+        with self._writes_lock:
             pending = list(self._writes.values())
             self._writes.clear()
+        with self._lock:
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
                 self._session.close()
             if self._outbox is not None:
@@ -318,11 +324,15 @@ class Line(Events):
         """Send the outbox writes a previous run of kom left behind (after a crash)."""
         if not self._recovered:
             return
-        with self._lock:
-            recovered, self._recovered = self._recovered, []
-            for row in recovered:
-                mid, _ = session.publish(row.topic, row.payload, row.qos, row.retain)
-                self._outbox_ids[mid] = row.id
+        recovered, self._recovered = self._recovered, []
+        for row in recovered:
+            mid, _ = session.publish(row.topic, row.payload, row.qos, row.retain)
+            with self._writes_lock:
+                early = self._early.pop(mid, None)
+                if early is None:
+                    self._outbox_ids[mid] = row.id
+            if early is not None and early[0] and self._outbox is not None:
+                self._outbox.done(row.id)
         log.warning("line %s: resent %d write(s) left in the outbox", self.name, len(recovered))
 
     def _attempt_failed(self, reason: str, refused: bool = False) -> None:
@@ -409,6 +419,7 @@ class Line(Events):
             dropped = self._acks.reset()
             self._arrivals.clear()
             self._settles.clear()
+        with self._writes_lock:
             failed = [w for w in self._writes.values() if w.qos == 0]
             for mid in [m for m, w in self._writes.items() if w.qos == 0]:
                 del self._writes[mid]
@@ -463,7 +474,7 @@ class Line(Events):
         QoS 1/2 messages queued): "timeout" means kom stopped waiting, not that the
         message is gone; with `outbox`, its row stays until the broker completes it.
         """
-        with self._lock:
+        with self._writes_lock:
             expired = [
                 (m, w)
                 for m, w in self._writes.items()
@@ -471,6 +482,7 @@ class Line(Events):
             ]
             for mid, _ in expired:
                 del self._writes[mid]
+                self._expired.add(mid)
         for _, write in expired:
             _fail(
                 write.future,
@@ -600,14 +612,20 @@ class Line(Events):
                 session.ack_many(ready)
 
     def published(self, mid: int, ok: bool, reason: str) -> None:
-        with self._lock:
-            outbox_id = self._outbox_ids.pop(mid, None)
-            if outbox_id is not None and ok and self._outbox is not None:
-                self._outbox.done(outbox_id)
+        """paho completed a PUBLISH (network thread, paho's message lock held)."""
+        with self._writes_lock:
             write = self._writes.pop(mid, None)
-            if write is None:
+            outbox_id = self._outbox_ids.pop(mid, None)
+            expired = mid in self._expired
+            self._expired.discard(mid)
+            if write is None and outbox_id is None and not expired:
+                # Completed before _publish() registered it: it picks this up.
                 self._early[mid] = (ok, reason)
                 return
+        if outbox_id is not None and ok and self._outbox is not None:
+            self._outbox.done(outbox_id)
+        if write is None:
+            return
         if ok:
             _complete(write.future, write.result)
         else:
@@ -761,23 +779,24 @@ class Line(Events):
         if session is None or (qos == 0 and self.state is not LineState.CONNECTED):
             raise WriteError(f"{full}: line {self.name!r} is not connected", full, "not-connected")
         deadline = time.monotonic() + cfg.reply_timeout if cfg.reply_timeout > 0 else None
-        with self._lock:
-            outbox_id = None
-            if self._outbox is not None and qos > 0:
-                # Committed before paho sees it: a crash from here on loses nothing.
-                outbox_id = self._outbox.add(full, topic, payload, qos, cfg.publish_retain)
-            mid, _sent = session.publish(topic, payload, qos, cfg.publish_retain)
-            result = WriteResult(full, topic, qos, mid)
+        outbox = self._outbox
+        outbox_id = None
+        if outbox is not None and qos > 0:
+            # Committed before paho sees it: a crash from here on loses nothing.
+            outbox_id = outbox.add(full, topic, payload, qos, cfg.publish_retain)
+        mid, _sent = session.publish(topic, payload, qos, cfg.publish_retain)  # no kom lock held
+        result = WriteResult(full, topic, qos, mid)
+        with self._writes_lock:
+            self._expired.discard(mid)  # the mid is this write's now
             early = self._early.pop(mid, None)
-            if outbox_id is not None:
-                if early is not None and early[0]:
-                    self._outbox.done(outbox_id)  # type: ignore[union-attr]
-                else:
-                    self._outbox_ids[mid] = outbox_id
             if early is None:
                 self._writes[mid] = _PendingWrite(future, result, deadline, qos)
+                if outbox_id is not None:
+                    self._outbox_ids[mid] = outbox_id
         if early is not None:
             ok, reason = early
+            if ok and outbox is not None and outbox_id is not None:
+                outbox.done(outbox_id)
             if ok:
                 _complete(future, result)
             else:

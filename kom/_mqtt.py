@@ -34,6 +34,7 @@ log = logging.getLogger("kom.mqtt")
 
 _PINGREQ = 0xC0  # MQTT 3.1.1 §3.12
 _PUBACK = b"\x40\x02"  # MQTT 3.1.1 §3.4: type 4, remaining length 2
+_PUBREC = b"\x50\x02"  # MQTT 3.1.1 §3.5: type 5, remaining length 2
 _PUBCOMP = b"\x70\x02"  # MQTT 3.1.1 §3.7: type 7, remaining length 2
 _REQUIRED = (
     "_last_bytes_received",
@@ -45,6 +46,7 @@ _REQUIRED = (
     "_reset_sockets",
     "_handle_on_message",
     "_handle_publish",
+    "_handle_pubrel",
 )
 
 
@@ -129,11 +131,12 @@ class Session:
         # paho's dispatch decodes the topic again and matches it against per-topic
         # callbacks kom never registers; hand the message straight to kom instead.
         client._handle_on_message = self._handle_on_message  # type: ignore[method-assign]
-        # MQTT 3.1.1 QoS 0/1 PUBLISH is parsed here (see _handle_publish); QoS 2 and MQTT 5
-        # (properties) keep paho's own handling.
+        # Incoming PUBLISH and PUBREL are handled by kom (see _handle_publish).
+        self._v5 = v5
         self._paho_handle_publish = client._handle_publish
-        if not v5:
-            client._handle_publish = self._handle_publish  # type: ignore[method-assign]
+        self._paho_handle_pubrel = client._handle_pubrel
+        client._handle_publish = self._handle_publish  # type: ignore[method-assign]
+        client._handle_pubrel = self._handle_pubrel  # type: ignore[method-assign]
         self._client = client
         self._connack: tuple[bool, int, str, str | None] | None = None
         self._closing = False
@@ -261,19 +264,17 @@ class Session:
         client._sock = _BufferedSocket(sock, raw)
 
     def ack_many(self, acks: Sequence[tuple[int, int]]) -> None:
-        """Acknowledge several messages with one write (PUBACK for QoS 1, PUBCOMP for QoS 2).
+        """Acknowledge received messages, in order, with one write.
 
-        paho's ack() queues and writes one packet per call, with a wake-up byte each; the
-        packets built here are the same bytes (MQTT 3.1.1 §3.4, §3.7; in MQTT 5 a remaining
-        length of 2 means reason code 0), in order, in one queued write.
+        PUBACK for QoS 1; PUBREC for QoS 2, which hands ownership to kom (the broker then
+        sends PUBREL and kom answers PUBCOMP, see _handle_pubrel). paho's ack() would queue
+        one packet per call with a wake-up byte each; these are the same bytes (MQTT 3.1.1
+        §3.4, §3.5; in MQTT 5 a remaining length of 2 means reason code 0).
         """
         if not acks:
             return
-        if len(acks) == 1:
-            self._client.ack(*acks[0])
-            return
         data = b"".join(
-            (_PUBACK if qos == 1 else _PUBCOMP) + mid.to_bytes(2, "big") for mid, qos in acks
+            (_PUBACK if qos == 1 else _PUBREC) + mid.to_bytes(2, "big") for mid, qos in acks
         )
         self._client._packet_queue(_PUBACK[0], data, 0, 0)
 
@@ -315,8 +316,8 @@ class Session:
         return int(info.mid), True
 
     def ack(self, mid: int, qos: int) -> None:
-        """Send PUBACK (QoS 1) or PUBCOMP (QoS 2) for a received message."""
-        self._client.ack(mid, qos)
+        """Acknowledge one received message (see ack_many)."""
+        self.ack_many([(mid, qos)])
 
     # -- closing ----------------------------------------------------------------------
 
@@ -354,32 +355,49 @@ class Session:
     # -- paho callbacks, each guarded ----------------------------------------------------
 
     def _handle_publish(self) -> MQTTErrorCode:
-        """Parse a QoS 0/1 PUBLISH (MQTT 3.1.1 §3.3) from paho's read buffer and deliver it.
+        """Parse an incoming PUBLISH (MQTT 3.1.1 §3.3, MQTT 5 §3.3) and deliver it to kom.
 
-        paho builds an MQTTMessage, an MQTTMessageInfo with its own Condition, logs and
-        decodes the topic for each incoming PUBLISH; at tens of thousands of messages a
-        second that is a third of the time. With manual acknowledgement paho would do
-        nothing else for QoS 0/1, so kom reads the fields itself. QoS 2 (paho keeps its
-        PUBREC/PUBREL state) and anything malformed go to paho's own handler.
+        Two reasons to do this in kom rather than in paho. Speed: paho builds an
+        MQTTMessage, an MQTTMessageInfo with its own Condition, logs and decodes the topic
+        for every PUBLISH, a third of the time at tens of thousands of messages a second.
+        And QoS 2: paho sends PUBREC as soon as the PUBLISH arrives, which tells the broker
+        the message is owned before the host has stored it; a crash then loses it, since
+        the broker only resends PUBREL. kom delivers a QoS 2 message on PUBLISH and sends
+        PUBREC when the host has it (`ack_many`), then PUBCOMP on PUBREL (MQTT 3.1.1
+        §4.3.3 lets the receiver accept ownership when it is ready). Anything malformed
+        goes to paho's own handler, which reports it.
         """
         client = self._client
         packet = client._in_packet
         command = packet["command"]
         qos = (command & 0x06) >> 1
         body = packet["packet"]
-        if qos == 2 or len(body) < 2:
+        size = len(body)
+        if qos == 3 or size < 2:
             return self._paho_handle_publish()
         end = 2 + ((body[0] << 8) | body[1])
+        start = end
+        mid = 0
         if qos:
-            if len(body) < end + 2 or end == 2:
+            start += 2
+            if size < start:
                 return self._paho_handle_publish()
             mid = (body[end] << 8) | body[end + 1]
-            start = end + 2
-        else:
-            if len(body) < end or end == 2:
-                return self._paho_handle_publish()
-            mid = 0
-            start = end
+        if self._v5:
+            # MQTT 5 §3.3.2.3: a variable byte integer, then that many bytes of properties.
+            length, multiplier, used = 0, 1, 0
+            while True:
+                if start + used >= size or used == 4:
+                    return self._paho_handle_publish()
+                byte = body[start + used]
+                length += (byte & 0x7F) * multiplier
+                multiplier *= 128
+                used += 1
+                if not byte & 0x80:
+                    break
+            start += used + length
+        if end == 2 or size < start:
+            return self._paho_handle_publish()
         topic = bytes(body[2:end])
         try:
             self._events.message(
@@ -389,6 +407,19 @@ class Session:
             )
         except Exception as exc:  # never raise into paho
             self._events.callback_failed("on_message", exc, topic)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubrel(self) -> MQTTErrorCode:
+        """PUBREL for a QoS 2 message kom already owns (it sent PUBREC): answer PUBCOMP.
+
+        Also after a reconnection, when the broker resends PUBREL for an exchange of the
+        previous connection (paho would ignore a PUBREL it does not know, leaving the
+        exchange open for good).
+        """
+        body = self._client._in_packet["packet"]
+        if len(body) < 2:
+            return self._paho_handle_pubrel()
+        self._client._packet_queue(_PUBCOMP[0], _PUBCOMP + bytes(body[:2]), 0, 0)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_on_message(self, message: Any) -> None:

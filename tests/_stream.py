@@ -134,7 +134,7 @@ RESULTS: list[Figures] = []
 
 
 def record(figures: Figures) -> Figures:
-    """Print the scenario's one-line figure and keep it (and append it to $KOM_RELIABILITY_RESULTS)."""
+    """Print the one-line figure and keep it (also as a JSON line in $KOM_RELIABILITY_RESULTS)."""
     print(figures.line())
     RESULTS.append(figures)
     target = os.environ.get(RESULTS_ENV)
@@ -148,12 +148,17 @@ def record(figures: Figures) -> Figures:
 
 def table(figures: Sequence[Figures]) -> str:
     """The figures as a Markdown table (printed at the end of a module run with -s)."""
-    rows = ["| scenario | sent | stored | lost | duplicates | measured |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| scenario | sent | stored | lost | duplicates | measured |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in figures:
         more = ", ".join(
             f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in f.extra.items()
         )
-        rows.append(f"| {f.scenario} | {f.sent} | {f.stored} | {f.lost} | {f.duplicates} | {more} |")
+        rows.append(
+            f"| {f.scenario} | {f.sent} | {f.stored} | {f.lost} | {f.duplicates} | {more} |"
+        )
     return "\n".join(rows)
 
 
@@ -306,6 +311,20 @@ def stored_values(db: Path, tag: str) -> list[Any]:
     return [row[0] for row in rows]
 
 
+def stored_rows(db: Path, tag: str) -> list[tuple[Any, str, str | None]]:
+    """Every row of `tag` as (value, quality, reason), in insertion order."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT value, quality, reason FROM updates WHERE tag = ? ORDER BY id", (tag,)
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
 def wait_stored(db: Path, tag: str, numbers: Iterable[int], timeout: float = WAIT) -> list[int]:
     """Wait until every one of `numbers` is stored as a valid `tag`; return all stored values."""
     wanted = set(numbers)
@@ -340,7 +359,9 @@ class Historian:
     def values(self, tag: str = "s.n") -> list[Any]:
         return stored_values(self.path, tag)
 
-    def wait_for(self, numbers: Iterable[int], tag: str = "s.n", timeout: float = WAIT) -> list[int]:
+    def wait_for(
+        self, numbers: Iterable[int], tag: str = "s.n", timeout: float = WAIT
+    ) -> list[int]:
         return wait_stored(self.path, tag, numbers, timeout)
 
     def close(self) -> None:
@@ -426,7 +447,8 @@ def devices_main(args: argparse.Namespace) -> int:
                 publish_state(name)
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe("devices/+/messages/devicebound/", 1)
+        mine = [name for name, c in owner.items() if c is client]
+        client.subscribe([(f"devices/{name}/messages/devicebound/", 1) for name in mine])
 
     per_client = (len(names) + args.clients - 1) // args.clients
     owner: dict[str, mqtt.Client] = {}
@@ -438,11 +460,12 @@ def devices_main(args: argparse.Namespace) -> int:
         client.max_inflight_messages_set(100)
         client.on_message = on_message
         client.on_connect = on_connect
-        client.connect(HOST, args.port, keepalive=10)
-        client.loop_start()
         clients.append(client)
         for name in names[c * per_client : (c + 1) * per_client]:
             owner[name] = client
+    for client in clients:
+        client.connect(HOST, args.port, keepalive=10)
+        client.loop_start()
 
     def publish_state(name: str) -> None:
         device = devices[name]

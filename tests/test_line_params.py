@@ -514,8 +514,10 @@ def test_the_paho_internals_kom_relies_on_are_there() -> None:
     assert check_paho() == []
 
 
-def test_qos2_messages_go_through_paho_and_complete(broker: Mosquitto, topic_prefix: str) -> None:
-    """An incoming QoS 2 message (paho's own handling) is decoded and completed with PUBCOMP."""
+def test_qos2_messages_are_owned_after_handover_and_completed(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """An incoming QoS 2 message gets PUBREC after hand-over, then PUBCOMP on PUBREL."""
     got = Collector()
     cfg = _cfg(topic_prefix, host=broker.address, client_id="kom-in-q2", subscribe_qos=2)
     with start(cfg, got) as kom:  # type: ignore[arg-type]
@@ -565,3 +567,13 @@ def test_close_from_inside_a_callback(broker: Mosquitto, topic_prefix: str) -> N
         pub.publish(f"{topic_prefix}/in", "bye")
     wait_until(lambda: bool(closed))
     assert all(line.state is LineState.CLOSED for line in kom.lines.values())
+
+
+def test_many_writes_at_once_all_complete(broker: Mosquitto, topic_prefix: str) -> None:
+    """Thousands of QoS 1 writes fired together all complete (no lock order between kom and paho)."""
+    cfg = config(OUT, host=broker.address, client_id="kom-burst", publish_qos=1, reply_timeout=20)
+    with start(cfg) as kom:
+        assert kom.wait_connected(5)
+        futures = [kom.write("o.cmd", str(n)) for n in range(3000)]
+        results = [f.result(20) for f in futures]
+    assert len({r.mid for r in results[:1000]}) == 1000
