@@ -570,7 +570,7 @@ def test_close_from_inside_a_callback(broker: Mosquitto, topic_prefix: str) -> N
 
 
 def test_many_writes_at_once_all_complete(broker: Mosquitto, topic_prefix: str) -> None:
-    """Thousands of QoS 1 writes fired together all complete (no lock order between kom and paho)."""
+    """Thousands of QoS 1 writes fired together all complete (no lock cycle with paho)."""
     cfg = config(OUT, host=broker.address, client_id="kom-burst", publish_qos=1, reply_timeout=20)
     with start(cfg) as kom:
         assert kom.wait_connected(5)
