@@ -589,10 +589,9 @@ def test_kom_killed_while_its_commits_are_blocked_loses_nothing(
             for n in range(30):
                 pub.publish(n)
             pub.wait_acked()
-            # The broker fills kom's in-flight window; for QoS 2 up to PUBREL, when paho hands
-            # the message to kom (MQTT 3.1.1 §4.3.3, method B).
-            packet = "PUBREL" if qos == 2 else "PUBLISH"
-            broker.wait_for_log(f"Sending {packet} to {client_id}", count=INFLIGHT)
+            # The broker fills kom's in-flight window. kom acknowledges neither QoS 1 (PUBACK)
+            # nor QoS 2 (PUBREC: ownership) before the sink commits, so none of them is kom's.
+            broker.wait_for_log(f"Sending PUBLISH to {client_id}", count=INFLIGHT)
             wait_until(lambda: not _stream.stored_values(db, "s.n") and first.poll() is None)
             time.sleep(0.5)  # kom reads them and tries to commit (it waits on the lock)
             first.kill()
