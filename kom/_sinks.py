@@ -42,8 +42,14 @@ CREATE TABLE IF NOT EXISTS updates (
     topic TEXT,
     detail TEXT
 );
-CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);
+CREATE INDEX IF NOT EXISTS updates_ts ON updates (ts);
 """
+
+#: `sqlite:PATH?index=tag_ts` adds this index. Rows arrive in time order, so an index on ts
+#: only grows at its end (measured: 440,000 rows/s, flat as the table grows), while one on
+#: (tag, ts) is written all over for every batch (230,000 rows/s falling to 90,000 at
+#: 2.4 million rows). Per-tag queries are fast with it; choose by what the historian needs.
+TAG_INDEX = "CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);"
 
 
 _PLAIN = frozenset({float, int, bool, str})
@@ -60,13 +66,15 @@ def _sql_value(value: object) -> object:
 class SqliteSink:
     """One table `updates`; WAL mode; one transaction per batch."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], tag_index: bool = False) -> None:
         self.path = Path(path)
         # The dispatcher thread writes; close() may come from the main thread.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        if tag_index:
+            self._db.execute(TAG_INDEX)
         self._lock = threading.Lock()
         self.rows = 0
 
@@ -175,12 +183,15 @@ def record(update: Update) -> dict[str, object]:
 
 
 def open_sink(url: str) -> Sink:
-    """`sqlite:PATH`, `jsonl:-` or `jsonl:PATH`; a bare path is taken as SQLite."""
+    """`sqlite:PATH[?index=tag_ts]`, `jsonl:-` or `jsonl:PATH`; a bare path is SQLite."""
     kind, sep, rest = url.partition(":")
     if not sep:
         return SqliteSink(url)
     if kind == "sqlite" and rest:
-        return SqliteSink(rest)
+        path, _, query = rest.partition("?")
+        if query not in ("", "index=tag_ts", "index=ts"):
+            raise ConfigError([f"--sink {url!r}: the SQLite option is index=tag_ts (or index=ts)"])
+        return SqliteSink(path, tag_index=query == "index=tag_ts")
     if kind == "jsonl" and rest:
         return JsonlSink(rest)
     raise ConfigError([f"--sink {url!r}: expected sqlite:PATH, jsonl:- or jsonl:PATH"])

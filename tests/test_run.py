@@ -231,3 +231,24 @@ def _root() -> str:
 
 
 _ = os
+
+
+def test_sqlite_sink_indexes(tmp_path: Path) -> None:
+    """The SQLite sink indexes ts by default and (tag, ts) on request; a bad option is refused."""
+    from kom import ConfigError
+    from kom._sinks import open_sink
+
+    for url, expected in (
+        (f"sqlite:{tmp_path}/a.db", {"updates_ts"}),
+        (f"sqlite:{tmp_path}/b.db?index=tag_ts", {"updates_ts", "updates_tag_ts"}),
+    ):
+        sink = open_sink(url)
+        db = url.removeprefix("sqlite:").partition("?")[0]
+        sink.close()
+        with sqlite3.connect(db) as conn:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+            }
+        assert names == expected
+    with pytest.raises(ConfigError):
+        open_sink(f"sqlite:{tmp_path}/c.db?index=nope")
