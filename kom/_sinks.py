@@ -87,26 +87,25 @@ class SqliteSink:
         ts_key: object = None
         rx_key: object = None
         ts_text = rx_text = ""
-        for u in updates:
+        plain = _PLAIN
+        for tag, raw, quality, reason, ts, received, topic, detail in updates:
             # The updates of one message share their time objects: format each once.
-            if u.ts is not ts_key:
-                ts_key, ts_text = u.ts, format_time(u.ts)
-            if u.received is not rx_key:
-                rx_key, rx_text = u.received, format_time(u.received)
-            value: object = u.value
-            if value is not None and type(value) not in _PLAIN:
-                value = _sql_value(value)
-            reason = u.reason
+            if ts is not ts_key:
+                ts_key, ts_text = ts, format_time(ts)
+            if received is not rx_key:
+                rx_key, rx_text = received, format_time(received)
+            if value is not None and type(value) not in plain:
+                value = _sql_value(value)  # type: ignore[assignment]
             append(
                 (
-                    u.tag,
+                    tag,
                     value,
-                    u.quality.value,
-                    reason.value if reason else None,
+                    quality.value,
+                    reason and reason.value,
                     ts_text,
                     rx_text,
-                    u.topic,
-                    u.detail,
+                    topic,
+                    detail,
                 )
             )
         with self._lock:
