@@ -94,8 +94,7 @@ class SqliteSink:
                 ts_key, ts_text = ts, format_time(ts)
             if received is not rx_key:
                 rx_key, rx_text = received, format_time(received)
-            if value is not None and type(value) not in plain:
-                value = _sql_value(value)  # type: ignore[assignment]
+            value = raw if raw is None or type(raw) in plain else _sql_value(raw)
             append(
                 (
                     tag,
