@@ -8,6 +8,7 @@ only a full JSONPath can do (filters, wildcards, recursion).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -170,7 +171,22 @@ def _needs_quotes(key: str) -> bool:
 
 
 def compile_steps(steps: tuple[Step, ...]) -> Reader:
-    """A reader that walks `steps` through a parsed JSON document, or returns MISSING."""
+    """A reader that walks `steps` through a parsed JSON document, or returns MISSING.
+
+    Readers are shared between equal paths (a file with 1,000 stations of one device type
+    has a dozen distinct paths, not 12,000).
+    """
+    return _compile_steps(_typed(steps))
+
+
+def _typed(steps: tuple[Step, ...]) -> tuple[tuple[type, Step], ...]:
+    """A cache key that tells 1 from True (equal, and equally hashed, in Python)."""
+    return tuple((type(step), step) for step in steps)
+
+
+@functools.lru_cache(maxsize=65536)
+def _compile_steps(typed: tuple[tuple[type, Step], ...]) -> Reader:
+    steps = tuple(step for _, step in typed)
     if not steps:
         return _identity
     if len(steps) == 1 and isinstance(steps[0], str):
@@ -267,6 +283,12 @@ def check_type(address: Address, value_type: ValueType) -> str | None:
 
 
 def compile_many(paths: Sequence[tuple[Step, ...]]) -> Callable[[Any], list[Any]]:
+    """One reader for several JA= paths; stations with the same paths share one (cached)."""
+    return _compile_many(tuple(_typed(path) for path in paths))
+
+
+@functools.lru_cache(maxsize=65536)
+def _compile_many(typed: tuple[tuple[tuple[type, Step], ...], ...]) -> Callable[[Any], list[Any]]:
     """One reader for several JA= paths: shared prefixes are walked once.
 
     The NETIO profile reads six values under `GlobalMeasure` and several under each
@@ -274,6 +296,7 @@ def compile_many(paths: Sequence[tuple[Step, ...]]) -> Callable[[Any], list[Any]
     every leaf in a list is several times faster than one walker per tag. The source is
     generated from the parsed steps only (keys through `repr`), never from raw text.
     """
+    paths = [tuple(step for _, step in path) for path in typed]
     trie: dict[Any, Any] = {}
     for slot, steps in enumerate(paths):
         node = trie

@@ -429,6 +429,8 @@ def from_dict(
         top.error("station", "expected [[station]] tables")
         raw_stations = []
     line_by_name = {line.name: line for line in lines}
+    names: set[str] = set()
+    by_address: dict[tuple[str, str], str] = {}
     for i, item in enumerate(raw_stations, 1):
         path = f"station[{i}]"
         if not isinstance(item, dict):
@@ -437,14 +439,17 @@ def from_dict(
         station = _read_station(_Table(item, path, errors, STATION_KEYS), line_by_name, lines)
         if station is None:
             continue
-        for other in stations:
-            if other.name == station.name:
-                errors.add(f"{path}.name", f"a second station named {station.name!r}")
-            elif other.line == station.line and other.address == station.address:
-                errors.add(
-                    f"{path}.address",
-                    f"station {other.name!r} of line {station.line!r} has the same address",
-                )
+        # Dictionaries, not a scan of the earlier stations: files have 10,000 stations.
+        other = by_address.get((station.line, station.address))
+        if station.name in names:
+            errors.add(f"{path}.name", f"a second station named {station.name!r}")
+        elif other is not None:
+            errors.add(
+                f"{path}.address",
+                f"station {other!r} of line {station.line!r} has the same address",
+            )
+        names.add(station.name)
+        by_address.setdefault((station.line, station.address), station.name)
         stations.append(station)
 
     if errors.items:
@@ -839,18 +844,28 @@ def _read_processing(t: _Table, value_type: ValueType | None) -> Processing:
         t.error("deadband", "a dead band is for analog and integer tags")
     on_change = t.get("on_change", bool, None)
     base = Processing.default_for(value_type) if value_type else Processing()
-    return attrs.evolve(
-        base,
-        invert=invert,
-        scale=tuple(float(x) for x in scale) if scale else None,
-        minimum=None if minimum is None else float(minimum),
-        maximum=None if maximum is None else float(maximum),
-        limits=limits
-        if limits
-        else ("discard" if minimum is not None or maximum is not None else None),
-        deadband=None if deadband is None else float(deadband),
-        on_change=base.on_change if on_change is None else on_change,
+    return _intern(
+        attrs.evolve(
+            base,
+            invert=invert,
+            scale=tuple(float(x) for x in scale) if scale else None,
+            minimum=None if minimum is None else float(minimum),
+            maximum=None if maximum is None else float(maximum),
+            limits=limits
+            if limits
+            else ("discard" if minimum is not None or maximum is not None else None),
+            deadband=None if deadband is None else float(deadband),
+            on_change=base.on_change if on_change is None else on_change,
+        )
     )
+
+
+_PROCESSING: dict[Processing, Processing] = {}
+
+
+def _intern(processing: Processing) -> Processing:
+    """One shared record per distinct processing (most tags of a file have the same)."""
+    return _PROCESSING.setdefault(processing, processing)
 
 
 def _read_publish(

@@ -8,6 +8,8 @@ simulation, will error, communication error) as an explicit table.
 from __future__ import annotations
 
 import enum
+import functools
+import types
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -283,8 +285,13 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
     Each JA= tag without processing gets an inline test for a raw value that needs no
     conversion, and builds its update directly; every other case calls `slow`, which
     holds the complete rules. The generated text contains only indexes and names bound
-    in its namespace, never configuration text.
+    in its namespace, never configuration text; it depends only on the tags' layout
+    (kinds, slots), so stations of one device type share one compiled code object.
     """
+    layout = tuple(
+        (r.kind_name if r.slot >= 0 and r.processing is None else None, r.slot) for r in readers
+    )
+    code = _middle_code(layout)
     ns: dict[str, Any] = {
         "MISSING": MISSING,
         "new": _new,
@@ -292,21 +299,28 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
         "VALID": VALID,
         "slow": slow,
     }
+    for i, r in enumerate(readers):
+        ns[f"R{i}"] = r
+        ns[f"N{i}"] = r.full
+    return types.FunctionType(code, ns, "decode_middle")
+
+
+@functools.lru_cache(maxsize=4096)
+def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
+    """The compiled code of `decode_middle` for one layout of (fast kind or None, slot)."""
     body = [
         "def decode_middle(raws, doc, groups, failure, ts, received, topic, append):",
         "    if failure is not None:",
     ]
-    for i in range(len(readers)):
-        ns[f"R{i}"] = readers[i]
+    for i in range(len(layout)):
         body.append(f"        slow(R{i}, raws, doc, groups, failure, ts, received, topic, append)")
     body.append("        return")
-    for i, r in enumerate(readers):
-        fast = _FAST.get(r.kind_name) if r.slot >= 0 and r.processing is None else None
+    for i, (kind, slot) in enumerate(layout):
+        fast = _FAST.get(kind) if kind is not None else None
         if fast is None:
             body.append(f"    slow(R{i}, raws, doc, groups, None, ts, received, topic, append)")
             continue
-        ns[f"N{i}"] = r.full
-        body.append(f"    raw = raws[{r.slot}]")
+        body.append(f"    raw = raws[{slot}]")
         for n, (test, value) in enumerate(fast):
             update = f"(N{i}, {value}, VALID, None, ts, received, topic, None)"
             body += [
@@ -318,9 +332,9 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
             f"        slow(R{i}, raws, doc, groups, None, ts, received, topic, append)",
         ]
     body.append("    return None")
-    exec("\n".join(body), ns)  # generated from indexes only (see docstring)
-    function: Callable[..., None] = ns["decode_middle"]
-    return function
+    module = compile("\n".join(body), "<kom decode_middle>", "exec")
+    # The module's only constant that is code is the function's body.
+    return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 
 def _reader(station: StationConfig, tag: TagConfig, line: LineConfig) -> _Reader:
