@@ -246,8 +246,12 @@ def compile_jsonpath(expression: str) -> Reader:
     return read
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_address(text: str) -> Address:
-    """Parse one tag address; raises AddressSyntaxError with what was expected."""
+    """Parse one tag address; raises AddressSyntaxError with what was expected.
+
+    Addresses are frozen values, so equal texts share one (files repeat them per device).
+    """
     stripped = text.strip()
     upper = stripped.upper()
     for kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC):

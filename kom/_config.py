@@ -815,7 +815,13 @@ def _read_tag(
     )
 
 
+_PROCESSING_KEYS = frozenset({"invert", "scale", "min", "max", "limits", "deadband", "on_change"})
+
+
 def _read_processing(t: _Table, value_type: ValueType | None) -> Processing:
+    if _PROCESSING_KEYS.isdisjoint(t.data):
+        # Most tags have no processing keys: one shared default record per value type.
+        return _intern(Processing.default_for(value_type) if value_type else Processing())
     kind = value_type.kind if value_type else None
     numeric = kind in ("analog", "integer")
     invert = t.get("invert", bool, False)
