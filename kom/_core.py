@@ -63,6 +63,7 @@ class LineCore:
         self.router = Router(
             [s.address for s in stations],
             [(i, s.will_topic, s.will_payload) for i, s in enumerate(stations) if s.will_topic],
+            patterns=[s.regex for s in stations],
         )
         self.counters = Counters()
         self.station_counters = {s.name: Counters() for s in self.stations}

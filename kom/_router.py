@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 
@@ -81,7 +81,9 @@ class Router:
         addresses: Iterable[str],
         wills: Iterable[tuple[int, str, bytes | None]] = (),
         cache_size: int = 65536,
+        patterns: Sequence[re.Pattern[str] | None] | None = None,
     ) -> None:
+        """`patterns`, when given, are the addresses already compiled (None: not a regex)."""
         self._catch_all: int | None = None
         self._fallback: int | None = None
         self._exact: dict[str, int] = {}
@@ -96,6 +98,11 @@ class Router:
                 self._exact[address] = index
                 if literal_prefix(address) == address:
                     continue  # no meta character: it matches itself only, as the exact rule does
+                if patterns is not None:
+                    pattern = patterns[index]
+                    if pattern is not None:
+                        regexes.append((address, index, pattern))
+                    continue
                 # An address that is no regular expression still routes by exact match.
                 with contextlib.suppress(re.error):
                     regexes.append((address, index, re.compile(address)))

@@ -22,7 +22,7 @@ from ._address import MISSING, Kind, Step, compile_many
 from ._config import LineConfig, StationConfig, TagConfig, time_reader
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
-from ._model import Quality, Reason, Update, Value
+from ._model import Quality, Reason, Update, Value, ValueType
 from ._processing import Processing
 
 VALID = Quality.VALID
@@ -101,16 +101,17 @@ class Decoder:
         for tag in station.tags:
             if tag.address is None or tag.address.kind not in INPUT_KINDS:
                 continue
-            reader = _reader(station, tag, line)
             kind = tag.address.kind
+            slot = -1
+            if kind is Kind.JSON:
+                slot = len(paths)
+                paths.append(tag.address.steps)
+            reader = _reader(station, tag, line, slot)
             if kind is Kind.IN_ID:
                 last.append(reader)
             elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
                 first.append(reader)
             else:
-                if kind is Kind.JSON:
-                    reader = reader._replace(slot=len(paths))
-                    paths.append(tag.address.steps)
                 middle.append(reader)
         # IN_TOPIC before IN_DATA, whatever the file's order.
         first.sort(key=lambda r: r.kind is Kind.IN_DATA)
@@ -337,20 +338,9 @@ def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
     return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 
-def _reader(station: StationConfig, tag: TagConfig, line: LineConfig) -> _Reader:
+def _reader(station: StationConfig, tag: TagConfig, line: LineConfig, slot: int) -> _Reader:
     assert tag.address is not None
-    processing: Processing | None = tag.processing
-    default = Processing.default_for(tag.type)
-    needs_apply = bool(tag.processing.invert or tag.processing.scale or tag.processing.limits)
-    filtered = tag.processing.deadband is not None or tag.processing.on_change
-    if (
-        not needs_apply
-        and not filtered
-        and tag.processing == attrs.evolve(default, on_change=False)
-    ):
-        processing = None
-    elif not needs_apply:
-        processing = _FilterOnly(tag.processing)  # type: ignore[assignment]
+    processing, filtered = _processing_for(tag.processing, tag.type)
     return _Reader(
         full=f"{station.name}.{tag.name}",
         kind=tag.address.kind,
@@ -359,8 +349,26 @@ def _reader(station: StationConfig, tag: TagConfig, line: LineConfig) -> _Reader
         convert=converter(tag.type, line.time_mask, line.time_zone),
         processing=processing,
         filtered=filtered,
+        slot=slot,
         kind_name=tag.type.kind,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _processing_for(processing: Processing, value_type: ValueType) -> tuple[Any, bool]:
+    """What the decoder runs for a tag's processing: None when there is nothing to do.
+
+    Returns (None or the processing, whether reports are filtered); tags share these.
+    """
+    needs_apply = bool(processing.invert or processing.scale or processing.limits)
+    filtered = processing.deadband is not None or processing.on_change
+    if needs_apply:
+        return processing, filtered
+    if not filtered and processing == attrs.evolve(
+        Processing.default_for(value_type), on_change=False
+    ):
+        return None, False
+    return _FilterOnly(processing), filtered
 
 
 class _FilterOnly:
