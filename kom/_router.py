@@ -73,6 +73,105 @@ def literal_prefix(pattern: str) -> str:
     return "".join(out)
 
 
+_FLAGS = re.compile(r"\(\?[aiLmsux]")
+_SAFE_ESCAPES = frozenset("dws-._")
+_QUANTIFIERS = frozenset("*+?{")
+
+
+def level_key(pattern: str) -> tuple[int, str] | None:
+    """A (level, text) that every topic the regex matches has, or None.
+
+    The regex is split at its `/` characters. When the levels before level k can never
+    match a `/` themselves (no `.`, no negated class but `[^/...]`, balanced groups and
+    classes within the level, no quantifier on a `/`, no alternation or flags), the
+    pattern's slashes are the topic's slashes, so a level k with no meta character at
+    all must equal the topic's level k. Conservative: None whenever unsure.
+    """
+    if "|" in pattern or "\\/" in pattern or _FLAGS.match(pattern):
+        return None
+    levels = _split_levels(pattern)
+    if levels is None:
+        return None
+    for k, level in enumerate(levels):
+        if level[:1] in _QUANTIFIERS:
+            return None  # a quantifier on the slash before this level
+        if k > 0 and level and not any(c in _META for c in level):
+            return (k, level)
+        if not _stays_in_level(level):
+            return None
+    return None
+
+
+def _class_has_slash(inner: str) -> bool:
+    """Whether a character class body (no escapes) matches "/", itself or in a range."""
+    if "/" in inner:
+        return True
+    for j in range(1, len(inner) - 1):
+        if inner[j] == "-" and inner[j - 1] <= "/" <= inner[j + 1]:
+            return True
+    return False
+
+
+def _split_levels(pattern: str) -> list[str] | None:
+    """The pattern cut at each `/` outside a character class (None if a class is open)."""
+    levels: list[str] = []
+    start = i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                return None
+            i = end + 1
+            continue
+        if ch == "/":
+            levels.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    levels.append(pattern[start:])
+    return levels
+
+
+def _stays_in_level(level: str) -> bool:
+    """Whether this piece of a regex can only match text without `/`."""
+    depth = 0
+    i = 0
+    while i < len(level):
+        ch = level[i]
+        if ch == "\\":
+            if i + 1 >= len(level) or level[i + 1] not in _SAFE_ESCAPES:
+                return False
+            i += 2
+            continue
+        if ch == ".":
+            return False
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif ch == "[":
+            end = level.find("]", i + 2)
+            if end < 0:
+                return False
+            inner = level[i + 1 : end]
+            if "\\" in inner:
+                return False
+            if inner.startswith("^"):
+                if "/" not in inner:
+                    return False  # a negated class matches "/" unless it names it
+            elif _class_has_slash(inner):
+                return False
+            i = end + 1
+            continue
+        i += 1
+    return depth == 0
+
+
 class Router:
     """Decides the station of each topic; built once per configuration of a line."""
 
@@ -109,10 +208,18 @@ class Router:
         regexes.sort(key=lambda r: r[0], reverse=True)
         # Each regex keeps its rank in the descending order, so candidates from several
         # prefix buckets can be merged back into that order.
+        # Each regex is filed once: under a literal topic level when it has one that the
+        # topic must carry at a fixed position (`plant/area(\d+)/dev0042/.*` needs
+        # `dev0042` as level 2), else under its literal prefix.
         self._by_prefix: dict[str, list[tuple[int, int, re.Pattern[str]]]] = {}
+        self._by_level: dict[tuple[int, str], list[tuple[int, int, re.Pattern[str]]]] = {}
         for rank, (address, index, pattern) in enumerate(regexes):
-            bucket = self._by_prefix.setdefault(literal_prefix(address), [])
-            bucket.append((rank, index, pattern))
+            key = level_key(address)
+            if key is not None:
+                self._by_level.setdefault(key, []).append((rank, index, pattern))
+            else:
+                bucket = self._by_prefix.setdefault(literal_prefix(address), [])
+                bucket.append((rank, index, pattern))
         self._prefix_lengths = sorted({len(p) for p in self._by_prefix})
         self._wills: dict[str, list[tuple[int, bytes | None]]] = {}
         for index, topic, payload in wills:
@@ -160,6 +267,12 @@ class Router:
             bucket = by_prefix.get(topic[:length])
             if bucket:
                 candidates.extend(bucket)
+        if self._by_level:
+            by_level = self._by_level
+            for position, part in enumerate(topic.split("/")):
+                bucket = by_level.get((position, part))
+                if bucket:
+                    candidates.extend(bucket)
         if len(candidates) > 1:
             candidates.sort(key=_rank)
         for _, index, pattern in candidates:

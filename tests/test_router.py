@@ -275,3 +275,71 @@ def test_router_agrees_with_reference(case: tuple[list[str], list[str]], cache_s
             expected.rule,
             dict(expected.groups),
         ), topic
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key"),
+    [
+        (r"plant/area(\d+)/dev00042/.*", (2, "dev00042")),
+        ("devices/(?P<id>[^/]+)/messages/events/", (2, "messages")),
+        ("a/[a-z]+/dev1", (2, "dev1")),
+        ("a/b?/c", (2, "c")),
+        ("a/.*/b", None),  # "." may match "/"
+        ("a/[^x]/c", None),  # a negated class without "/" matches it
+        ("a/[/]/c", None),
+        ("a/[!-9]/c", None),  # the range covers "/"
+        ("a/(b/c)+/d", None),  # a group across levels
+        ("x/+/y", None),  # a quantifier on the slash
+        ("(?i)a/b", None),  # flags
+        ("a|b/c", None),  # alternation
+    ],
+)
+def test_level_key_table(pattern: str, key: tuple[int, str] | None) -> None:
+    """A regex is filed under a literal level only when every topic it matches has it."""
+    from kom._router import level_key
+
+    assert level_key(pattern) == key
+
+
+def test_many_regexes_with_one_prefix_route_by_their_literal_level() -> None:
+    """10,000 regexes sharing a prefix: the right one wins, and only few are tried."""
+    addresses = [rf"plant/area(\d+)/dev{i:05d}/.*" for i in range(10_000)]
+    router = Router(addresses)
+    route = router.route("plant/area7/dev04242/temp")
+    assert (route.station, route.rule) == (4242, Rule.REGEX)
+    assert router.route("plant/area7/nobody/temp").rule is Rule.UNROUTED
+
+
+LEVEL_PIECES = ["a", "b", "dev1", "[a-z]+", r"(\d+)", ".*", "[^/]+", "[^x]", "b?", "[!-9]", "x+"]
+TOPIC_PIECES = ["a", "b", "dev1", "x", "7", "", "a/b", "xx"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    patterns=st.lists(
+        st.lists(st.sampled_from(LEVEL_PIECES), min_size=1, max_size=4).map("/".join),
+        min_size=1,
+        max_size=8,
+        unique=True,
+    ),
+    topics=st.lists(
+        st.lists(st.sampled_from(TOPIC_PIECES), min_size=1, max_size=5).map("/".join),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_level_filing_agrees_with_trying_every_regex(
+    patterns: list[str], topics: list[str]
+) -> None:
+    """With regexes filed by literal level, routing equals trying all in descending order."""
+    router = Router(patterns)
+    regexes = [i for i in range(len(patterns)) if patterns[i] != ".*"]  # ".*" is the fallback
+    ordered = sorted(regexes, key=lambda i: patterns[i], reverse=True)
+    fallback = patterns.index(".*") if ".*" in patterns else None
+    for topic in topics:
+        if topic in patterns and topic != ".*":
+            expected: int | None = patterns.index(topic)
+        else:
+            found = (i for i in ordered if re.fullmatch(patterns[i], topic))
+            expected = next(found, fallback)
+        assert router.route(topic).station == expected, (topic, patterns)
