@@ -33,6 +33,7 @@ class Counters:
     bad_topics: int = 0
     callback_errors: int = 0
     reconnects: int = 0
+    pauses: int = 0
     connect_failures: int = 0
     last_message: datetime | None = None
 
@@ -66,10 +67,15 @@ class LineCore:
             patterns=[s.regex for s in stations],
         )
         self.counters = Counters()
+        self._ack_stations = [s for s in self.stations if s.uses_ack]
         self.station_counters = {s.name: Counters() for s in self.stations}
 
     def __repr__(self) -> str:
         return f"<LineCore {self.config.name!r} stations={len(self.stations)}>"
+
+    def holding_too_much(self) -> bool:
+        """Whether an ACK_ID station holds max_held messages (the line stops reading)."""
+        return any(len(station.held) >= station.max_held for station in self._ack_stations)
 
     @property
     def wants_connection(self) -> bool:

@@ -191,6 +191,7 @@ class Line(Events):
                 elif station.state is StationState.COMM:
                     station.move(StationState.ON)
             core.by_name = {s.name: s for s in core.stations}
+            core._ack_stations = [s for s in core.stations if s.uses_ack]
             core.counters = old.counters
             self.core = core
             self.config = config
@@ -243,6 +244,7 @@ class Line(Events):
     def _session_for_line(self) -> Session:
         if self._session is None:
             self._session = Session(self.config, self)
+            self._session.pause_reading = self._holding_too_much
         return self._session
 
     def _connect_and_serve(self, endpoint: object) -> bool:
@@ -377,9 +379,28 @@ class Line(Events):
                 return
             self._subscribe(session, True)
 
+    def _holding_too_much(self) -> bool:
+        return self.core.holding_too_much()
+
     def _serve(self, session: Session) -> bool:
         """Loop until the connection ends; True when it was lost (not closed by kom)."""
+        paused = False
         while not self._closed.is_set():
+            if self.core.holding_too_much():
+                # SPEC §5: held messages are bounded. Brokers do not all keep to their own
+                # in-flight window (mosquitto 2.0.11 does not), so kom stops reading until
+                # the consumer catches up; TCP then holds the broker back.
+                if not paused:
+                    paused = True
+                    self.core.counters.pauses += 1
+                    log.warning(
+                        "line %s: a station holds max_held messages; reading paused", self.name
+                    )
+                session.idle(0.05)
+                self._ping_sent = None  # the broker's answers wait unread in the socket
+                self._expire_writes(time.monotonic())
+                continue
+            paused = False
             alive = session.loop(0.05 if not self._batch else 0.0)
             self._flush()
             if not alive:

@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
@@ -141,6 +141,8 @@ class Session:
         self._connack: tuple[bool, int, str, str | None] | None = None
         self._closing = False
         self._lock = threading.Lock()
+        #: Asked between buffered packets: True makes the loop stop reading for now.
+        self.pause_reading: Callable[[], bool] = _never
 
     def __repr__(self) -> str:
         return f"<Session line={self.line.name!r} connected={self.connected}>"
@@ -233,7 +235,8 @@ class Session:
                 # paho reads one packet per select(); packets already in our buffer need
                 # no select, so they are handled here (bounded, so timers still run).
                 budget = 2000
-                while budget and sock.buffered():
+                pause = self.pause_reading
+                while budget and sock.buffered() and not pause():
                     budget -= 1
                     rc = client.loop_read()
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -243,6 +246,13 @@ class Session:
             self.drop()
             return False
         return bool(rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.is_connected())
+
+    def idle(self, timeout: float) -> None:
+        """Write what is queued (acknowledgements, writes) without reading anything."""
+        client = self._client
+        if client.want_write():
+            client.loop_write()
+        time.sleep(timeout)
 
     def _buffer_socket(self) -> None:
         """Put kom's read buffer under paho and switch Nagle off on kom's side.
@@ -472,6 +482,10 @@ class Session:
                 self._events.disconnected(str(reason))
         except Exception as exc:
             self._events.callback_failed("on_disconnect", exc, None)
+
+
+def _never() -> bool:
+    return False
 
 
 class _BufferedSocket:

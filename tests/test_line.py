@@ -399,3 +399,26 @@ def test_sigterm_restart_keeps_the_persistent_session(
 
 
 _ = signal
+
+
+def test_held_qos1_messages_are_bounded_by_max_held(broker: Mosquitto, topic_prefix: str) -> None:
+    """When an ACK_ID station holds max_held messages, kom stops reading; none is lost."""
+    got = Collector()
+    line = _line(broker, topic_prefix, payload_type="text", max_held=10)
+    cfg = config(ACK_STATION.format(prefix=topic_prefix), **line)
+    with start(cfg, got) as kom, Publisher(broker.port) as pub:
+        assert kom.wait_connected(5)
+        station = kom.lines["line"].core.by_name["q"]
+        for n in range(60):
+            pub.client.publish(f"{topic_prefix}/q", str(n), qos=1)
+        wait_until(lambda: kom.counters()["line"].pauses >= 1, what="reading paused")
+        largest = len(station.held)
+        seen: list[str] = []
+        while len(seen) < 60:
+            done = len(seen)
+            got.wait(lambda us, done=done: len([u for u in us if u.tag == "q.data"]) > done)
+            seen = [str(v) for v in got.values("q.data")]
+            largest = max(largest, len(station.held))
+            kom.write("q.ack", got.values("q.id")[-1]).result(5)
+        assert seen == [str(n) for n in range(60)]
+        assert largest <= 10 + 1
