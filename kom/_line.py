@@ -21,7 +21,7 @@ import attrs
 from ._acks import AckOrder
 from ._address import Kind
 from ._backoff import backoff
-from ._config import LineConfig, StationConfig
+from ._config import Endpoint, LineConfig, StationConfig
 from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
@@ -247,18 +247,15 @@ class Line(Events):
             self._session.pause_reading = self._holding_too_much
         return self._session
 
-    def _connect_and_serve(self, endpoint: object) -> bool:
+    def _connect_and_serve(self, endpoint: Endpoint) -> bool:
         """One connection: connect, subscribe, loop until lost. True when it connected."""
-        from ._config import Endpoint
-
-        assert isinstance(endpoint, Endpoint)
         session = self._session_for_line()
         self.endpoint = str(endpoint)
         log.info("line %s: connecting to %s as %r", self.name, endpoint, self.config.client_id)
         try:
             connected = session.connect(endpoint, self.config.reply_timeout or 30.0)
         except BrokerRefused as exc:
-            self._attempt_failed(str(exc), refused=True)
+            self._attempt_failed(str(exc))
             return False
         except LineError as exc:
             self._attempt_failed(str(exc))
@@ -337,7 +334,7 @@ class Line(Events):
                 self._outbox.done(row.id)
         log.warning("line %s: resent %d write(s) left in the outbox", self.name, len(recovered))
 
-    def _attempt_failed(self, reason: str, refused: bool = False) -> None:
+    def _attempt_failed(self, reason: str) -> None:
         self.core.counters.connect_failures += 1
         self.last_error = reason
         self._expire_writes(time.monotonic())
@@ -523,9 +520,6 @@ class Line(Events):
             self._expire_writes(time.monotonic())
         return event.is_set()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     # -- session events (network thread) ------------------------------------------------
 
     def message(self, raw: RawMessage) -> None:
@@ -696,7 +690,7 @@ class Line(Events):
         if nxt is not None:
             self._flush()
 
-    def set_mode(self, station_name: str, mode: str) -> list[Update]:
+    def set_mode(self, station_name: str, mode: str) -> None:
         """Switch a station on, off or into simulation; may connect or disconnect the line."""
         with self._lock:
             station = self.core.by_name[station_name]
@@ -706,7 +700,6 @@ class Line(Events):
             if station.state is not target and not (target is StationState.ON and station.active):
                 station.move(target)
         self._wake.set()
-        return []
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:
         """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6)."""

@@ -778,7 +778,7 @@ def test_slow_acknowledging_consumer_loses_nothing_across_a_connection_reset(
 def test_slow_acknowledging_consumer_qos0_is_bounded_by_max_held_and_counts_overflow(
     broker: Mosquitto, topic_prefix: str
 ) -> None:
-    """ACK_ID, slow consumer, QoS 0, max_held 5: in order, held <= 5, the rest counted overflow."""
+    """ACK_ID, slow consumer, QoS 0, max_held 5: in order, held <= 5, reading paused instead."""
     max_held = 5
     topic = f"{topic_prefix}/q"
     cfg = config(
@@ -812,7 +812,9 @@ def test_slow_acknowledging_consumer_qos0_is_bounded_by_max_held_and_counts_over
     assert numbers == sorted(numbers)  # in order
     assert largest <= max_held
     assert len(station.held) == 0
-    assert 0 < counters.overflow < 1000
+    # kom stops reading at max_held, so few or none arrive over it; those are counted.
+    assert counters.pauses > 0
+    assert 0 <= counters.overflow < 1000
     assert figures.lost == 0
 
 
