@@ -12,13 +12,12 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Protocol
 
 import orjson
 
-from ._convert import format_time
+from ._convert import format_time, format_value
 from ._errors import ConfigError
 from ._model import Update
 
@@ -55,14 +54,6 @@ TAG_INDEX = "CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);"
 _PLAIN = frozenset({float, int, bool, str})
 
 
-def _sql_value(value: object) -> object:
-    if isinstance(value, datetime):
-        return format_time(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return value
-
-
 class SqliteSink:
     """One table `updates`; WAL mode; one transaction per batch."""
 
@@ -94,7 +85,7 @@ class SqliteSink:
                 ts_key, ts_text = ts, format_time(ts)
             if received is not rx_key:
                 rx_key, rx_text = received, format_time(received)
-            value = raw if raw is None or type(raw) in plain else _sql_value(raw)
+            value = raw if raw is None or type(raw) in plain else format_value(raw)
             append(
                 (
                     tag,
@@ -164,14 +155,9 @@ class JsonlSink:
 
 def record(update: Update) -> dict[str, object]:
     """The SPEC §9 record of an update: ISO times, durations in seconds, invalid as null."""
-    value = update.value
-    if isinstance(value, datetime):
-        value = format_time(value)
-    elif isinstance(value, timedelta):
-        value = value.total_seconds()
     return {
         "tag": update.tag,
-        "value": value,
+        "value": format_value(update.value),
         "quality": update.quality.value,
         "reason": update.reason.value if update.reason else None,
         "ts": format_time(update.ts),
