@@ -95,6 +95,9 @@ class Line(Events):
     ) -> None:
         self.config = config
         self.core = LineCore(config, stations)
+        if config.debug:
+            # `debug = true` shows the line's messages whatever the process's log level.
+            log.setLevel(logging.DEBUG)
         self._deliver = deliver
         self._clock = clock
         self._lock = threading.RLock()
@@ -551,7 +554,22 @@ class Line(Events):
                 self._batch.extend(processed.updates)
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
+        station = processed.station
+        if (
+            station is not None
+            and station.decoder.time_missing
+            and station.name not in self._missing_time_warned
+        ):
+            # SPEC §7: warned once per station, unless ignore_missing_time.
+            self._missing_time_warned.add(station.name)
+            if not self.config.ignore_missing_time:
+                log.warning(
+                    "line %s: station %s: no time field in the payload, using receive time",
+                    self.name,
+                    station.name,
+                )
         if self.config.debug:
+            # SPEC §2 debug: every message (payload cut short) and every value.
             log.debug(
                 "line %s: %s q%d m%d %r -> %s (%s)",
                 self.name,
@@ -559,34 +577,12 @@ class Line(Events):
                 raw.qos,
                 raw.mid,
                 raw.payload[:120],
-                processed.station.name if processed.station else None,
+                station.name if station else None,
                 processed.route.rule.value,
             )
-            station = processed.station
-            if (
-                station is not None
-                and station.decoder.time_missing
-                and station.name not in self._missing_time_warned
-            ):
-                if not self.config.ignore_missing_time:
-                    log.warning(
-                        "line %s: station %s: no time field, using receive time",
-                        self.name,
-                        station.name,
-                    )
-                self._missing_time_warned.add(station.name)
-        elif not self.config.ignore_missing_time:
-            station = processed.station
-            if (
-                station is not None
-                and station.decoder.time_missing
-                and station.name not in self._missing_time_warned
-            ):
-                self._missing_time_warned.add(station.name)
-                log.warning(
-                    "line %s: station %s: no time field in the payload, using receive time",
-                    self.name,
-                    station.name,
+            for u in processed.updates:
+                log.debug(
+                    "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
                 )
 
     def _flush(self) -> None:

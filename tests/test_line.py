@@ -422,3 +422,24 @@ def test_held_qos1_messages_are_bounded_by_max_held(broker: Mosquitto, topic_pre
             kom.write("q.ack", got.values("q.id")[-1]).result(5)
         assert seen == [str(n) for n in range(60)]
         assert largest <= 10 + 1
+
+
+def test_debug_logs_every_message_and_value(
+    broker: Mosquitto, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With debug = true the line logs each message and each value, whatever the root level."""
+    import logging
+
+    caplog.set_level(logging.WARNING)  # the process logs warnings only...
+    caplog.handler.setLevel(logging.DEBUG)  # ...and the capture sees what gets through
+    got = Collector()
+    cfg = config(STATION.format(prefix=topic_prefix), **_line(broker, topic_prefix, debug=True))
+    try:
+        with start(cfg, got) as kom, Publisher(broker.port) as pub:
+            assert kom.wait_connected(5)
+            pub.publish(f"{topic_prefix}/d1/data", '{"v": 42.5}')
+            got.wait_count("dev.v", 1)
+        assert f"{topic_prefix}/d1/data q1" in caplog.text
+        assert "dev.v = 42.5 valid" in caplog.text
+    finally:
+        logging.getLogger("kom.line").setLevel(logging.NOTSET)
