@@ -563,10 +563,12 @@ class Line(Events):
             # SPEC §7: warned once per station, unless ignore_missing_time.
             self._missing_time_warned.add(station.name)
             if not self.config.ignore_missing_time:
+                why = "in the payload" if self.config.time_field else "configured (time_field)"
                 log.warning(
-                    "line %s: station %s: no time field in the payload, using receive time",
+                    "line %s: station %s: no time field %s; values take the receive time",
                     self.name,
                     station.name,
+                    why,
                 )
         if self.config.debug:
             # SPEC §2 debug: every message (payload cut short) and every value.

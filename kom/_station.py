@@ -128,8 +128,9 @@ class Decoder:
         self.input_tags = tuple(r.full for r in (*first, *middle, *last))
         #: Last reported (value, valid) per tag with dead band or change-only filtering.
         self.last: dict[str, tuple[Value, bool]] = {}
-        #: Set when a message had no time field (the line warns once per station).
-        self.time_missing = False
+        #: Set when a message had no time field, or none is configured (SPEC §7: the line
+        #: warns once per station unless ignore_missing_time).
+        self.time_missing = self._time is None
 
     def decode(self, msg: Message, groups: Mapping[str, str | None]) -> list[Update]:
         """The updates for `msg`; never raises for any payload or topic."""
