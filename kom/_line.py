@@ -555,6 +555,9 @@ class Line(Events):
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
         station = processed.station
+        if raw.dup:
+            # SPEC §5: a redelivery is reported (counted in `duplicates`, and logged).
+            log.info("line %s: redelivered message (DUP) m%d on %s", self.name, raw.mid, topic)
         if (
             station is not None
             and station.decoder.time_missing
