@@ -288,11 +288,11 @@ def check_type(address: Address, value_type: ValueType) -> str | None:
 
 def compile_many(paths: Sequence[tuple[Step, ...]]) -> Callable[[Any], list[Any]]:
     """One reader for several JA= paths; stations with the same paths share one (cached)."""
-    return _compile_many(tuple(_typed(path) for path in paths))
+    return _compile_many(tuple(paths))
 
 
 @functools.lru_cache(maxsize=65536)
-def _compile_many(typed: tuple[tuple[tuple[type, Step], ...], ...]) -> Callable[[Any], list[Any]]:
+def _compile_many(paths: tuple[tuple[Step, ...], ...]) -> Callable[[Any], list[Any]]:
     """One reader for several JA= paths: shared prefixes are walked once.
 
     The NETIO profile reads six values under `GlobalMeasure` and several under each
@@ -300,7 +300,11 @@ def _compile_many(typed: tuple[tuple[tuple[type, Step], ...], ...]) -> Callable[
     every leaf in a list is several times faster than one walker per tag. The source is
     generated from the parsed steps only (keys through `repr`), never from raw text.
     """
-    paths = [tuple(step for _, step in path) for path in typed]
+    # Keyed by the paths themselves (fast: called for every station). Steps are what
+    # parse_json_address makes, str keys and int indexes; a bool (equal to 0 or 1, which
+    # would share a cache entry) is refused.
+    if any(type(step) is bool for path in paths for step in path):
+        raise TypeError("JSON address steps are str keys and int indexes, not bool")
     trie: dict[Any, Any] = {}
     for slot, steps in enumerate(paths):
         node = trie
