@@ -33,7 +33,7 @@ from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
 from ._processing import Processing
 from ._timemask import TimeMask, Zone
-from ._topic import TopicFilter
+from ._topic import TopicFilter, check_topic
 
 T = TypeVar("T")
 
@@ -554,8 +554,6 @@ def _check_name(value: str) -> str | None:
 
 
 def _check_will_topic(value: str) -> str | None:
-    from ._topic import check_topic
-
     return check_topic(value) if value else None
 
 
@@ -682,8 +680,6 @@ def _read_will(t: _Table) -> Will | None:
     wt = _Table(raw, t.at("will"), t.errors, frozenset({"topic", "message", "qos", "retain"}))
     topic = wt.get("topic", str)
     if topic is not None:
-        from ._topic import check_topic
-
         problem = check_topic(topic)
         if problem:
             wt.error("topic", problem)

@@ -73,6 +73,26 @@ class LineCore:
     def __repr__(self) -> str:
         return f"<LineCore {self.config.name!r} stations={len(self.stations)}>"
 
+    def carry_over(self, old: LineCore, connected: bool) -> None:
+        """Take over what a reload keeps from the running core (SPEC §2, reload).
+
+        A station whose configuration is unchanged keeps its state, held messages, last
+        values and counters; a new or changed one starts in communication error while the
+        line is down, else on. The line's counters go on.
+        """
+        for i, station in enumerate(self.stations):
+            previous = old.by_name.get(station.name)
+            if previous is not None and previous.config == station.config:
+                self.stations[i] = previous
+                self.station_counters[station.name] = old.station_counters[station.name]
+            elif not connected and station.active:
+                station.state = StationState.COMM
+            elif station.state is StationState.COMM:
+                station.move(StationState.ON)
+        self.by_name = {s.name: s for s in self.stations}
+        self._ack_stations = [s for s in self.stations if s.uses_ack]
+        self.counters = old.counters
+
     def holding_too_much(self) -> bool:
         """Whether an ACK_ID station holds max_held messages (the line stops reading)."""
         return any(len(station.held) >= station.max_held for station in self._ack_stations)

@@ -102,7 +102,7 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
             if live is not None:
                 live.update(view.render())
                 live.stop()
-        state = view._last.get("netio.out1_state")
+        state = view.last("netio.out1_state")
         if switched and state is not None:
             print(f"netio.out1_state now reads {state.value} ({state.quality.value})", file=out)
     except KeyboardInterrupt:
@@ -123,7 +123,6 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
 
 
 def _plain_status(view: LiveView, out: object) -> None:
-    last = view._last
     picks = [
         "netio.voltage",
         "netio.frequency",
@@ -133,7 +132,7 @@ def _plain_status(view: LiveView, out: object) -> None:
     ]
     parts = []
     for name in picks:
-        u = last.get(name)
+        u = view.last(name)
         if u is not None:
             parts.append(f"{name.partition('.')[2]}={u.value if u.valid else 'invalid'}")
     print("  " + "  ".join(parts), file=out)  # type: ignore[call-overload]

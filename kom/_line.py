@@ -136,7 +136,6 @@ class Line(Events):
         self._wanted = tuple(f.text for f in config.topic_filters)
         self._ping_sent: float | None = None
         self._half_read_since: float | None = None
-        self._down_reported = False
         self._missing_time_warned: set[str] = set()
         self.connected_event = threading.Event()
 
@@ -183,19 +182,7 @@ class Line(Events):
         """
         core = LineCore(config, stations)
         with self._lock:
-            old = self.core
-            for i, station in enumerate(core.stations):
-                previous = old.by_name.get(station.name)
-                if previous is not None and previous.config == station.config:
-                    core.stations[i] = previous
-                    core.station_counters[station.name] = old.station_counters[station.name]
-                elif self.state is not LineState.CONNECTED and station.active:
-                    station.state = StationState.COMM
-                elif station.state is StationState.COMM:
-                    station.move(StationState.ON)
-            core.by_name = {s.name: s for s in core.stations}
-            core._ack_stations = [s for s in core.stations if s.uses_ack]
-            core.counters = old.counters
+            core.carry_over(self.core, connected=self.state is LineState.CONNECTED)
             self.core = core
             self.config = config
         self.change_filters([f.text for f in config.topic_filters])
@@ -277,7 +264,6 @@ class Line(Events):
                 self._move(LineState.CONNECTING)
             self._move(LineState.CONNECTED)
             self.core.counters.reconnects += 1 if self.generation > 1 else 0
-            self._down_reported = False
             self.last_error = None
         log.info(
             "line %s: connected to %s (session present: %s)",
@@ -345,10 +331,12 @@ class Line(Events):
         self._report_down()
 
     def _report_down(self) -> None:
-        if self._down_reported:
-            return
-        self._down_reported = True
-        updates = self.core.lost(self._clock())
+        """Active stations into communication error, their inputs invalid (SPEC §2).
+
+        Once per outage without a flag: the core skips stations already in that state.
+        """
+        with self._lock:
+            updates = self.core.lost(self._clock())
         if updates:
             self._deliver(Batch(self, updates, []))
 
@@ -414,12 +402,12 @@ class Line(Events):
             if not self.core.wants_connection:
                 log.info("line %s: every station is off or simulated: disconnecting", self.name)
                 session.disconnect()
-                self._lost("forced disconnection", report=False)
+                self._lost("forced disconnection")
                 return False
         else:
             self._drain_acknowledgements()
             session.disconnect()
-            self._lost("closed", report=False)
+            self._lost("closed")
             return False
         self._lost(self.last_error or "connection lost")
         return True
@@ -435,7 +423,7 @@ class Line(Events):
         while self._unsettled > 0 and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _lost(self, reason: str, report: bool = True) -> None:
+    def _lost(self, reason: str) -> None:
         with self._lock, self._ack_lock:
             dropped = self._acks.reset()
             self._arrivals.clear()
@@ -454,12 +442,7 @@ class Line(Events):
         if dropped:
             log.info("line %s: %d unacknowledged messages will be redelivered", self.name, dropped)
         self.last_error = reason
-        if report:
-            self._report_down()
-        else:
-            updates = self.core.lost(self._clock())
-            if updates:
-                self._deliver(Batch(self, updates, []))
+        self._report_down()
 
     def _check_timers(self, session: Session, now: float) -> str | None:
         cfg = self.config

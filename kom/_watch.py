@@ -37,6 +37,11 @@ class LiveView:
                 self._last[update.tag] = update
             self._count += len(updates)
 
+    def last(self, tag: str) -> Update | None:
+        """The latest update of `tag`, or None when none came yet."""
+        with self._lock:
+            return self._last.get(tag)
+
     def note(self, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
         self.events.append(f"{stamp}  {text}")
