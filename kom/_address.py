@@ -23,6 +23,10 @@ MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 
 
 class Kind(enum.Enum):
+    """What an address reads or writes; the value is its spelling in the file."""
+
+    __hash__ = object.__hash__  # singletons: identity, in C (see ValueType)
+
     IN_TOPIC = "IN_TOPIC"
     IN_DATA = "IN_DATA"
     IN_ID = "IN_ID"

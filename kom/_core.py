@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import attrs
 
-from ._config import LineConfig, StationConfig
+from ._config import LineConfig, StationConfig, collector_paused
 from ._model import Update
 from ._router import Route, Router, Rule
 from ._station import Delivery, Message, Station, StationState
@@ -59,13 +59,14 @@ class LineCore:
 
     def __init__(self, line: LineConfig, stations: Sequence[StationConfig]) -> None:
         self.config = line
-        self.stations = [Station.build(s, line) for s in stations]
+        with collector_paused():
+            self.stations = [Station.build(s, line) for s in stations]
+            self.router = Router(
+                [s.address for s in stations],
+                [(i, s.will_topic, s.will_payload) for i, s in enumerate(stations) if s.will_topic],
+                patterns=[s.regex for s in stations],
+            )
         self.by_name = {s.name: s for s in self.stations}
-        self.router = Router(
-            [s.address for s in stations],
-            [(i, s.will_topic, s.will_payload) for i, s in enumerate(stations) if s.will_topic],
-            patterns=[s.regex for s in stations],
-        )
         self.counters = Counters()
         self._ack_stations = [s for s in self.stations if s.uses_ack]
         self.station_counters = {s.name: Counters() for s in self.stations}

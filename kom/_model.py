@@ -14,6 +14,10 @@ Value = float | int | bool | str | datetime | timedelta | None
 class ValueType(enum.Enum):
     """The I/O tag value types of SPEC section 4; the value is the configuration spelling."""
 
+    # Members are singletons: hash them by identity, in C (Enum's own __hash__ is Python code,
+    # and loading 100,000 tags looks these up in dictionaries half a million times).
+    __hash__ = object.__hash__
+
     Ai = "Ai"
     Ao = "Ao"
     Ci = "Ci"

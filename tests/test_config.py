@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kom._address import Kind
-from kom._config import Config, Endpoint, LineConfig, Tls, Will, load, loads
+from kom._config import Config, Endpoint, LineConfig, Tls, Will, collector_paused, load, loads
 from kom._errors import ConfigError, KomError
 from kom._model import ValueType
 from kom._timemask import TimeMask, Zone
@@ -965,3 +967,90 @@ def test_load_unreadable(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="cannot read"):
         load(bad)
+
+
+# --- many identical devices: shared tag records ------------------------------------------------
+
+DEVICE_TAGS = """
+[[station.tag]]
+name = "v"
+type = "Ai"
+address = "JA=GlobalMeasure.Voltage"
+unit = "V"
+
+[[station.tag]]
+name = "since"
+type = "TiA"
+address = "JA=Agent.Time"
+default = "2024-01-01 00:00:00.000"
+"""
+
+
+def test_identical_tags_give_equal_records_per_line() -> None:
+    """Stations with the same tag tables get equal tags; a line's zone still shapes its own."""
+    text = textwrap.dedent("""
+        [[line]]
+        name = "utc"
+        host = "a"
+        payload_type = "json"
+        time_zone = "UTC"
+
+        [[line]]
+        name = "plus2"
+        host = "b"
+        payload_type = "json"
+        time_zone = "+02:00"
+    """)
+    for i, line in enumerate(("utc", "utc", "plus2", "plus2")):
+        text += f'\n[[station]]\nname = "s{i}"\nline = "{line}"\naddress = "d/{i}"\n' + DEVICE_TAGS
+    cfg = loads(text)
+    tags = [s.tags for s in cfg.stations]
+    assert tags[0] == tags[1]
+    assert tags[2] == tags[3]
+    assert tags[0][0] == tags[2][0]
+    # The same default text read in two zones: two instants.
+    assert tags[0][1].default != tags[2][1].default
+    assert tags[0][1].default - tags[2][1].default == timedelta(hours=2)
+
+
+def test_identical_tags_with_errors_reported_for_every_station() -> None:
+    """A mistake repeated in many stations is reported at each place, not once."""
+    tag = 'name = "t"\ntype = "Ai"\naddress = "JA=a[0]"'
+    text = LINE + 'payload_type = "json"\n'
+    for i in range(3):
+        text += f'\n[[station]]\nname = "s{i}"\naddress = "d/{i}"\n[[station.tag]]\n{tag}\n'
+    found = errors(text)
+    assert [e.split(":")[0] for e in found] == [f"station[{i}].tag[1].address" for i in (1, 2, 3)]
+
+
+def test_identical_topic_tags_checked_against_each_station_regex() -> None:
+    """TOPIC= depends on the station's regular expression: read again for each station."""
+    tag = '[[station.tag]]\nname = "t"\ntype = "TxtI"\naddress = "TOPIC=dev"\n'
+    text = LINE + (
+        f'\n[[station]]\nname = "a"\naddress = "x/(?P<dev>[^/]+)"\n{tag}'
+        f'\n[[station]]\nname = "b"\naddress = "y/(?P<other>[^/]+)"\n{tag}'
+    )
+    assert errors(text) == (
+        "station[2].tag[1].address: the station address has no group named 'dev'",
+    )
+
+
+def test_collector_paused_while_loading() -> None:
+    """Loading pauses the garbage collector and gives it back as it was, errors or not."""
+    assert gc.isenabled()
+    seen: list[bool] = []
+    with collector_paused():
+        seen.append(gc.isenabled())
+    assert seen == [False]
+    assert gc.isenabled()
+    with pytest.raises(ConfigError):
+        loads("not toml = = =")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        loads(LINE)
+        assert not gc.isenabled()  # a host that turned it off keeps it off
+    finally:
+        gc.enable()
