@@ -57,7 +57,7 @@ def check_paho() -> list[str]:
 
 
 class RawMessage(NamedTuple):
-    """A PUBLISH as paho delivered it; the topic stays bytes (it may not be UTF-8)."""
+    """A PUBLISH as read from the broker; the topic stays bytes (it may not be UTF-8)."""
 
     topic: bytes
     payload: bytes
@@ -232,20 +232,44 @@ class Session:
             rc = client.loop(timeout)
             sock = client._sock
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket):
-                # paho reads one packet per select(); packets already in our buffer need
-                # no select, so they are handled here (bounded, so timers still run).
-                budget = 2000
-                pause = self.pause_reading
-                while budget and sock.buffered() and not pause():
-                    budget -= 1
-                    rc = client.loop_read()
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        break
+                rc = self._read_buffered(client, sock)
         except Exception as exc:  # a paho bug must not end the line's thread
             self._events.callback_failed("loop", exc, None)
             self.drop()
             return False
         return bool(rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.is_connected())
+
+    def _read_buffered(self, client: Any, sock: _BufferedSocket) -> MQTTErrorCode:
+        """Handle the packets already in kom's read buffer, without select() (bounded).
+
+        A whole PUBLISH at the head of the buffer is parsed here, straight from the buffer:
+        paho would read it with three recv() calls, grow a bytearray and dispatch it, about
+        as much Python as decoding its payload. Everything else (other packet types, a
+        packet cut by the end of the buffer, a malformed PUBLISH) is left to paho's reader.
+        """
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        budget = 2000
+        pause = self.pause_reading
+        in_packet = client._in_packet
+        taken = 0
+        v5 = self._v5
+        deliver = self._deliver
+        next_publish = sock.next_publish
+        while budget and sock.buffered() and not pause():
+            budget -= 1
+            msg = None if in_packet["command"] else next_publish(v5)
+            if msg is not None:
+                taken += 1
+                deliver(msg)
+                continue
+            rc = client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            in_packet = client._in_packet  # paho replaces it after each packet
+        if taken:
+            with client._msgtime_mutex:
+                client._last_bytes_received = time.monotonic()
+        return rc
 
     def idle(self, timeout: float) -> None:
         """Write what is queued (acknowledgements, writes) without reading anything."""
@@ -365,7 +389,7 @@ class Session:
     # -- paho callbacks, each guarded ----------------------------------------------------
 
     def _handle_publish(self) -> MQTTErrorCode:
-        """Parse an incoming PUBLISH (MQTT 3.1.1 §3.3, MQTT 5 §3.3) and deliver it to kom.
+        """Parse an incoming PUBLISH that paho read (MQTT 3.1.1 §3.3, MQTT 5 §3.3) for kom.
 
         Two reasons to do this in kom rather than in paho. Speed: paho builds an
         MQTTMessage, an MQTTMessageInfo with its own Condition, logs and decodes the topic
@@ -376,48 +400,23 @@ class Session:
         PUBREC when the host has it (`ack_many`), then PUBCOMP on PUBREL (MQTT 3.1.1
         §4.3.3 lets the receiver accept ownership when it is ready). Anything malformed
         goes to paho's own handler, which reports it.
+
+        Most PUBLISH packets never reach this: `loop` takes whole ones from kom's read
+        buffer (`_BufferedSocket.next_publish`); this handles the ones paho read itself.
         """
-        client = self._client
-        packet = client._in_packet
-        command = packet["command"]
-        qos = (command & 0x06) >> 1
-        body = packet["packet"]
-        size = len(body)
-        if qos == 3 or size < 2:
+        packet = self._client._in_packet
+        body = bytes(packet["packet"])
+        msg = parse_publish(packet["command"], body, 0, len(body), self._v5)
+        if msg is None:
             return self._paho_handle_publish()
-        end = 2 + ((body[0] << 8) | body[1])
-        start = end
-        mid = 0
-        if qos:
-            start += 2
-            if size < start:
-                return self._paho_handle_publish()
-            mid = (body[end] << 8) | body[end + 1]
-        if self._v5:
-            # MQTT 5 §3.3.2.3: a variable byte integer, then that many bytes of properties.
-            length, multiplier, used = 0, 1, 0
-            while True:
-                if start + used >= size or used == 4:
-                    return self._paho_handle_publish()
-                byte = body[start + used]
-                length += (byte & 0x7F) * multiplier
-                multiplier *= 128
-                used += 1
-                if not byte & 0x80:
-                    break
-            start += used + length
-        if end == 2 or size < start:
-            return self._paho_handle_publish()
-        topic = bytes(body[2:end])
-        try:
-            self._events.message(
-                RawMessage(
-                    topic, bytes(body[start:]), qos, mid, bool(command & 0x08), bool(command & 0x01)
-                )
-            )
-        except Exception as exc:  # never raise into paho
-            self._events.callback_failed("on_message", exc, topic)
+        self._deliver(msg)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _deliver(self, msg: RawMessage) -> None:
+        try:
+            self._events.message(msg)
+        except Exception as exc:  # never raise into paho
+            self._events.callback_failed("on_message", exc, msg.topic)
 
     def _handle_pubrel(self) -> MQTTErrorCode:
         """PUBREL for a QoS 2 message kom already owns (it sent PUBREC): answer PUBCOMP.
@@ -488,6 +487,50 @@ def _never() -> bool:
     return False
 
 
+def parse_publish(command: int, data: bytes, start: int, end: int, v5: bool) -> RawMessage | None:
+    """The PUBLISH whose variable header and payload are `data[start:end]`; None if malformed.
+
+    MQTT 3.1.1 §3.3: a topic (two-byte length, at least one byte), a packet identifier at
+    QoS 1 and 2, in MQTT 5 properties (a variable byte integer length, then that many
+    bytes, §3.3.2.3), then the payload.
+    """
+    qos = (command & 0x06) >> 1
+    if qos == 3 or end - start < 2:
+        return None
+    topic_end = start + 2 + ((data[start] << 8) | data[start + 1])
+    if topic_end == start + 2:
+        return None
+    body = topic_end
+    mid = 0
+    if qos:
+        body += 2
+        if body > end:
+            return None
+        mid = (data[topic_end] << 8) | data[topic_end + 1]
+    if v5:
+        length = shift = used = 0
+        while True:
+            if body + used >= end or used == 4:
+                return None
+            byte = data[body + used]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            used += 1
+            if not byte & 0x80:
+                break
+        body += used + length
+    if body > end:
+        return None
+    return RawMessage(
+        data[start + 2 : topic_end],
+        data[body:end],
+        qos,
+        mid,
+        bool(command & 0x08),
+        bool(command & 0x01),
+    )
+
+
 class _BufferedSocket:
     """A socket (plain, TLS or paho's websocket wrapper) read 64 KiB at a time.
 
@@ -527,6 +570,37 @@ class _BufferedSocket:
 
     def buffered(self) -> int:
         return max(0, len(self._buf) - self._pos)
+
+    def next_publish(self, v5: bool) -> RawMessage | None:
+        """Take the whole, well-formed PUBLISH at the head of the buffer, if there is one."""
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        if pos >= size:
+            return None
+        command = buf[pos]
+        if command & 0xF0 != 0x30:
+            return None
+        # MQTT 3.1.1 §2.2.3: the remaining length, one to four bytes of seven bits each.
+        length = 0
+        shift = 0
+        i = pos + 1
+        while True:
+            if i >= size or shift > 21:
+                return None
+            byte = buf[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        end = i + length
+        if end > size:
+            return None
+        msg = parse_publish(command, buf, i, end, v5)
+        if msg is not None:
+            self._pos = end
+        return msg
 
     def pending(self) -> int:
         inner = getattr(self._sock, "pending", None)
