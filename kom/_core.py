@@ -69,6 +69,8 @@ class LineCore:
         self.by_name = {s.name: s for s in self.stations}
         self.counters = Counters()
         self._ack_stations = [s for s in self.stations if s.uses_ack]
+        #: Whether any station may hold messages (ACK_ID): else reading never pauses.
+        self.holds = bool(self._ack_stations)
         self.station_counters = {s.name: Counters() for s in self.stations}
 
     def __repr__(self) -> str:
@@ -92,6 +94,7 @@ class LineCore:
                 station.move(StationState.ON)
         self.by_name = {s.name: s for s in self.stations}
         self._ack_stations = [s for s in self.stations if s.uses_ack]
+        self.holds = bool(self._ack_stations)
         self.counters = old.counters
 
     def holding_too_much(self) -> bool:
@@ -136,6 +139,8 @@ class LineCore:
         sc.last_message = msg.received
         if msg.dup:
             sc.duplicates += 1
+        decoder = station.decoder
+        invalid = decoder.invalid
         delivery: Delivery = station.receive(msg, route.groups)
         if delivery.ignored:
             counters.ignored += 1
@@ -146,13 +151,12 @@ class LineCore:
             return Processed(updates, True, station, route)
         counters.routed += 1
         sc.routed += 1
-        for update in delivery.updates:
-            if update.reason is not None:
-                counters.decode_errors += 1
-                sc.decode_errors += 1
-        updates.extend(delivery.updates)
+        invalid = decoder.invalid - invalid
+        if invalid:
+            counters.decode_errors += invalid
+            sc.decode_errors += invalid
         settled = not (delivery.awaiting_ack or delivery.held)
-        return Processed(updates, settled, station, route)
+        return Processed(delivery.updates, settled, station, route)
 
     def lost(self, now: datetime) -> list[Update]:
         """The connection is gone: active stations in communication error, inputs invalid."""

@@ -32,6 +32,7 @@ from ._station import Message, StationState
 from ._topic import check_topic
 
 log = logging.getLogger("kom.line")
+_new = tuple.__new__  # a Message without NamedTuple's Python-level __new__
 
 
 class LineState(enum.Enum):
@@ -368,7 +369,8 @@ class Line(Events):
             self._subscribe(session, True)
 
     def _holding_too_much(self) -> bool:
-        return self.core.holding_too_much()
+        core = self.core  # asked before every buffered packet: one call when nothing is held
+        return core.holds and core.holding_too_much()
 
     def _serve(self, session: Session) -> bool:
         """Loop until the connection ends; True when it was lost (not closed by kom)."""
@@ -525,8 +527,9 @@ class Line(Events):
                     self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
-        msg = Message(
-            topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation
+        msg = _new(
+            Message,
+            (topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
         )
         with self._lock:
             if raw.qos:

@@ -12,7 +12,7 @@ import functools
 import types
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import attrs
@@ -80,6 +80,7 @@ class _Reader(NamedTuple):
 
 
 _new = tuple.__new__  # builds an Update without NamedTuple's Python-level __new__
+_NO_TIME: Any = object()  # no raw time field: never the object a tag reads
 
 
 class Decoder:
@@ -126,6 +127,8 @@ class Decoder:
         self._zone = line.time_zone
         self._max_payload = line.max_payload
         self.input_tags = tuple(r.full for r in (*first, *middle, *last))
+        #: Invalid updates handed out so far (the core counts them as decode errors).
+        self.invalid = 0
         #: Last reported (value, valid) per tag with dead band or change-only filtering.
         self.last: dict[str, tuple[Value, bool]] = {}
         #: Set when a message had no time field, or none is configured (SPEC §7: the line
@@ -139,6 +142,7 @@ class Decoder:
         doc: Any = MISSING
         raws: list[Any] = []
         failure: tuple[Reason, str] | None = None
+        traw: Any = _NO_TIME  # the raw time field, once it has been read as `ts`
         payload = msg.payload
         # SPEC §8: a huge payload is refused on any line, IN_DATA included.
         too_big: tuple[Reason, str] | None = None
@@ -162,6 +166,7 @@ class Decoder:
                     else:
                         try:
                             ts = self._mask.read(raw, self._zone)
+                            traw = raw
                         except TimeMaskError as exc:
                             # SPEC §7: an unreadable timestamp makes the content invalid.
                             failure = (Reason.TIME, str(exc))
@@ -181,7 +186,7 @@ class Decoder:
                     self._emit(append, r, None, Reason.ENCODING, why, ts, received, topic)
                 else:
                     self._emit(append, r, text, None, None, ts, received, topic)
-        self._decode_middle(raws, doc, groups, failure, ts, received, topic, append)
+        self._decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw)
         for r in self._last:
             self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
         return updates
@@ -251,7 +256,11 @@ class Decoder:
             if not processing.should_report(value, valid, self.last.get(r.full)):
                 return
             self.last[r.full] = (value, valid)
-        quality = INVALID if reason else VALID
+        if reason is None:
+            quality = VALID
+        else:
+            quality = INVALID
+            self.invalid += 1
         append(_new(Update, (r.full, value, quality, reason, ts, received, topic, detail)))
 
     def invalidate(self, reason: Reason, now: datetime, detail: str | None = None) -> list[Update]:
@@ -278,6 +287,13 @@ _FAST: dict[str, tuple[tuple[str, str], ...]] = {
         ("type(raw) is int and (raw == 0 or raw == 1)", "raw == 1"),
     ),
     "text": (("type(raw) is str", "raw"),),
+    # A whole number of seconds within timedelta's range (±999,999,999 days).
+    "reltime": (
+        ("type(raw) is int and -86_399_999_913_600 <= raw <= 86_399_999_999_999", "td(0, raw)"),
+    ),
+    # The very object the line's time field was read from (the tag reads the same field
+    # with the same mask and zone): its value is the message time, already parsed.
+    "abstime": (("raw is traw", "ts"),),
 }
 
 
@@ -300,6 +316,7 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
         "Update": Update,
         "VALID": VALID,
         "slow": slow,
+        "td": timedelta,
     }
     for i, r in enumerate(readers):
         ns[f"R{i}"] = r
@@ -311,7 +328,7 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
 def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
     """The compiled code of `decode_middle` for one layout of (fast kind or None, slot)."""
     body = [
-        "def decode_middle(raws, doc, groups, failure, ts, received, topic, append):",
+        "def decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw):",
         "    if failure is not None:",
     ]
     for i in range(len(layout)):

@@ -928,6 +928,7 @@ def test_decoding_never_raises(
     core = LineCore(cfg.lines[0], cfg.stations)
     if connect_first:
         core.connected(1)
+    invalid = 0
     for i, (topic, payload, qos, mid, dup) in enumerate(messages):
         message = Message(topic, payload, T0 + timedelta(seconds=i), qos, mid if qos else 0, dup)
         result = core.process(message)
@@ -935,6 +936,8 @@ def test_decoding_never_raises(
             assert update.valid is (update.reason is None)
             assert update.valid or update.value is None
             assert update.ts.tzinfo is not None
+            invalid += update.reason not in (None, Reason.WILL, Reason.COMM)
+        assert core.counters.decode_errors == invalid
         station = result.station
         if station is not None and station.current is not None and i % 2:
             current = station.current
@@ -1016,3 +1019,51 @@ def test_the_generated_fast_path_agrees_with_the_converters(raw: object, value_t
         assert update.valid
         assert update.value == expected
         assert type(update.value) is type(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=JSON_SCALARS
+    | st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat())
+    | st.datetimes().map(lambda d: d.isoformat(sep=" ", timespec="milliseconds"))
+)
+def test_a_tag_on_the_time_field_agrees_with_the_converter(raw: object) -> None:
+    """A TiA tag reading the line's own time field: the converter's answer, which is the time."""
+    from kom._convert import converter
+    from kom._timemask import TimeMask, Zone
+
+    core = core_of(
+        """
+        [line]
+        host = "h"
+        payload_type = "json"
+        time_zone = "+01:00"
+        time_mask = "ISO"
+        time_field = "a.x"
+        [[station]]
+        name = "s"
+        address = "t"
+        [[station.tag]]
+        name = "x"
+        type = "TiA"
+        address = "JA=a.x"
+        on_change = false
+        [[station.tag]]
+        name = "y"
+        type = "TiA"
+        address = "JA=a.y"
+        on_change = false
+        """
+    )
+    try:
+        payload = orjson.dumps({"a": {"x": raw, "y": raw}})
+    except orjson.JSONEncodeError:
+        return
+    updates = core.process(msg("t", payload)).updates
+    convert = converter(ValueType.TiA, TimeMask.parse("ISO"), Zone.parse("+01:00"))
+    try:
+        expected = convert(orjson.loads(payload)["a"]["x"])
+    except Exception:
+        assert [u.reason for u in updates] == [Reason.TIME, Reason.TIME]
+    else:
+        assert [(u.value, u.ts) for u in updates] == [(expected, expected)] * 2
