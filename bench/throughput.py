@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -189,13 +190,18 @@ def drain_kom(
     thresholds = gc.get_threshold()
     if gc_tuned:
         tune_gc()
+    collector = CollectorClock()
+    gc.callbacks.append(collector)
     try:
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         kom.start()
         finished = counter.done.wait(timeout)
         t_end = counter.t_end if finished else time.perf_counter()
+        cpu = time.process_time() - cpu0
         kom.close()
     finally:
+        gc.callbacks.remove(collector)
         if gc_tuned:
             gc.unfreeze()
             gc.set_threshold(*thresholds)
@@ -206,8 +212,28 @@ def drain_kom(
         "decode_errors": line.decode_errors,
         "duplicates": line.duplicates,
         "consumer_errors": kom.consumer_errors,
+        "gc_seconds": collector.seconds,
+        "gc_share": collector.seconds / (t_end - t0) if t_end > t0 else 0.0,
+        "gc_collections": collector.collections,
+        "cpu_us": cpu / max(1, counter.count // TAG_COUNT) * 1e6,
     }
     return t_end - t0, counter.count, stats
+
+
+class CollectorClock:
+    """A gc callback: how long the garbage collector ran, and how often, per generation."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.collections[info["generation"]] += 1
 
 
 def drain(
@@ -237,6 +263,7 @@ def run(settings: Settings) -> Report:
     rates: dict[tuple[int, str], list[float]] = {}
     publish: dict[int, list[float]] = {q: [] for q in settings.qos}
     problems: list[str] = []
+    gc_shares: dict[tuple[int, str], list[float]] = {}
     with Broker(broker_options(settings)) as broker:
         report.settings["broker"] = broker.describe() + (
             "" if settings.max_inflight is not None else "; max_inflight_messages default (20)"
@@ -270,15 +297,32 @@ def run(settings: Settings) -> Report:
                             f"QoS {qos} {pipeline} run {run_index + 1}: {got:,} of {count:,} "
                             f"messages, {stats}"
                         )
+                    collector = ""
+                    if "gc_share" in stats:
+                        full = stats["gc_collections"][2]
+                        collector = (
+                            f", collector {stats['gc_share']:.0%} of it, {full} full, "
+                            f"{stats['cpu_us']:.1f} µs CPU/msg"
+                        )
+                        gc_shares.setdefault((qos, pipeline), []).append(stats["gc_share"])
                     print(
                         f"   [throughput] QoS {qos} run {run_index + 1} {pipeline:<9} "
-                        f"{fmt(rate, 'msg/s'):>14}  (publishers {fmt(loaded['rate'], 'msg/s')})",
+                        f"{fmt(rate, 'msg/s'):>14}  (publishers {fmt(loaded['rate'], 'msg/s')}"
+                        f"{collector})",
                         flush=True,
                     )
         report.extra["broker_rss_mb_end"] = broker.rss_mb()
     _rows(report, rates, publish, settings)
     report.extra["rates"] = {f"qos{q}/{p}": v for (q, p), v in rates.items()}
     report.extra["publish_rates"] = publish
+    report.extra["gc_shares"] = {f"qos{q}/{p}": v for (q, p), v in gc_shares.items()}
+    if gc_shares:
+        report.notes.append(
+            "garbage collector's share of kom's drain time (median): "
+            + ", ".join(
+                f"QoS {q} {p} {statistics.median(v):.0%}" for (q, p), v in gc_shares.items()
+            )
+        )
     report.notes.append(
         f"publishers: {settings.publishers} processes (multiprocessing, spawn) writing pre-built "
         "PUBLISH packets on bare sockets; they run BEFORE each drain while the consumer is "

@@ -41,6 +41,9 @@ class Counters:
         return attrs.asdict(self)
 
 
+_new = tuple.__new__  # a Processed per message, without NamedTuple's Python-level __new__
+
+
 class Processed(NamedTuple):
     """The result of one message: its updates, and whether it is settled.
 
@@ -156,7 +159,7 @@ class LineCore:
             counters.decode_errors += invalid
             sc.decode_errors += invalid
         settled = not (delivery.awaiting_ack or delivery.held)
-        return Processed(delivery.updates, settled, station, route)
+        return _new(Processed, (delivery.updates, settled, station, route))
 
     def lost(self, now: datetime) -> list[Update]:
         """The connection is gone: active stations in communication error, inputs invalid."""

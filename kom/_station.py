@@ -475,7 +475,8 @@ class Station:
             self.move(StationState.ON)
         if not self.uses_ack:
             self.groups = groups
-            return Delivery(self.decoder.decode(msg, groups))
+            # Per message: tuple.__new__ skips NamedTuple's Python-level __new__.
+            return _new(Delivery, (self.decoder.decode(msg, groups), False, False, False))
         if self.current is not None:
             if msg.qos == 0 and len(self.held) >= self.max_held:
                 self.overflow += 1
