@@ -19,9 +19,10 @@ import orjson
 
 from ._convert import format_time, format_value
 from ._errors import ConfigError
-from ._model import Update
+from ._model import Quality, Reason, Update
 
 log = logging.getLogger("kom.sink")
+VALID = Quality.VALID
 
 
 class Sink(Protocol):
@@ -52,6 +53,8 @@ TAG_INDEX = "CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);"
 
 
 _PLAIN = frozenset({float, int, bool, str})
+#: The stored texts of reasons: an enum's `.value` is a Python-level property, once per row.
+_REASON_TEXT = {reason: reason.value for reason in Reason}
 
 
 class SqliteSink:
@@ -90,8 +93,8 @@ class SqliteSink:
                 (
                     tag,
                     value,
-                    quality.value,
-                    reason and reason.value,
+                    "valid" if quality is VALID else "invalid",
+                    reason and _REASON_TEXT[reason],
                     ts_text,
                     rx_text,
                     topic,

@@ -252,3 +252,29 @@ def test_sqlite_sink_indexes(tmp_path: Path) -> None:
         assert names == expected
     with pytest.raises(ConfigError):
         open_sink(f"sqlite:{tmp_path}/c.db?index=nope")
+
+
+def test_sqlite_rows_match_the_jsonl_records(tmp_path: Path) -> None:
+    """Every kind of value, quality and reason is stored as the SPEC §9 record has it."""
+    from datetime import UTC, datetime, timedelta
+
+    from kom import Update
+    from kom._model import Quality, Reason
+    from kom._sinks import SqliteSink, record
+
+    t = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
+    updates = [
+        Update("a", 1.5, Quality.VALID, None, t, t, "x"),
+        Update("b", True, Quality.VALID, None, t, t, None),
+        Update("c", t, Quality.VALID, None, t, t, "x"),
+        Update("d", timedelta(seconds=90), Quality.VALID, None, t, t, "x"),
+    ] + [Update(f"e{r.value}", None, Quality.INVALID, r, t, t, "x", "why") for r in Reason]
+    sink = SqliteSink(tmp_path / "h.db")
+    sink.write(updates)
+    sink.close()
+    with sqlite3.connect(tmp_path / "h.db") as conn:
+        rows = conn.execute(
+            "SELECT tag, value, quality, reason, ts, received, topic FROM updates ORDER BY id"
+        ).fetchall()
+    expected = [tuple(record(u).values()) for u in updates]
+    assert rows == [(e[0], int(e[1]) if isinstance(e[1], bool) else e[1], *e[2:]) for e in expected]
