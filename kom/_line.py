@@ -25,9 +25,10 @@ from ._config import Endpoint, LineConfig, StationConfig
 from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
-from ._model import Quality, Update, Value
+from ._model import Quality, Update, Value, ValueType
 from ._mqtt import Events, RawMessage, Session
 from ._outbox import Outbox
+from ._publish import render
 from ._station import Message, StationState
 from ._topic import check_topic
 
@@ -750,8 +751,6 @@ class Line(Events):
                 )
             payload = str(converted).encode()
         elif tag.publish is not None:
-            from ._publish import render
-
             topic, payload = render(tag.publish, converted, station_name, tag_name, station.groups)
         else:
             raise WriteError(
@@ -762,10 +761,7 @@ class Line(Events):
             raise WriteError(f"{full}: {problem}", full, "topic")
         self._publish(future, full, topic, payload)
 
-    def _convert(self, value_type: object, value: object, full: str) -> Value:
-        from ._model import ValueType
-
-        assert isinstance(value_type, ValueType)
+    def _convert(self, value_type: ValueType, value: object, full: str) -> Value:
         try:
             return parse_write_value(
                 value_type, value, self.config.time_mask, self.config.time_zone

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import orjson
 
@@ -28,22 +29,56 @@ def render(
     """
     full = f"{station}.{tag}"
     names: dict[str, Value] = {"value": value, "tag": tag, "station": station}
-    names.update({k: v for k, v in groups.items() if v is not None})
+    if groups:
+        names.update({k: v for k, v in groups.items() if v is not None})
+    topic_template = _template(publish.topic)
+    topic = _fill(topic_template, names, False, full, "topic")
+    # SPEC §6: a placeholder may not leave an empty level; the template's own are kept.
+    if topic.split("/").count("") > topic_template.empty_levels:
+        raise WriteError(f"{full}: a placeholder leaves an empty level in {topic!r}", full, "topic")
+    payload_template = _template(publish.payload)
+    payload = _fill(payload_template, names, payload_template.json, full, "rejected")
+    return topic, payload.encode("utf-8")
 
-    def fill(m: re.Match[str], in_json: bool, reason: str) -> str:
-        name = m.group(1)
+
+class _Template(NamedTuple):
+    """A template split once: literal texts around (name, format) placeholders."""
+
+    literals: tuple[str, ...]
+    fields: tuple[tuple[str, str | None], ...]
+    #: Placeholders aside, it starts with `{` or `[`: a JSON template, whose strings are
+    #: escaped (the default template "{value}" starts with a brace but is no JSON).
+    json: bool
+    #: Empty topic levels of the template itself (only new ones are refused).
+    empty_levels: int
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(text: str) -> _Template:
+    parts = PLACEHOLDER.split(text)  # literal, name, format, literal, name, format, ..., literal
+    literals = tuple(parts[0::3])
+    fields = tuple(zip(parts[1::3], parts[2::3], strict=True))
+    return _Template(
+        literals,
+        fields,
+        "".join(literals).lstrip()[:1] in ("{", "["),
+        text.split("/").count(""),
+    )
+
+
+def _fill(
+    template: _Template, names: Mapping[str, Value], in_json: bool, full: str, reason: str
+) -> str:
+    literals = template.literals
+    if not template.fields:
+        return literals[0]
+    out = [literals[0]]
+    for (name, fmt), literal in zip(template.fields, literals[1:], strict=False):
         if name not in names:  # a group before any message matched it: not "null"
             raise WriteError(f"{full}: no value for {{{name}}} yet", full, reason)
-        return _text(names[name], m.group(2), in_json)
-
-    topic = PLACEHOLDER.sub(lambda m: fill(m, False, "topic"), publish.topic)
-    # SPEC §6: a placeholder may not leave an empty level; the template's own are kept.
-    if topic.split("/").count("") > publish.topic.split("/").count(""):
-        raise WriteError(f"{full}: a placeholder leaves an empty level in {topic!r}", full, "topic")
-    # Placeholders aside: the default template "{value}" starts with a brace but is no JSON.
-    json_template = PLACEHOLDER.sub("", publish.payload).lstrip()[:1] in ("{", "[")
-    payload = PLACEHOLDER.sub(lambda m: fill(m, json_template, "rejected"), publish.payload)
-    return topic, payload.encode("utf-8")
+        out.append(_text(names[name], fmt, in_json))
+        out.append(literal)
+    return "".join(out)
 
 
 def _text(value: Value, fmt: str | None, in_json: bool) -> str:

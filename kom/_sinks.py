@@ -88,6 +88,7 @@ class SqliteSink:
                 ts_key, ts_text = ts, format_time(ts)
             if received is not rx_key:
                 rx_key, rx_text = received, format_time(received)
+            value: object
             if raw is None or type(raw) in plain:
                 value = raw
             elif raw is ts:  # a time tag on the message's own time field (the NETIO profile)

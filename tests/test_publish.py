@@ -186,3 +186,37 @@ def test_json_template_escapes_any_text(text: str) -> None:
     """Any text written into `"{value}"` of a JSON template gives valid JSON holding that text."""
     body = render(Publish("t", '{"v":"{value}","w":{value:json}}'), text, "s", "t", {})[1]
     assert orjson.loads(body) == {"v": text, "w": text}
+
+
+_PIECES = st.sampled_from(
+    ["{value}", "{value:json}", "{value:raw}", "{tag}", "{station}", "{dev}", "{", "}", "[", " "]
+) | st.text(alphabet='ab/{}:"\\ é', max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_PIECES, max_size=8).map("".join),
+    st.one_of(
+        st.text(max_size=6),
+        st.floats(allow_nan=False),
+        st.integers(-(2**63), 2**63 - 1),
+        st.booleans(),
+    ),
+)
+def test_templates_split_once_render_as_substitution(template: str, value: Value) -> None:
+    """A template is split once and reused; the payload is what substituting each
+    placeholder in the text gives, JSON escaping where the template (placeholders aside)
+    starts with a brace or bracket."""
+    from kom._config import PLACEHOLDER
+    from kom._publish import _text
+
+    names: dict[str, Value] = {"value": value, "tag": "tg", "station": "st", "dev": "d1"}
+    if any(m.group(1) not in names for m in PLACEHOLDER.finditer(template)):
+        with pytest.raises(WriteError):
+            render(Publish("a/b", template), value, "st", "tg", {"dev": "d1"})
+        return
+    in_json = PLACEHOLDER.sub("", template).lstrip()[:1] in ("{", "[")
+    expected = PLACEHOLDER.sub(lambda m: _text(names[m.group(1)], m.group(2), in_json), template)
+    for _ in range(2):  # the second time from the cache
+        got = render(Publish("a/b", template), value, "st", "tg", {"dev": "d1"})[1]
+        assert got == expected.encode("utf-8")
