@@ -215,6 +215,7 @@ def drain_kom(
         "gc_seconds": collector.seconds,
         "gc_share": collector.seconds / (t_end - t0) if t_end > t0 else 0.0,
         "gc_collections": collector.collections,
+        "gc_seconds_by_generation": collector.by_generation,
         "cpu_us": cpu / max(1, counter.count // TAG_COUNT) * 1e6,
     }
     return t_end - t0, counter.count, stats
@@ -226,14 +227,17 @@ class CollectorClock:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.collections = [0, 0, 0]
+        self.by_generation = [0.0, 0.0, 0.0]
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.seconds += time.perf_counter() - self._start
+            took = time.perf_counter() - self._start
+            self.seconds += took
             self.collections[info["generation"]] += 1
+            self.by_generation[info["generation"]] += took
 
 
 def drain(

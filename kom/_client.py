@@ -146,12 +146,15 @@ class Kom:
     def _deliver(self, batch: Batch) -> None:
         with self._room:
             self._queued += len(batch.updates)
-            # Back-pressure: a line's network thread waits while the host lags far behind,
-            # so memory stays bounded; the broker then holds the messages.
-            if threading.current_thread().name.startswith("kom-line"):
+        self._queue.put(batch)
+        # Back-pressure: a line's network thread waits while the host lags far behind, so
+        # memory stays bounded (max_queue and the line's next batch); the broker then holds
+        # the messages. The batch is queued first: one bigger than max_queue (many tags a
+        # message) must reach the dispatcher, or the line would wait for itself.
+        if threading.current_thread().name.startswith("kom-line"):
+            with self._room:
                 while self._queued > self._max_queue and not self._closed:
                     self._room.wait(0.5)
-        self._queue.put(batch)
 
     def _dispatch(self) -> None:
         q = self._queue

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from kom import Kom, LineState, Quality, Reason, WriteError
+from kom import Kom, LineState, Quality, Reason, Update, WriteError
 from kom._backoff import set_testing
 
 from ._broker import Mosquitto
@@ -443,3 +443,32 @@ def test_debug_logs_every_message_and_value(
         assert "dev.v = 42.5 valid" in caplog.text
     finally:
         logging.getLogger("kom.line").setLevel(logging.NOTSET)
+
+
+def test_a_batch_larger_than_max_queue_still_reaches_a_slow_consumer(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """Back-pressure bounds the queue, but a message with more updates than `max_queue`
+    (many tags) is handed over, not waited on forever; every QoS 1 message arrives."""
+    tags = "".join(
+        f'[[station.tag]]\nname = "t{i}"\ntype = "Ci"\naddress = "JA=[{i}]"\n' for i in range(1, 21)
+    )
+    cfg = config(
+        f'[[station]]\nname = "wide"\naddress = "{topic_prefix}/wide"\n{tags}',
+        **_line(broker, topic_prefix),
+    )
+    got = SlowCollector()
+    with start(cfg, got, max_queue=5) as kom, Publisher(broker.port) as pub:
+        assert kom.wait_connected(5)
+        for n in range(30):
+            pub.client.publish(f"{topic_prefix}/wide", str([n] * 20), qos=1)
+        got.wait(lambda us: len(us) >= 30 * 20)
+        assert got.values("wide.t20") == list(range(30))
+
+
+class SlowCollector(Collector):
+    """A consumer that takes 10 ms a batch: the dispatcher falls behind the line."""
+
+    def __call__(self, updates: Sequence[Update]) -> None:
+        time.sleep(0.01)
+        super().__call__(updates)
