@@ -26,7 +26,6 @@ from ._address import (
     Kind,
     Step,
     check_type,
-    compile_steps,
     parse_address,
     parse_json_address,
 )
@@ -951,8 +950,3 @@ def _read_publish(
     if topic is None:
         return None
     return Publish(topic=topic, payload=payload)
-
-
-def time_reader(line: LineConfig) -> Callable[[Any], Any] | None:
-    """The compiled reader of the line's `time_field`, or None when it has none."""
-    return compile_steps(line.time_field) if line.time_field is not None else None

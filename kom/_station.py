@@ -19,7 +19,7 @@ import attrs
 import orjson
 
 from ._address import MISSING, Kind, Step, compile_many
-from ._config import LineConfig, StationConfig, TagConfig, time_reader
+from ._config import LineConfig, StationConfig, TagConfig
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
 from ._model import Quality, Reason, Update, Value, ValueType
@@ -119,10 +119,14 @@ class Decoder:
         self._first = tuple(first)
         self._middle = tuple(middle)
         self._last = tuple(last)
+        self._json = payload_type == "json"
+        # The line's time field is one more path of the station's reader (read in the same walk).
+        self._time_slot = -1
+        if self._json and line.time_field is not None:
+            self._time_slot = len(paths)
+            paths.append(line.time_field)
         self._read_many = compile_many(paths) if paths else None
         self._decode_middle = _compile_middle(self._middle, self._slow)
-        self._json = payload_type == "json"
-        self._time = time_reader(line) if self._json else None
         self._mask = line.time_mask
         self._zone = line.time_zone
         self._max_payload = line.max_payload
@@ -133,7 +137,7 @@ class Decoder:
         self.last: dict[str, tuple[Value, bool]] = {}
         #: Set when a message had no time field, or none is configured (SPEC §7: the line
         #: warns once per station unless ignore_missing_time).
-        self.time_missing = self._time is None
+        self.time_missing = self._time_slot < 0
 
     def decode(self, msg: Message, groups: Mapping[str, str | None]) -> list[Update]:
         """The updates for `msg`; never raises for any payload or topic."""
@@ -148,7 +152,7 @@ class Decoder:
         too_big: tuple[Reason, str] | None = None
         if len(payload) > self._max_payload:
             too_big = (Reason.PARSE, f"payload of {len(payload)} bytes is over max_payload")
-        if self._json and (self._middle or self._time is not None):
+        if self._json and (self._middle or self._time_slot >= 0):
             if too_big is not None:
                 failure = too_big
             else:
@@ -159,8 +163,8 @@ class Decoder:
             if failure is None:
                 if self._read_many is not None:
                     raws = self._read_many(doc)
-                if self._time is not None:
-                    raw = self._time(doc)
+                if self._time_slot >= 0:
+                    raw = raws[self._time_slot]
                     if raw is MISSING:
                         self.time_missing = True
                     else:
