@@ -12,15 +12,7 @@ from hypothesis import strategies as st
 
 from kom._mqtt import RawMessage, _BufferedSocket, parse_publish
 
-
-def remaining_length(n: int) -> bytes:
-    """MQTT 3.1.1 §2.2.3: seven bits a byte, low bits first, the top bit saying 'more'."""
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from ._fakebroker import encode_remaining_length
 
 
 def publish(msg: RawMessage, properties: bytes | None = None) -> bytes:
@@ -30,9 +22,9 @@ def publish(msg: RawMessage, properties: bytes | None = None) -> bytes:
     if msg.qos:
         body += msg.mid.to_bytes(2, "big")
     if properties is not None:
-        body += remaining_length(len(properties)) + properties
+        body += encode_remaining_length(len(properties)) + properties
     body += msg.payload
-    return bytes([command]) + remaining_length(len(body)) + body
+    return bytes([command]) + encode_remaining_length(len(body)) + body
 
 
 class FakeSocket:
