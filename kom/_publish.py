@@ -73,7 +73,7 @@ def _fill(
     if not template.fields:
         return literals[0]
     out = [literals[0]]
-    for (name, fmt), literal in zip(template.fields, literals[1:], strict=False):
+    for (name, fmt), literal in zip(template.fields, literals[1:], strict=True):
         if name not in names:  # a group before any message matched it: not "null"
             raise WriteError(f"{full}: no value for {{{name}}} yet", full, reason)
         out.append(_text(names[name], fmt, in_json))
