@@ -322,27 +322,20 @@ def _compile_many(paths: tuple[tuple[Step, ...], ...]) -> Callable[[Any], list[A
         for slot in node.get(_LEAF, ()):
             lines.append(f"{indent}out[{slot}] = {var}")
         children = [(k, v) for k, v in node.items() if k is not _LEAF]
-        keys = [k for k, _ in children if k[0] == "str"]
-        indexes = [k for k, _ in children if k[0] == "int"]
-        if keys:
-            lines.append(f"{indent}if type({var}) is dict:")
-            for key, child in children:
-                if key[0] != "str":
-                    continue
+        for kind, container in (("str", "dict"), ("int", "list")):
+            steps = [(k[1], child) for k, child in children if k[0] == kind]
+            if not steps:
+                continue
+            lines.append(f"{indent}if type({var}) is {container}:")
+            for step, child in steps:
                 counter[0] += 1
                 name = f"n{counter[0]}"
-                lines.append(f"{indent}    {name} = {var}.get({key[1]!r}, MISSING)")
-                lines.append(f"{indent}    if {name} is not MISSING:")
-                emit(child, name, indent + "        ")
-        if indexes:
-            lines.append(f"{indent}if type({var}) is list:")
-            for key, child in children:
-                if key[0] != "int":
-                    continue
-                counter[0] += 1
-                name = f"n{counter[0]}"
-                lines.append(f"{indent}    if len({var}) > {key[1]}:")
-                lines.append(f"{indent}        {name} = {var}[{key[1]}]")
+                if kind == "str":
+                    lines.append(f"{indent}    {name} = {var}.get({step!r}, MISSING)")
+                    lines.append(f"{indent}    if {name} is not MISSING:")
+                else:
+                    lines.append(f"{indent}    if len({var}) > {step}:")
+                    lines.append(f"{indent}        {name} = {var}[{step}]")
                 emit(child, name, indent + "        ")
         if not node.get(_LEAF) and not children:
             lines.append(f"{indent}pass")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import attrs
 
 from ._config import LineConfig, StationConfig, collector_paused
-from ._model import Update
+from ._model import Update, new_record
 from ._router import Route, Router, Rule
 from ._station import Delivery, Message, Station, StationState
 
@@ -41,9 +41,6 @@ class Counters:
         return attrs.asdict(self)
 
 
-_new = tuple.__new__  # a Processed per message, without NamedTuple's Python-level __new__
-
-
 class Processed(NamedTuple):
     """The result of one message: its updates, and whether it is settled.
 
@@ -69,12 +66,16 @@ class LineCore:
                 [(i, s.will_topic, s.will_payload) for i, s in enumerate(stations) if s.will_topic],
                 patterns=[s.regex for s in stations],
             )
-        self.by_name = {s.name: s for s in self.stations}
+        self._index()
         self.counters = Counters()
+        self.station_counters = {s.name: Counters() for s in self.stations}
+
+    def _index(self) -> None:
+        """The lookups derived from `stations` (made again when a reload swaps stations in)."""
+        self.by_name = {s.name: s for s in self.stations}
         self._ack_stations = [s for s in self.stations if s.uses_ack]
         #: Whether any station may hold messages (ACK_ID): else reading never pauses.
         self.holds = bool(self._ack_stations)
-        self.station_counters = {s.name: Counters() for s in self.stations}
 
     def __repr__(self) -> str:
         return f"<LineCore {self.config.name!r} stations={len(self.stations)}>"
@@ -95,9 +96,7 @@ class LineCore:
                 station.state = StationState.COMM
             elif station.state is StationState.COMM:
                 station.move(StationState.ON)
-        self.by_name = {s.name: s for s in self.stations}
-        self._ack_stations = [s for s in self.stations if s.uses_ack]
-        self.holds = bool(self._ack_stations)
+        self._index()
         self.counters = old.counters
 
     def holding_too_much(self) -> bool:
@@ -159,7 +158,7 @@ class LineCore:
             counters.decode_errors += invalid
             sc.decode_errors += invalid
         settled = not (delivery.awaiting_ack or delivery.held)
-        return _new(Processed, (delivery.updates, settled, station, route))
+        return new_record(Processed, (delivery.updates, settled, station, route))
 
     def lost(self, now: datetime) -> list[Update]:
         """The connection is gone: active stations in communication error, inputs invalid."""

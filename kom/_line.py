@@ -26,7 +26,7 @@ from ._config import Endpoint, LineConfig, StationConfig
 from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
-from ._model import Quality, Update, Value, ValueType
+from ._model import Quality, Update, Value, ValueType, new_record
 from ._mqtt import Events, RawMessage, Session
 from ._outbox import Outbox
 from ._publish import render
@@ -34,7 +34,6 @@ from ._station import Message, StationState
 from ._topic import check_topic
 
 log = logging.getLogger("kom.line")
-_new = tuple.__new__  # a Message without NamedTuple's Python-level __new__
 
 
 class LineState(enum.Enum):
@@ -529,7 +528,7 @@ class Line(Events):
                     self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
-        msg = _new(
+        msg = new_record(
             Message,
             (topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
         )

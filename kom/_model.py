@@ -80,6 +80,11 @@ class Reason(enum.StrEnum):
     COMM = "comm"
 
 
+#: Builds a NamedTuple record from the tuple of its fields, skipping NamedTuple's Python-level
+#: `__new__`: kom builds an Update per tag and a few records per message, where that call shows.
+new_record = tuple.__new__
+
+
 class Update(NamedTuple):
     """One value handed out by kom.
 

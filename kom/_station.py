@@ -22,7 +22,7 @@ from ._address import MISSING, Kind, Step, compile_many
 from ._config import LineConfig, StationConfig, TagConfig
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
-from ._model import Quality, Reason, Update, Value, ValueType
+from ._model import Quality, Reason, Update, Value, ValueType, new_record
 from ._processing import Processing
 
 VALID = Quality.VALID
@@ -79,7 +79,6 @@ class _Reader(NamedTuple):
     kind_name: str = ""  # the value type's conversion family (ValueType.kind)
 
 
-_new = tuple.__new__  # builds an Update without NamedTuple's Python-level __new__
 _NO_TIME: Any = object()  # no raw time field: never the object a tag reads
 
 
@@ -265,7 +264,7 @@ class Decoder:
         else:
             quality = INVALID
             self.invalid += 1
-        append(_new(Update, (r.full, value, quality, reason, ts, received, topic, detail)))
+        append(new_record(Update, (r.full, value, quality, reason, ts, received, topic, detail)))
 
     def invalidate(self, reason: Reason, now: datetime, detail: str | None = None) -> list[Update]:
         """Every input tag `invalid` with `reason` (will, comm)."""
@@ -316,7 +315,7 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
     code = _middle_code(layout)
     ns: dict[str, Any] = {
         "MISSING": MISSING,
-        "new": _new,
+        "new": new_record,
         "Update": Update,
         "VALID": VALID,
         "slow": slow,
@@ -479,8 +478,7 @@ class Station:
             self.move(StationState.ON)
         if not self.uses_ack:
             self.groups = groups
-            # Per message: tuple.__new__ skips NamedTuple's Python-level __new__.
-            return _new(Delivery, (self.decoder.decode(msg, groups), False, False, False))
+            return new_record(Delivery, (self.decoder.decode(msg, groups), False, False, False))
         if self.current is not None:
             if msg.qos == 0 and len(self.held) >= self.max_held:
                 self.overflow += 1

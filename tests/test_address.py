@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kom._address import (
     MISSING,
@@ -16,6 +17,7 @@ from kom._address import (
     Kind,
     Step,
     check_type,
+    compile_many,
     compile_steps,
     format_json_address,
     parse_address,
@@ -334,3 +336,20 @@ def test_address_steps_and_group() -> None:
 def test_check_type(text: str, value_type: ValueType, problem: str | None) -> None:
     """Fixed addresses take one type; JSON and topic addresses take any input type."""
     assert check_type(parse_address(text), value_type) == problem
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(documents_with_leaf(), min_size=1, max_size=5), st.data())
+def test_one_reader_for_many_paths_reads_as_each_alone(
+    cases: list[tuple[object, tuple[Step, ...], object]], data: st.DataObject
+) -> None:
+    """The generated reader of a station's JA= paths (shared prefixes walked once) finds, on any
+    document, what each path's own reader finds: present leaves and MISSING alike."""
+    doc = cases[0][0]
+    paths = [steps for _, steps, _ in cases]
+    paths += data.draw(st.lists(st.sampled_from(paths).map(lambda p: (*p[:-1], 0)), max_size=2))
+    found = compile_many(paths)(doc)
+    assert len(found) == len(paths)
+    for value, steps in zip(found, paths, strict=True):
+        alone = compile_steps(steps)(doc)
+        assert value is alone or (value == alone and type(value) is type(alone))
