@@ -107,6 +107,17 @@ def open_session(port: int, client_id: str, clean: bool) -> tuple[socket.socket,
                 return sock, packets
 
 
+def end_session(port: int, client_id: str) -> None:
+    """Wipe `client_id`'s session: a clean start, then DISCONNECT.
+
+    A drained session left behind would stay subscribed, and the broker would queue every
+    later run's messages for it too (gigabytes over a full suite, and a slower broker).
+    """
+    sock, _ = open_session(port, client_id, clean=True)
+    sock.sendall(bytes([DISCONNECT << 4, 0]))
+    sock.close()
+
+
 def prepare_session(port: int, client_id: str, topic_filter: str, qos: int) -> None:
     """Make a persistent session subscribed to `topic_filter`, then leave it offline.
 

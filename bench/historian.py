@@ -92,6 +92,7 @@ def run(settings: Settings) -> Report:
                 config, n * TAG_COUNT, max(180.0, n / 500), inner=writer, gc_tuned=True
             )
             writer.close()
+            preloader.forget(client_id)
             with sqlite3.connect(db) as check:
                 by_kind = dict(
                     check.execute(

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from kom import Config, Kom, Update, loads, tune_gc
 
 from ._common import Broker, Report, Row, Settings, fmt, median_spread
-from ._wire import drain_raw, prepare_session, publish_worker
+from ._wire import drain_raw, end_session, prepare_session, publish_worker
 from ._workload import DEVICES, TAG_COUNT, TOPIC_FILTER, NaiveDecoder, kom_config_text, payload_pool
 
 PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex", "kom-tuned")
@@ -109,6 +109,10 @@ class Preloader:
         start = min(o["start"] for o in outs)
         end = max(o["end"] for o in outs)
         return {"rate": count / (end - start), "seconds": end - start}
+
+    def forget(self, client_id: str) -> None:
+        """Wipe a drained session, so that later runs do not queue messages for it."""
+        end_session(self.port, client_id)
 
 
 def drain_paho(
@@ -294,6 +298,7 @@ def run(settings: Settings) -> Report:
                         count=count,
                         timeout=max(120.0, count / 1000),
                     )
+                    preloader.forget(client_id)
                     rate = got / seconds if seconds > 0 else 0.0
                     rates.setdefault((qos, pipeline), []).append(rate)
                     if got < count or stats.get("decode_errors") or stats.get("consumer_errors"):
