@@ -1067,3 +1067,41 @@ def test_a_tag_on_the_time_field_agrees_with_the_converter(raw: object) -> None:
         assert [u.reason for u in updates] == [Reason.TIME, Reason.TIME]
     else:
         assert [(u.value, u.ts) for u in updates] == [(expected, expected)] * 2
+
+
+def test_stations_of_one_layout_share_generated_code() -> None:
+    """One code object and one globals dictionary for every station of a layout (the
+    interpreter's caches for global names stay warm across stations); each station's own
+    tag names reach its updates."""
+    core = core_of(
+        """
+        [line]
+        host = "broker"
+        payload_type = "json"
+        """
+        + "".join(
+            f"""
+        [[station]]
+        name = "d{n}"
+        address = "dev/{n}"
+        [[station.tag]]
+        name = "v"
+        type = "Ai"
+        address = "JA=a.v"
+        [[station.tag]]
+        name = "on"
+        type = "Di"
+        address = "JA=a.on"
+        """
+            for n in range(3)
+        )
+    )
+    middles = [station.decoder._decode_middle for station in core.stations]
+    assert len({id(f.__code__) for f in middles}) == 1
+    assert len({id(f.__globals__) for f in middles}) == 1
+    for n in range(3):
+        result = core.process(msg(f"dev/{n}", '{"a":{"v":1.5,"on":true}}'))
+        assert [(u.tag, u.value, u.valid) for u in result.updates] == [
+            (f"d{n}.v", 1.5, True),
+            (f"d{n}.on", True, True),
+        ]
