@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import types
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -307,12 +308,17 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
     holds the complete rules. The generated text contains only indexes and names, never
     configuration text; it depends only on the tags' layout (kinds, slots), so stations
     of one device type share one compiled code object.
+
+    A station's own readers and tag names are the function's defaults (read as fast as
+    locals, one tuple a station), not globals: the interpreter caches global names by
+    their dictionary, and with a dictionary per station those caches missed on every
+    call (measured with 1,000 stations of one layout: 12.0 µs a message, against 7.8).
     """
     layout = tuple(
         (r.kind_name if r.slot >= 0 and r.processing is None else None, r.slot) for r in readers
     )
-    factory = _middle_factory(layout)
-    return factory(slow, *readers, *(r.full for r in readers))  # type: ignore[no-any-return]
+    defaults = (slow, *readers, *(r.full for r in readers))
+    return types.FunctionType(_middle_code(layout), _MIDDLE_GLOBALS, "decode_middle", defaults)
 
 
 #: The globals of every generated `decode_middle`: one dictionary for all of them.
@@ -326,19 +332,15 @@ _MIDDLE_GLOBALS: dict[str, Any] = {
 
 
 @functools.lru_cache(maxsize=4096)
-def _middle_factory(layout: tuple[tuple[str | None, int], ...]) -> Callable[..., Any]:
-    """A function that makes `decode_middle` for one layout of (fast kind or None, slot).
-
-    A station's readers and tag names are closure cells, not globals: the code object is
-    shared, and the interpreter's caches for global names (keyed by the globals dictionary)
-    would miss on every call if each station had a dictionary of its own; measured with
-    1,000 stations of one layout, that made each message 2-3 µs slower than with one.
-    """
+def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
+    """The compiled code of `decode_middle` for one layout of (fast kind or None, slot)."""
     count = len(layout)
-    params = ", ".join(["slow", *(f"R{i}" for i in range(count)), *(f"N{i}" for i in range(count))])
+    own = ", ".join(
+        f"{name}=None"
+        for name in ("slow", *(f"R{i}" for i in range(count)), *(f"N{i}" for i in range(count)))
+    )
     body = [
-        f"def factory({params}):",
-        "  def decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw):",
+        f"def decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw, {own}):",
         "    if failure is not None:",
     ]
     for i in range(count):
@@ -360,10 +362,10 @@ def _middle_factory(layout: tuple[tuple[str | None, int], ...]) -> Callable[...,
             "    else:",
             f"        slow(R{i}, raws, doc, groups, None, ts, received, topic, append)",
         ]
-    body += ["    return None", "  return decode_middle"]
-    ns: dict[str, Any] = {}
-    exec(compile("\n".join(body), "<kom decode_middle>", "exec"), _MIDDLE_GLOBALS, ns)
-    return ns["factory"]  # type: ignore[no-any-return]
+    body.append("    return None")
+    module = compile("\n".join(body), "<kom decode_middle>", "exec")
+    # The module's only constant that is code is the function's body.
+    return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 
 def _reader(station: StationConfig, tag: TagConfig, line: LineConfig, slot: int) -> _Reader:
