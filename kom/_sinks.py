@@ -52,7 +52,23 @@ CREATE INDEX IF NOT EXISTS updates_ts ON updates (ts);
 TAG_INDEX = "CREATE INDEX IF NOT EXISTS updates_tag_ts ON updates (tag, ts);"
 
 
+_COLUMNS = "tag, value, quality, reason, ts, received, topic, detail"
+_INSERT_ROWS = f"INSERT INTO updates ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+#: A whole batch in one statement: the rows as one JSON array of arrays, taken apart by
+#: SQLite. executemany() steps once per row, and Python's sqlite3 releases the interpreter
+#: lock for each step and takes it back after; with the line's thread decoding meanwhile,
+#: each take-back waits for that thread's turn to end (measured beside a busy thread: 4,800
+#: rows/s through executemany, 78,000 through one statement). Alone, the two write at
+#: about the same rate (340,000 and 320,000 rows/s).
+_INSERT_JSON = (
+    f"INSERT INTO updates ({_COLUMNS}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(8))
+    + " FROM json_each(?)"
+)
+#: SQLite's JSON functions end a text at an escaped NUL; such batches go row by row.
+_JSON_NUL = b"\\u0000"
 _PLAIN = frozenset({float, int, bool, str})
+PAGE_SIZE = 65536
 #: The stored texts of reasons: an enum's `.value` is a Python-level property, once per row.
 _REASON_TEXT = {reason: reason.value for reason in Reason}
 
@@ -64,6 +80,11 @@ class SqliteSink:
         self.path = Path(path)
         # The dispatcher thread writes; close() may come from the main thread.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # A new database gets 64 KiB pages (an existing one keeps its own): an append-only
+        # table and its time index split pages and write WAL frames a sixteenth as often as
+        # with the default 4 KiB (measured on the NETIO rows: 107,000-131,000 rows/s at 4 KiB,
+        # 149,000-219,000 at 64 KiB). This must come before the switch to WAL.
+        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
@@ -107,15 +128,23 @@ class SqliteSink:
                     detail,
                 )
             )
+        data: bytes | None
+        try:
+            # Values are finite floats, 64-bit integers, booleans (stored as 0/1), text or None,
+            # each of which JSON carries exactly (a property test checks the round trip).
+            data = orjson.dumps(rows)
+        except TypeError:
+            data = None  # row by row, where the driver reports what it cannot store
+        if data is not None and _JSON_NUL in data:
+            data = None
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.executemany(
-                    "INSERT INTO updates (tag, value, quality, reason, ts, received, topic, detail)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                if data is None:
+                    db.executemany(_INSERT_ROWS, rows)
+                else:
+                    db.execute(_INSERT_JSON, (data,))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
