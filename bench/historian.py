@@ -77,7 +77,7 @@ def run(settings: Settings) -> Report:
         report.settings["workload"] = (
             f"{n:,} QoS 1 messages per drain, {DEVICES:,} exact stations x {TAG_COUNT} tags, "
             f"SinkWriter([SqliteSink]) as the callback (WAL, synchronous=NORMAL, one "
-            "transaction per batch), kom.tune_gc() called first as `kom run` does"
+            "transaction per batch), kom.tune_gc() called first and inline=False, as `kom run` does"
         )
         report.settings["runs"] = f"median of {settings.runs} [min..max]"
         preloader = Preloader(broker.port, settings.publishers, pool)
@@ -89,7 +89,12 @@ def run(settings: Settings) -> Report:
             sink = SqliteSink(db)
             writer = SinkWriter([sink])
             seconds, updates, stats = drain_kom(
-                config, n * TAG_COUNT, max(180.0, n / 500), inner=writer, gc_tuned=True
+                config,
+                n * TAG_COUNT,
+                max(180.0, n / 500),
+                inner=writer,
+                gc_tuned=True,
+                inline=False,
             )
             writer.close()
             preloader.forget(client_id)

@@ -184,13 +184,15 @@ def drain_kom(
     inner: Callable[[Sequence[Update]], None] | None = None,
     *,
     gc_tuned: bool = False,
+    inline: bool = True,
 ) -> tuple[float, int, dict[str, Any]]:
     """Start kom on a pre-loaded session; seconds until `updates` updates were handed over.
 
-    `gc_tuned` calls `kom.tune_gc()` first, as `kom run` does (undone afterwards).
+    `gc_tuned` calls `kom.tune_gc()` first, as `kom run` does (undone afterwards); `inline`
+    is Kom's own (`kom run` passes False).
     """
     counter = UpdateCounter(updates, inner)
-    kom = Kom(config, counter, iterate=False)
+    kom = Kom(config, counter, iterate=False, inline=inline)
     thresholds = gc.get_threshold()
     if gc_tuned:
         tune_gc()

@@ -230,7 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = override_broker(config, args.broker)
     sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
     writer = SinkWriter(sinks)
-    kom = Kom(config, writer, iterate=False)
+    # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
+    # lets go of the interpreter lock while it inserts) and batches merge into transactions.
+    kom = Kom(config, writer, iterate=False, inline=False)
     stop = threading.Event()
     reload_requested = threading.Event()
 

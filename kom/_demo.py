@@ -53,7 +53,7 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
     )
     sink = SqliteSink(db)
     writer = SinkWriter([sink])
-    kom = Kom(config, writer, iterate=False)
+    kom = Kom(config, writer, iterate=False, inline=False)  # as kom run does
     view = LiveView(kom, title=f"kom demo — NETIO 4All on {broker.address} → {db}")
     kom.add_callback(view)
     sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE_ID, period=1.0)

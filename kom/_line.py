@@ -81,6 +81,13 @@ class _PendingWrite(NamedTuple):
     outbox_id: int | None = None
 
 
+#: A line hands its updates over once its batch holds this many: fewer than the collector's
+#: default threshold of new objects (700), so that with a quick consumer they are gone before
+#: a collection would move them to an older generation (where every full collection walks
+#: them again). Measured on a 1,000-station QoS 0 drain: 11-12 full collections per 100,000
+#: messages in batches of 256 packets (3,072 updates), none in batches of 300 updates.
+BATCH_UPDATES = 256
+
 #: The receive clock, called for every message: a partial is one call into C.
 _utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
@@ -236,7 +243,7 @@ class Line(Events):
     def _session_for_line(self) -> Session:
         if self._session is None:
             self._session = Session(self.config, self)
-            self._session.pause_reading = self._holding_too_much
+            self._session.pause_reading = self._stop_reading
         return self._session
 
     def _connect_and_serve(self, endpoint: Endpoint) -> bool:
@@ -369,8 +376,15 @@ class Line(Events):
                 return
             self._subscribe(session, True)
 
-    def _holding_too_much(self) -> bool:
-        core = self.core  # asked before every buffered packet: one call when nothing is held
+    def on_own_thread(self) -> bool:
+        """Whether the caller is this line's network thread."""
+        return self._thread is threading.current_thread()
+
+    def _stop_reading(self) -> bool:
+        """Asked before every buffered packet: whether to hand the batch over first."""
+        if len(self._batch) >= BATCH_UPDATES:
+            return True
+        core = self.core  # one call when nothing is held
         return core.holds and core.holding_too_much()
 
     def _serve(self, session: Session) -> bool:
@@ -596,13 +610,17 @@ class Line(Events):
             self._settles = []
         self._deliver(batch)
 
-    def settle(self, batch: Batch) -> None:
-        """The host took `batch`: acknowledge its messages to the broker, in arrival order."""
-        if not batch.settles:
+    def settle(self, batches: Sequence[Batch]) -> None:
+        """The host took these batches of this line: acknowledge their messages, in order.
+
+        One write to the broker for all of them (the batches of a backlog merge).
+        """
+        settles = [s for batch in batches for s in batch.settles]
+        if not settles:
             return
-        self._settle_many(batch.settles)
+        self._settle_many(settles)
         with self._lock:
-            self._unsettled -= 1
+            self._unsettled -= sum(1 for batch in batches if batch.settles)
 
     def _settle_many(self, settles: Sequence[tuple[int, int, int]]) -> None:
         with self._ack_lock:
