@@ -9,6 +9,7 @@ reports fixes mosquitto's Nagle meeting the consumer's delayed ACKs).
 
 from __future__ import annotations
 
+import array
 import gc
 import multiprocessing as mp
 import socket
@@ -58,18 +59,40 @@ def _publish(port: int, rate: int, seconds: float) -> dict[str, float]:
     return out
 
 
+class Samples:
+    """(send stamp, latency) pairs kept in two arrays of machine integers.
+
+    Not a list of tuples: 50,000 tuples that live to the end of a run are what Python's
+    collector walks in every full collection, and those pauses would be the consumer's own.
+    """
+
+    def __init__(self) -> None:
+        self.sent = array.array("q")
+        self.latency = array.array("q")
+
+    def add(self, sent: int, latency: int) -> None:
+        self.sent.append(sent)
+        self.latency.append(latency)
+
+    def window(self, start: int) -> list[int]:
+        """Latencies of the messages sent at `start` or later, sorted."""
+        return sorted(
+            lat for sent, lat in zip(self.sent, self.latency, strict=True) if sent >= start
+        )
+
+
 def _kom(
     port: int, rate: int, seconds: float, run_index: int, tuned: bool = False
 ) -> tuple[list[int], dict[str, float]]:
     """kom with the library's defaults, or after `tune_gc()` as `kom run` does (undone after)."""
-    samples: list[tuple[int, int]] = []
+    samples = Samples()
     suffix = "." + SENT_TAG[0]
 
     def on_updates(updates: Sequence[Update]) -> None:
         now = time.monotonic_ns()
         for u in updates:
             if u.tag.endswith(suffix) and isinstance(u.value, int):
-                samples.append((u.value, now - u.value))
+                samples.add(u.value, now - u.value)
 
     text = kom_config_text(
         port,
@@ -101,7 +124,7 @@ def _kom(
 def _paho(
     port: int, rate: int, seconds: float, run_index: int, quickack: bool
 ) -> tuple[list[int], dict[str, float]]:
-    samples: list[tuple[int, int]] = []
+    samples = Samples()
     subscribed = threading.Event()
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
@@ -113,7 +136,7 @@ def _paho(
         now = time.monotonic_ns()
         payload = m.payload
         sent = int(payload[PREFIX : payload.index(b"}", PREFIX)])
-        samples.append((sent, now - sent))
+        samples.add(sent, now - sent)
         if quickack:
             # Linux turns quick ACKs off again by itself: re-arm after every receive.
             sock = c.socket()
@@ -134,10 +157,9 @@ def _paho(
     return _window(samples, pub), pub
 
 
-def _window(samples: list[tuple[int, int]], pub: dict[str, float]) -> list[int]:
+def _window(samples: Samples, pub: dict[str, float]) -> list[int]:
     """Latencies of the messages sent after the warm-up, sorted."""
-    start = int(pub["measure_from_ns"])
-    return sorted(lat for sent, lat in samples if sent >= start)
+    return samples.window(int(pub["measure_from_ns"]))
 
 
 def run(settings: Settings) -> Report:
