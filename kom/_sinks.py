@@ -55,23 +55,31 @@ PAGE_SIZE = 65536
 
 
 _COLUMNS = "tag, value, quality, reason, ts, received, topic, detail"
-_INSERT_ROWS = f"INSERT INTO updates ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-#: A whole batch in one statement: the rows as one JSON array of arrays, taken apart by
-#: SQLite. executemany() steps once per row, and Python's sqlite3 releases the interpreter
-#: lock for each step and takes it back after; with the line's thread decoding meanwhile,
-#: each take-back waits for that thread's turn to end (measured beside a busy thread: 4,800
-#: rows/s through executemany, 78,000 through one statement). Alone, executemany is faster
-#: (NETIO rows: 145,000 against 97,000 rows/s), but kom's sink never runs alone.
-_INSERT_JSON = (
-    f"INSERT INTO updates ({_COLUMNS}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(8))
-    + " FROM json_each(?)"
-)
-#: SQLite's JSON functions end a text at an escaped NUL; such batches go row by row.
-_JSON_NUL = b"\\u0000"
-_PLAIN = frozenset({float, int, bool, str})
+#: Rows a batch statement holds: a batch goes into the smallest that holds it, padded with
+#: rows of zeros that the statement leaves out. One statement a batch: Python's sqlite3 lets
+#: go of the interpreter lock for each step and must take it back after, and with the line's
+#: thread decoding meanwhile each take-back waits for that thread's turn (up to the switch
+#: interval, 5 ms). A few fixed sizes, because preparing a statement of thousands of rows
+#: costs more than binding its rows (4,095 rows: 8 ms to prepare, 3 ms to bind and insert).
+_BUCKETS = tuple(2**k for k in range(4, 14))  # 16 .. 8,192 rows
+_PAD = (0,) * (8 * _BUCKETS[-1])
+#: Python's sqlite3 binds exact str, int and float parameters directly; anything else (None,
+#: bool, str subclasses) first goes through its adapter lookup, which costs about 0.6 µs a
+#: parameter. So a missing reason or detail is bound as the integer 0, which the statement
+#: turns into NULL (both are texts otherwise), and booleans as 0 and 1.
+_NONE = 0
 #: The stored texts of reasons: an enum's `.value` is a Python-level property, once per row.
 _REASON_TEXT = {reason: reason.value for reason in Reason}
+
+
+def _insert_many(rows: int) -> str:
+    """The statement that inserts up to `rows` rows, leaving out the padding (tag 0)."""
+    values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+    return (
+        f"INSERT INTO updates ({_COLUMNS}) SELECT column1, column2, column3, "
+        "nullif(column4, 0), column5, column6, column7, nullif(column8, 0) "
+        f"FROM (VALUES {values}) WHERE column1 <> 0"
+    )
 
 
 class SqliteSink:
@@ -91,6 +99,10 @@ class SqliteSink:
         self._db.executescript(SCHEMA)
         if tag_index:
             self._db.execute(TAG_INDEX)
+        # SQLite's own bound on parameters a statement (32,766 unless built otherwise).
+        most = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8
+        self._buckets = [b for b in _BUCKETS if b <= most] or [1]
+        self._statements = {b: _insert_many(b) for b in self._buckets}
         self._lock = threading.Lock()
         self.rows = 0
 
@@ -98,69 +110,70 @@ class SqliteSink:
         return f"SqliteSink({str(self.path)!r}, rows={self.rows})"
 
     def write(self, updates: Sequence[Update]) -> None:
-        rows: list[tuple[object, ...]] = []
-        append = rows.append
+        params: list[object] = []
+        add = params.extend
         ts_key: object = None
         rx_key: object = None
         ts_text = rx_text = ""
-        plain = _PLAIN
         for tag, raw, quality, reason, ts, received, topic, detail in updates:
             # The updates of one message share their time objects: format each once.
             if ts is not ts_key:
                 ts_key, ts_text = ts, format_time(ts)
             if received is not rx_key:
                 rx_key, rx_text = received, format_time(received)
+            kind = type(raw)
             value: object
-            if raw is None or type(raw) in plain:
+            if kind is float or kind is str or kind is int or raw is None:
                 value = raw
+            elif kind is bool:
+                value = 1 if raw else 0
             elif raw is ts:  # a time tag on the message's own time field (the NETIO profile)
                 value = ts_text
             else:
                 value = format_value(raw)
-            append(
+            add(
                 (
                     tag,
                     value,
                     "valid" if quality is VALID else "invalid",
-                    reason and _REASON_TEXT[reason],
+                    _NONE if reason is None else _REASON_TEXT[reason],
                     ts_text,
                     rx_text,
                     topic,
-                    detail,
+                    _NONE if detail is None else detail,
                 )
             )
-        data = _as_json(rows)
+        if not updates:
+            return
         with self._lock:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                if data is None:
-                    db.executemany(_INSERT_ROWS, rows)
-                else:
-                    db.execute(_INSERT_JSON, (data,))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            self.rows += len(rows)
+            self._insert(params, len(updates))
+            self.rows += len(updates)
+
+    def _insert(self, params: list[object], rows: int) -> None:
+        """Insert the rows (8 parameters each) in one transaction."""
+        db = self._db
+        top = self._buckets[-1]
+        if rows <= top:
+            # One statement is one transaction of its own (autocommit).
+            size = next(b for b in self._buckets if b >= rows)
+            params.extend(_PAD[: 8 * (size - rows)])
+            db.execute(self._statements[size], params)
+            return
+        db.execute("BEGIN")
+        try:
+            for start in range(0, rows, top):
+                chunk = params[8 * start : 8 * (start + top)]
+                size = next(b for b in self._buckets if b >= len(chunk) // 8)
+                chunk.extend(_PAD[: 8 * size - len(chunk)])
+                db.execute(self._statements[size], chunk)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _as_json(rows: list[tuple[object, ...]]) -> bytes | None:
-    """The rows as one JSON array for _INSERT_JSON; None when they must go row by row.
-
-    Values are finite floats, 64-bit integers, booleans (stored as 0/1), text or None, each
-    of which JSON carries exactly (a property test checks the round trip). Anything orjson
-    refuses goes row by row, where the driver reports what it cannot store.
-    """
-    try:
-        data = orjson.dumps(rows)
-    except TypeError:
-        return None
-    return None if _JSON_NUL in data else data
 
 
 class JsonlSink:

@@ -6,6 +6,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,7 +86,7 @@ def test_sqlite_stores_what_the_record_carries(
 
 
 def test_sqlite_text_with_nul_is_stored_whole(tmp_path: Path) -> None:
-    """SQLite's JSON functions would cut a text at NUL: such a batch goes row by row."""
+    """A text with NUL characters is stored whole, not cut at the first."""
     batch = [
         Update("a", "x\x00y", Quality.VALID, None, T, T, "t"),
         Update("b", 1.5, Quality.VALID, None, T, T, "t"),
@@ -94,3 +95,29 @@ def test_sqlite_text_with_nul_is_stored_whole(tmp_path: Path) -> None:
     sink.write(batch)
     sink.close()
     assert [row[:2] for row in stored(tmp_path / "h.db")] == [("a", "x\x00y"), ("b", 1.5)]
+
+
+@pytest.mark.parametrize("rows", [1, 15, 16, 17, 8192, 8193, 20_000])
+def test_sqlite_stores_batches_of_any_size_in_order(tmp_path: Path, rows: int) -> None:
+    """Batches around and beyond the statement sizes (padded, or split in one transaction)
+    store every row once, in order."""
+    batch = [Update(f"s.t{i}", i, Quality.VALID, None, T, T, "t") for i in range(rows)]
+    sink = SqliteSink(tmp_path / "h.db")
+    sink.write(batch)
+    sink.write(batch[:3])
+    sink.close()
+    got = [row[:2] for row in stored(tmp_path / "h.db")]
+    assert got == [(u.tag, u.value) for u in (*batch, *batch[:3])]
+
+
+def test_sqlite_batch_with_a_value_it_cannot_store_adds_nothing(tmp_path: Path) -> None:
+    """A batch whose value SQLite refuses (an integer over 64 bits) raises and leaves the
+    table as it was, whether it fits one statement or spans several."""
+    sink = SqliteSink(tmp_path / "h.db")
+    for rows in (10, 9000):
+        batch = [Update(f"s.t{i}", i, Quality.VALID, None, T, T, "t") for i in range(rows)]
+        batch[-1] = batch[-1]._replace(value=2**70)
+        with pytest.raises(OverflowError):
+            sink.write(batch)
+    sink.close()
+    assert stored(tmp_path / "h.db") == []
