@@ -34,6 +34,11 @@ _STOP = object()
 #: the next batch be handed over on its line's thread; a slower one sends the next batches
 #: through the dispatcher, so that the line reads on while the host works (and they merge).
 QUICK = 0.002
+#: The most updates the dispatcher merges into one call (a single larger batch goes alone).
+#: The SQLite sink's largest statement holds as many rows, so a full call is one statement
+#: with little padding (100,000-message drains into SQLite, alternated: 16,200-18,500 msg/s
+#: merging to 8,192 against 15,800-17,700 merging to 5,000).
+MERGED = 8192
 
 
 def tune_gc(threshold: int = 50_000) -> None:
@@ -185,20 +190,25 @@ class Kom:
 
     def _dispatch(self) -> None:
         q = self._queue
+        carried: Any = None  # a batch that did not fit the last call
         while True:
-            first = q.get()
+            first = carried if carried is not None else q.get()
+            carried = None
             if first is _STOP:
                 return
             batches = [first]
             count = len(first.updates)
             stop = False
-            while count < 5000:
+            while True:
                 try:
                     nxt = q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is _STOP:
                     stop = True
+                    break
+                if count + len(nxt.updates) > MERGED:
+                    carried = nxt
                     break
                 batches.append(nxt)
                 count += len(nxt.updates)

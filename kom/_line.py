@@ -12,6 +12,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -81,6 +82,24 @@ class _PendingWrite(NamedTuple):
     outbox_id: int | None = None
 
 
+class _Outgoing(NamedTuple):
+    """A write waiting for the line's thread to publish it."""
+
+    future: Future[WriteResult]
+    tag: str
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    deadline: float | None
+    outbox_id: int | None
+
+
+#: Writes a line keeps in flight at once (published, completion not yet in); more wait in
+#: the line's queue. paho's own window is off (see Session.__init__).
+WINDOW = 1000
+
+
 #: A line hands its updates over once its batch holds this many: fewer than the collector's
 #: default threshold of new objects (700), so that with a quick consumer they are gone before
 #: a collection would move them to an older generation (where every full collection walks
@@ -131,6 +150,12 @@ class Line(Events):
         # across paho's publish() would deadlock against it.
         self._writes_lock = threading.Lock()
         self._writes: dict[int, _PendingWrite] = {}
+        # Writes made while connected, for the line's thread to publish: paho is then used
+        # from one thread only (no lock hand-offs between the writer and the reader), and a
+        # burst of writes goes out in one system call.
+        self._outgoing: deque[_Outgoing] = deque()
+        self._woken = False  # a wake-up for the outgoing queue is on its way
+        self._in_transit = 0  # writes taken from the queue, not yet registered in _writes
         self._expired: set[int] = set()  # mids whose writes timed out, completion still due
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
         # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
@@ -170,18 +195,16 @@ class Line(Events):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         with self._writes_lock:
-            pending = list(self._writes.values())
+            pending = [(w.future, w.result.tag) for w in self._writes.values()]
             self._writes.clear()
+            pending += [(w.future, w.tag) for w in self._take_outgoing()]
         with self._lock:
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
                 self._session.close()
             if self._outbox is not None:
                 self._outbox.close()
-        for write in pending:
-            _fail(
-                write.future,
-                WriteError(f"{write.result.tag}: line closed", write.result.tag, "not-connected"),
-            )
+        for future, tag in pending:
+            _fail(future, WriteError(f"{tag}: line closed", tag, "not-connected"))
 
     def replace(self, config: LineConfig, stations: Sequence[StationConfig]) -> None:
         """New stations and tags on the same session (configuration reload, SPEC §2).
@@ -406,8 +429,10 @@ class Line(Events):
                 self._expire_writes(time.monotonic())
                 continue
             paused = False
-            alive = session.loop(0.05 if not self._batch else 0.0)
+            busy = self._batch or (self._outgoing and len(self._writes) < WINDOW)
+            alive = session.loop(0.0 if busy else 0.05)
             self._flush()
+            self._send_outgoing(session)
             if not alive:
                 break
             problem = self._check_timers(session, time.monotonic())
@@ -445,6 +470,13 @@ class Line(Events):
             dropped = self._acks.reset()
             self._arrivals.clear()
             self._settles.clear()
+        session = self._session
+        if session is not None:
+            # Writes not yet published join paho's queue, in order, as writes made while
+            # the line is down do (QoS 0 ones fail below); paho sends them after reconnecting.
+            with self._writes_lock:
+                waiting = self._take_outgoing()
+            self._publish_now(waiting, session)
         with self._writes_lock:
             failed = [w for w in self._writes.values() if w.qos == 0]
             for mid in [m for m, w in self._writes.items() if w.qos == 0]:
@@ -504,13 +536,16 @@ class Line(Events):
             for mid, _ in expired:
                 del self._writes[mid]
                 self._expired.add(mid)
-        for _, write in expired:
+            late: list[tuple[Future[WriteResult], str]] = []
+            if self._outgoing:
+                waiting = self._take_outgoing()
+                late = [(w.future, w.tag) for w in waiting if w.deadline and now >= w.deadline]
+                self._outgoing.extend(w for w in waiting if not (w.deadline and now >= w.deadline))
+        for future, tag in [(w.future, w.result.tag) for _, w in expired] + late:
             _fail(
-                write.future,
+                future,
                 WriteError(
-                    f"{write.result.tag}: no completion within {self.config.reply_timeout:g} s",
-                    write.result.tag,
-                    "timeout",
+                    f"{tag}: no completion within {self.config.reply_timeout:g} s", tag, "timeout"
                 ),
             )
 
@@ -799,23 +834,84 @@ class Line(Events):
         if outbox is not None and qos > 0:
             # Committed before paho sees it: a crash from here on loses nothing.
             outbox_id = outbox.add(full, topic, payload, qos, cfg.publish_retain)
-        mid, _sent = session.publish(topic, payload, qos, cfg.publish_retain)  # no kom lock held
-        result = WriteResult(full, topic, qos, mid)
+        write = _Outgoing(
+            future, full, topic, payload, qos, cfg.publish_retain, deadline, outbox_id
+        )
+        if self.state is LineState.CONNECTED and (
+            self._outgoing or self._in_transit or self._writes
+        ):
+            # Writes are under way: the line's thread publishes this one after them (see
+            # _send_outgoing), so a burst goes out in order and from one thread.
+            with self._writes_lock:
+                self._outgoing.append(write)
+            if not self._woken:
+                self._woken = True
+                session.wake()
+            return
+        # Nothing under way: publish at once from this thread, sparing a single write the
+        # wake-up of the line's thread. While the line is down, paho keeps QoS 1/2 messages
+        # and sends them once it is connected again.
+        self._publish_now([write], session)
+
+    def _send_outgoing(self, session: Session) -> None:
+        """Publish the queued writes that fit the window (the line's thread)."""
+        self._woken = False
+        outgoing = self._outgoing
+        if not outgoing:
+            return
+        room = WINDOW - len(self._writes)
+        writes: list[_Outgoing] = []
+        while outgoing and len(writes) < room:
+            writes.append(outgoing.popleft())
+            self._in_transit += 1
+        try:
+            self._publish_now(writes, session)
+        finally:
+            self._in_transit = 0
+
+    def _publish_now(self, writes: Sequence[_Outgoing], session: Session) -> None:
+        """Hand writes to paho and keep their futures until completion (no kom lock held)."""
+        if not writes:
+            return
+        try:
+            sent = session.publish_many([(w.topic, w.payload, w.qos, w.retain) for w in writes])
+        except Exception as exc:  # a write's caller always learns the outcome
+            for write in writes:
+                _fail(write.future, WriteError(f"{write.tag}: {exc}", write.tag, "not-connected"))
+            return
+        finished: list[tuple[_Outgoing, WriteResult, tuple[bool, str]]] = []
         with self._writes_lock:
-            self._expired.discard(mid)  # the mid is this write's now
-            early = self._early.pop(mid, None)
-            if early is None:
-                self._writes[mid] = _PendingWrite(future, result, deadline, qos)
-                if outbox_id is not None:
-                    self._outbox_ids[mid] = outbox_id
-        if early is not None:
-            ok, reason = early
-            if ok and outbox is not None and outbox_id is not None:
-                outbox.done(outbox_id)
+            for write, (mid, _) in zip(writes, sent, strict=True):
+                result = WriteResult(write.tag, write.topic, write.qos, mid)
+                self._expired.discard(mid)  # the mid is this write's now
+                early = self._early.pop(mid, None)
+                if early is None:
+                    self._writes[mid] = _PendingWrite(
+                        write.future, result, write.deadline, write.qos
+                    )
+                    if write.outbox_id is not None:
+                        self._outbox_ids[mid] = write.outbox_id
+                else:
+                    finished.append((write, result, early))
+        for write, result, (ok, reason) in finished:
+            if ok and self._outbox is not None and write.outbox_id is not None:
+                self._outbox.done(write.outbox_id)
             if ok:
-                _complete(future, result)
+                _complete(write.future, result)
             else:
-                _fail(future, WriteError(f"{full}: broker refused: {reason}", full, "rejected"))
+                _fail(
+                    write.future,
+                    WriteError(f"{write.tag}: broker refused: {reason}", write.tag, "rejected"),
+                )
+
+    def _take_outgoing(self) -> list[_Outgoing]:
+        """Empty the queue of writes not yet published (the caller holds _writes_lock).
+
+        Writers append under that lock; the line's thread takes from the left without it.
+        """
+        waiting = list(self._outgoing)
+        self._outgoing.clear()
+        return waiting
 
     def publish_raw(self, topic: str, payload: bytes) -> Future[WriteResult]:
         """Publish a message not tied to a tag (the line's QoS and retain)."""

@@ -9,11 +9,14 @@ broker and a `reply_timeout` on PINGRESP, SUBACK and UNSUBACK (SPEC §2).
 Private paho attributes used (pinned to paho-mqtt 2.1-2.2, checked in tests):
 `_last_bytes_received` / `_msgtime_mutex` (when the broker last sent anything),
 `_send_simple_command` (a PINGREQ that does not arm paho's own keep-alive check),
-`_in_packet` (a half-read packet).
+`_in_packet` (a half-read packet), `_out_messages` / `_out_message_mutex` /
+`_inflight_messages` (completing a PUBACK or PUBCOMP, see `_handle_pubackcomp`),
+`_in_callback_mutex` / `_sockpairW` (writing a burst of PUBLISH packets at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -26,6 +29,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ._config import Endpoint, LineConfig
 from ._errors import BrokerRefused, LineError
@@ -47,6 +51,12 @@ _REQUIRED = (
     "_handle_on_message",
     "_handle_publish",
     "_handle_pubrel",
+    "_handle_pubackcomp",
+    "_out_messages",
+    "_out_message_mutex",
+    "_inflight_messages",
+    "_in_callback_mutex",
+    "_sockpairW",
 )
 
 
@@ -104,8 +114,10 @@ class Session:
         if line.debug:
             # paho logs every packet: worth it when debugging, a cost per packet otherwise.
             client.enable_logger(logging.getLogger("kom.paho"))
-        # Outgoing QoS 1/2 writes in flight at once; paho's default of 20 caps write rates.
-        client.max_inflight_messages_set(1000)
+        # No in-flight window in paho: the line keeps its own (Line.WINDOW). paho's window
+        # scans every message in flight for each PUBACK, and at a thousand in flight that scan
+        # cost more than the rest of a write.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         if line.transport == "websockets":
             client.ws_set_options(path=line.ws_path)
@@ -135,8 +147,10 @@ class Session:
         self._v5 = v5
         self._paho_handle_publish = client._handle_publish
         self._paho_handle_pubrel = client._handle_pubrel
+        self._paho_handle_pubackcomp = client._handle_pubackcomp
         client._handle_publish = self._handle_publish  # type: ignore[method-assign]
         client._handle_pubrel = self._handle_pubrel  # type: ignore[method-assign]
+        client._handle_pubackcomp = self._handle_pubackcomp  # type: ignore[method-assign]
         self._client = client
         self._connack: tuple[bool, int, str, str | None] | None = None
         self._closing = False
@@ -340,6 +354,37 @@ class Session:
             raise LineError(f"UNSUBSCRIBE failed: {paho.error_string(rc)}", self.line.name)
         return int(mid or 0)
 
+    def publish_many(
+        self, messages: Sequence[tuple[str, bytes, int, bool]]
+    ) -> list[tuple[int, bool]]:
+        """PUBLISH several messages (topic, payload, qos, retain); (mid, sent_now) for each.
+
+        On the network thread, with the packets written together after the last: paho would
+        write each one at once and send itself a wake-up byte for it, two system calls a write.
+        """
+        client = self._client
+        out: list[tuple[int, bool]] = []
+        wake = client._sockpairW
+        # Holding paho's callback lock makes paho queue the packets instead of writing each;
+        # nobody needs waking, this is the thread that runs the loop.
+        with client._in_callback_mutex:
+            client._sockpairW = None
+            try:
+                for topic, payload, qos, retain in messages:
+                    out.append(self.publish(topic, payload, qos, retain))
+            finally:
+                client._sockpairW = wake
+        if client.want_write():
+            client.loop_write()
+        return out
+
+    def wake(self) -> None:
+        """Make a loop() waiting in select() return now (from any thread)."""
+        wake = self._client._sockpairW
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+                wake.send(b"\0")
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> tuple[int, bool]:
         """Queue a PUBLISH; returns (mid, sent_now). QoS 1/2 queue while disconnected."""
         info = self._client.publish(topic, payload, qos, retain)
@@ -429,6 +474,33 @@ class Session:
         if len(body) < 2:
             return self._paho_handle_pubrel()
         self._client._packet_queue(_PUBCOMP[0], _PUBCOMP + bytes(body[:2]), 0, 0)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        """PUBACK or PUBCOMP for a message kom published: complete it (MQTT 3.1.1 §3.4, §3.7).
+
+        paho decodes a ReasonCode and a Properties object for each and scans its in-flight
+        messages; this reads the packet id (and, in MQTT 5, the reason code after it) and
+        forgets the message the way paho does. Anything shorter goes to paho's own handler.
+        """
+        client = self._client
+        body = client._in_packet["packet"]
+        if len(body) < 2:
+            return self._paho_handle_pubackcomp(cmd)
+        mid = (body[0] << 8) | body[1]
+        code = body[2] if self._v5 and len(body) > 2 else 0
+        with client._out_message_mutex:
+            message = client._out_messages.pop(mid, None)
+            if message is not None and message.qos > 0:
+                client._inflight_messages -= 1
+        if message is not None:
+            try:
+                ok = code < 0x80  # MQTT 5 §2.4: 0x80 and above are failures
+                packet = PacketTypes.PUBACK if cmd == "PUBACK" else PacketTypes.PUBCOMP
+                reason = "Success" if ok else str(ReasonCode(packet, identifier=code))
+                self._events.published(mid, ok, reason)
+            except Exception as exc:  # never raise into paho
+                self._events.callback_failed("on_publish", exc, None)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_on_message(self, message: Any) -> None:
