@@ -316,8 +316,9 @@ class Kom:
         out: dict[str, Counters] = {}
         for line in self.lines.values():
             out[line.name] = line.core.counters
-            for name, counters in line.core.station_counters.items():
-                out[f"{line.name}/{name}"] = counters
+            core = line.core
+            for station in core.stations:
+                out[f"{line.name}/{station.name}"] = core.station_counters[station.name]
         return out
 
     def reload(self, config: Config) -> None:

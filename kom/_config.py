@@ -41,6 +41,8 @@ T = TypeVar("T")
 Mode = Literal["on", "off", "simulation"]
 MODES = ("on", "off", "simulation")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+#: An address without any of these matches only itself: no regular expression to compile.
+_REGEX_META = frozenset(".^$*+?{}[]|()\\")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
 PLACEHOLDER_FORMATS = ("json", "int", "raw")
 
@@ -451,15 +453,13 @@ def from_dict(
     line_by_name = {line.name: line for line in lines}
     names: set[str] = set()
     by_address: dict[tuple[str, str], str] = {}
-    tag_memo: dict[tuple[Any, ...], TagConfig] = {}
+    memo = _Memo()
     for i, item in enumerate(raw_stations, 1):
         path = f"station[{i}]"
         if not isinstance(item, dict):
             errors.add(path, f"expected a table, found {_show(item)}")
             continue
-        station = _read_station(
-            _Table(item, path, errors, STATION_KEYS), line_by_name, lines, tag_memo
-        )
+        station = _read_station(_Table(item, path, errors, STATION_KEYS), line_by_name, lines, memo)
         if station is None:
             continue
         # Dictionaries, not a scan of the earlier stations: files have 10,000 stations.
@@ -714,11 +714,24 @@ def _read_will(t: _Table) -> Will | None:
     )
 
 
+class _Memo:
+    """Tag records already read, shared by the stations that repeat them.
+
+    `tags` holds single tags (see _memo_key); `tables` whole tag lists of stations, keyed by
+    their text: files for many identical devices repeat a table thousands of times, and a
+    repeated table that was read without error gives the same records again.
+    """
+
+    def __init__(self) -> None:
+        self.tags: dict[tuple[Any, ...], TagConfig] = {}
+        self.tables: dict[tuple[str, int, str], tuple[TagConfig, ...]] = {}
+
+
 def _read_station(
     t: _Table,
     lines: Mapping[str, LineConfig],
     line_list: Sequence[LineConfig],
-    tag_memo: dict[tuple[Any, ...], TagConfig],
+    memo: _Memo,
 ) -> StationConfig | None:
     name = t.get("name", str, check=_check_name)
     address = t.get("address", str, check=lambda v: None if v else "may not be empty")
@@ -741,32 +754,19 @@ def _read_station(
         t.error("payload_type", f"expected 'text' or 'json', found {payload_type!r}")
         payload_type = None
     regex: re.Pattern[str] | None = None
-    if address and address not in ("#", ".*"):
+    if address and address not in ("#", ".*") and not _REGEX_META.isdisjoint(address):
         try:
             regex = re.compile(address)
         except re.error:
             regex = None  # not a regular expression: the address can still match exactly
     raw_tags = t.get("tag", list, [])
-    tags: list[TagConfig] = []
     effective_payload = payload_type or (line.payload_type if line else "text")
-    for i, item in enumerate(raw_tags or [], 1):
-        path = t.at(f"tag[{i}]")
-        if not isinstance(item, dict):
-            t.errors.add(path, f"expected a table, found {_show(item)}")
-            continue
-        key = _memo_key(item, line, effective_payload)
-        tag = tag_memo.get(key) if key is not None else None
-        if tag is None:
-            before = len(t.errors.items)
-            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, effective_payload)
-            if tag is None:
-                continue
-            if key is not None and len(t.errors.items) == before:
-                tag_memo[key] = tag
-        if any(other.name == tag.name for other in tags):
-            t.errors.add(f"{path}.name", f"a second tag named {tag.name!r} in this station")
-        tags.append(tag)
-    _check_station_tags(t, tags)
+    table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
+    shared = memo.tables.get(table) if table is not None else None
+    if shared is not None:
+        tags = list(shared)
+    else:
+        tags = _read_tags(t, raw_tags, line, regex, memo, payload_type=effective_payload)
     if name is None or address is None or (line is None and line_list):
         return None
     return StationConfig(
@@ -780,6 +780,43 @@ def _read_station(
         payload_type=payload_type,
         regex=regex,
     )
+
+
+def _read_tags(
+    t: _Table,
+    raw_tags: Sequence[Any] | None,
+    line: LineConfig | None,
+    regex: re.Pattern[str] | None,
+    memo: _Memo,
+    *,
+    payload_type: str,
+) -> list[TagConfig]:
+    """A station's tags, each read (or taken from `memo`), and checked together."""
+    tags: list[TagConfig] = []
+    errors_before = len(t.errors.items)
+    shareable = bool(raw_tags)
+    for i, item in enumerate(raw_tags or [], 1):
+        path = t.at(f"tag[{i}]")
+        if not isinstance(item, dict):
+            t.errors.add(path, f"expected a table, found {_show(item)}")
+            continue
+        key = _memo_key(item, line, payload_type)
+        shareable = shareable and key is not None
+        tag = memo.tags.get(key) if key is not None else None
+        if tag is None:
+            before = len(t.errors.items)
+            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type)
+            if tag is None:
+                continue
+            if key is not None and len(t.errors.items) == before:
+                memo.tags[key] = tag
+        if any(other.name == tag.name for other in tags):
+            t.errors.add(f"{path}.name", f"a second tag named {tag.name!r} in this station")
+        tags.append(tag)
+    _check_station_tags(t, tags)
+    if shareable and len(t.errors.items) == errors_before:
+        memo.tables[(repr(raw_tags), id(line), payload_type)] = tuple(tags)
+    return tags
 
 
 def _memo_key(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -41,6 +41,15 @@ class Counters:
         return attrs.asdict(self)
 
 
+class StationCounters(dict[str, Counters]):
+    """Counters by station name, each made when first asked for (10,000 stations need not
+    wait for 10,000 counter records before the first message)."""
+
+    def __missing__(self, name: str) -> Counters:
+        counters = self[name] = Counters()
+        return counters
+
+
 class Processed(NamedTuple):
     """The result of one message: its updates, and whether it is settled.
 
@@ -60,7 +69,8 @@ class LineCore:
     def __init__(self, line: LineConfig, stations: Sequence[StationConfig]) -> None:
         self.config = line
         with collector_paused():
-            self.stations = [Station.build(s, line) for s in stations]
+            plans: dict[tuple[Any, ...], Any] = {}
+            self.stations = [Station.build(s, line, plans) for s in stations]
             self.router = Router(
                 [s.address for s in stations],
                 [(i, s.will_topic, s.will_payload) for i, s in enumerate(stations) if s.will_topic],
@@ -68,7 +78,7 @@ class LineCore:
             )
         self._index()
         self.counters = Counters()
-        self.station_counters = {s.name: Counters() for s in self.stations}
+        self.station_counters = StationCounters()
 
     def _index(self) -> None:
         """The lookups derived from `stations` (made again when a reload swaps stations in)."""

@@ -90,41 +90,22 @@ class Decoder:
     as plain tuples.
     """
 
-    def __init__(self, station: StationConfig, line: LineConfig) -> None:
+    def __init__(self, station: StationConfig, line: LineConfig, plan: _Plan | None = None) -> None:
+        """`plan` is `_plan(station, line)`, which stations with the same tags may share."""
         self.station = station.name
         self._line = line
-        payload_type = station.payload_type or line.payload_type
-        first: list[_Reader] = []
-        middle: list[_Reader] = []
-        last: list[_Reader] = []
-        paths: list[tuple[Step, ...]] = []
-        for tag in station.tags:
-            if tag.address is None or tag.address.kind not in INPUT_KINDS:
-                continue
-            kind = tag.address.kind
-            slot = -1
-            if kind is Kind.JSON:
-                slot = len(paths)
-                paths.append(tag.address.steps)
-            reader = _reader(station, tag, line, slot)
-            if kind is Kind.IN_ID:
-                last.append(reader)
-            elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
-                first.append(reader)
-            else:
-                middle.append(reader)
-        # IN_TOPIC before IN_DATA, whatever the file's order.
-        first.sort(key=lambda r: r.kind is Kind.IN_DATA)
-        self._first = tuple(first)
-        self._middle = tuple(middle)
-        self._last = tuple(last)
-        self._json = payload_type == "json"
-        # The line's time field is one more path of the station's reader (read in the same walk).
-        self._time_slot = -1
-        if self._json and line.time_field is not None:
-            self._time_slot = len(paths)
-            paths.append(line.time_field)
-        self._read_many = compile_many(paths) if paths else None
+        plan = plan or _plan(station, line)
+        prefix = station.name + "."
+        first, middle, last = (
+            tuple(new_record(_Reader, (prefix + r.full, *r[1:])) for r in readers)
+            for readers in (plan.first, plan.middle, plan.last)
+        )
+        self._first = first
+        self._middle = middle
+        self._last = last
+        self._json = plan.json
+        self._time_slot = plan.time_slot
+        self._read_many = plan.read_many
         self._decode_middle = _compile_middle(self._middle, self._slow)
         self._mask = line.time_mask
         self._zone = line.time_zone
@@ -368,11 +349,60 @@ def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
     return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 
-def _reader(station: StationConfig, tag: TagConfig, line: LineConfig, slot: int) -> _Reader:
+class _Plan(NamedTuple):
+    """What a station's decoder is made of, but for the station's name (see _plan)."""
+
+    first: tuple[_Reader, ...]  # IN_TOPIC, IN_DATA
+    middle: tuple[_Reader, ...]  # JA=, JP=, TOPIC=
+    last: tuple[_Reader, ...]  # IN_ID
+    json: bool
+    time_slot: int  # the line's time field in what read_many returns; -1 without
+    read_many: Callable[[Any], list[Any]] | None
+
+
+def _plan(station: StationConfig, line: LineConfig) -> _Plan:
+    """The readers of a station's input tags, named by tag alone, in SPEC §4 order.
+
+    It depends on the tags, the station's payload type and the line only: the stations of
+    one device type share one (building 10,000 stations, this was most of the time).
+    """
+    first: list[_Reader] = []
+    middle: list[_Reader] = []
+    last: list[_Reader] = []
+    paths: list[tuple[Step, ...]] = []
+    for tag in station.tags:
+        if tag.address is None or tag.address.kind not in INPUT_KINDS:
+            continue
+        kind = tag.address.kind
+        slot = -1
+        if kind is Kind.JSON:
+            slot = len(paths)
+            paths.append(tag.address.steps)
+        reader = _reader(tag, line, slot)
+        if kind is Kind.IN_ID:
+            last.append(reader)
+        elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
+            first.append(reader)
+        else:
+            middle.append(reader)
+    # IN_TOPIC before IN_DATA, whatever the file's order.
+    first.sort(key=lambda r: r.kind is Kind.IN_DATA)
+    json = (station.payload_type or line.payload_type) == "json"
+    # The line's time field is one more path of the station's reader (read in the same walk).
+    time_slot = -1
+    if json and line.time_field is not None:
+        time_slot = len(paths)
+        paths.append(line.time_field)
+    read_many = compile_many(paths) if paths else None
+    return _Plan(tuple(first), tuple(middle), tuple(last), json, time_slot, read_many)
+
+
+def _reader(tag: TagConfig, line: LineConfig, slot: int) -> _Reader:
+    """A tag's reader, named by the tag alone (the decoder puts the station's name before)."""
     assert tag.address is not None
     processing, filtered = _processing_for(tag.processing, tag.type)
     return _Reader(
-        full=f"{station.name}.{tag.name}",
+        full=tag.name,
         kind=tag.address.kind,
         read=tag.address.read,
         group=tag.address.group,
@@ -446,8 +476,24 @@ class Station:
     output_values: dict[str, Value] = attrs.field(factory=dict)
 
     @classmethod
-    def build(cls, config: StationConfig, line: LineConfig) -> Station:
-        station = cls(config, Decoder(config, line), max_held=line.max_held)
+    def build(
+        cls,
+        config: StationConfig,
+        line: LineConfig,
+        plans: dict[tuple[Any, ...], tuple[StationConfig, _Plan]] | None = None,
+    ) -> Station:
+        """The running station of `config`; `plans` shares decoder plans between stations
+        with the same tags (keyed by the tag records' identity, which `config` keeps alive)."""
+        plan = None
+        if plans is not None:
+            key = (*map(id, config.tags), config.payload_type)
+            known = plans.get(key)
+            if known is None:
+                plan = _plan(config, line)
+                plans[key] = (config, plan)
+            else:
+                plan = known[1]
+        station = cls(config, Decoder(config, line, plan), max_held=line.max_held)
         station.uses_ack = config.tag_by_kind(Kind.ACK_ID) is not None
         if config.mode != "on":
             station.state = StationState(config.mode)

@@ -1054,3 +1054,43 @@ def test_collector_paused_while_loading() -> None:
         assert not gc.isenabled()  # a host that turned it off keeps it off
     finally:
         gc.enable()
+
+
+def test_repeated_tables_with_station_level_errors_are_reported_for_every_station() -> None:
+    """A table whose tags clash with each other (two of one name, two ACK_IDs) is reported at
+    each station that repeats it, not only at the first."""
+    clash = (
+        '[[station.tag]]\nname = "t"\ntype = "Ai"\naddress = "JA=a"\n'
+        '[[station.tag]]\nname = "t"\ntype = "Ai"\naddress = "JA=b"\n'
+        '[[station.tag]]\nname = "k1"\ntype = "Co"\naddress = "ACK_ID"\n'
+        '[[station.tag]]\nname = "k2"\ntype = "Co"\naddress = "ACK_ID"\n'
+    )
+    text = LINE + 'payload_type = "json"\n'
+    for i in range(3):
+        text += f'\n[[station]]\nname = "s{i}"\naddress = "d/{i}"\n{clash}'
+    found = errors(text)
+    assert [e.split(":")[0] for e in found] == [
+        place for i in (1, 2, 3) for place in (f"station[{i}].tag[2].name", f"station[{i}].tag")
+    ]
+
+
+def test_a_repeated_table_is_read_again_under_another_payload_type() -> None:
+    """The same table on a station with its own payload type is checked for that type."""
+    tag = '[[station.tag]]\nname = "v"\ntype = "Ai"\naddress = "JA=a"\n'
+    text = LINE + 'payload_type = "json"\n'
+    text += f'\n[[station]]\nname = "a"\naddress = "d/a"\n{tag}'
+    text += f'\n[[station]]\nname = "b"\naddress = "d/b"\npayload_type = "text"\n{tag}'
+    text += f'\n[[station]]\nname = "c"\naddress = "d/c"\n{tag}'
+    found = errors(text)
+    assert [e.split(":")[0] for e in found] == ["station[2].tag[1].address"]
+
+
+def test_exact_addresses_are_not_compiled_as_regular_expressions() -> None:
+    """An address without regex meta characters matches itself only: no pattern is kept."""
+    cfg = loads(
+        LINE
+        + '\n[[station]]\nname = "a"\naddress = "plant/area07/dev00042/state"\n'
+        + '\n[[station]]\nname = "b"\naddress = "plant/area(\\\\d+)/dev00043/.*"\n'
+        + '\n[[station]]\nname = "c"\naddress = "plant/dev.42"\n'
+    )
+    assert [s.regex is not None for s in cfg.stations] == [False, True, True]
