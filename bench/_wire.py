@@ -182,6 +182,21 @@ class _Acks(threading.Thread):
                     self.cond.notify_all()
 
 
+TIME_KEY = b'"Time":"'
+TIME_WIDTH = len("2026-11-22T10:00:00+00:00")
+
+
+def time_offsets(payloads: Sequence[bytes]) -> list[int]:
+    """Where each payload's `Agent.Time` text starts (ISO 8601, 25 characters)."""
+    return [p.index(TIME_KEY) + len(TIME_KEY) for p in payloads]
+
+
+def stamped(payload: bytes, offset: int, epoch: int) -> bytes:
+    """`payload` with its time text set to `epoch` (seconds since 1970, UTC)."""
+    text = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(epoch)).encode()
+    return payload[:offset] + text + payload[offset + TIME_WIDTH :]
+
+
 def publish_worker(
     *,
     port: int,
@@ -193,13 +208,17 @@ def publish_worker(
     ready: Any,
     go: Any,
     results: Queue[dict[str, float]],
+    base_epoch: int | None = None,
 ) -> None:
     """Publish messages `first..first+count-1` as fast as possible, then PINGREQ/PINGRESP.
 
-    Message i goes to device i % devices with payload i % len(payloads). The PINGRESP comes
-    after the broker has handled every PUBLISH before it on this connection, so the
-    reported end time is when the broker holds (has queued) all of them.
+    Message i goes to device i % devices with payload i % len(payloads); with `base_epoch`,
+    its time is `base_epoch + i` seconds, so that times move on through a run as a device's
+    clock does (the payloads repeat, their times do not). The PINGRESP comes after the broker
+    has handled every PUBLISH before it on this connection, so the reported end time is when
+    the broker holds (has queued) all of them.
     """
+    offsets = time_offsets(payloads) if base_epoch is not None else []
     sock, packets = open_session(port, f"bench-pub-{first}-{time.monotonic_ns()}", clean=True)
     sock.settimeout(None)
     acks = _Acks(sock, packets)
@@ -216,6 +235,8 @@ def publish_worker(
     for i in range(first, first + count):
         topic = topics[i % devices]
         payload = payloads[i % sizes]
+        if base_epoch is not None:
+            payload = stamped(payload, offsets[i % sizes], base_epoch + i)
         if qos:
             mid = pack(i % 65535 + 1)
             size = len(topic) + 2 + len(payload)

@@ -10,53 +10,53 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kom import Update, loads
+from kom._client import MERGED
 from kom._core import LineCore
 from kom._sinks import SinkWriter, SqliteSink
 from kom._station import Message
 
 from ._common import Broker, Report, Row, Settings, fmt, median_spread
-from ._wire import device_topic
+from ._wire import device_topic, stamped, time_offsets
 from ._workload import DEVICES, TAG_COUNT, kom_config_text, payload_pool
-from .throughput import POOL, Preloader, broker_options, drain_kom, messages
+from .throughput import BASE_EPOCH, POOL, Preloader, broker_options, drain_kom, messages
 
 GOAL_MSGS = 20_000
-BATCH = 5000  # kom's dispatcher hands over up to ~5,000 updates at once
-DECODED = 20_000  # messages decoded for the sink-alone baseline (10 x the payload pool)
+RECEIVED = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
 def sink_alone(pool: list[bytes], messages: int) -> float:
     """Rows/s of SqliteSink.write on pre-decoded updates, as many rows as a drain writes.
 
-    The updates of `DECODED` messages are decoded once and written again and again, in
-    batches, until `messages` x 12 rows are in: the drain's payloads repeat with the pool
-    (and its (tag, ts) keys with them), and the cost of an insert grows with the table.
+    The messages of a drain (their payloads stamped with moving times as the publishers do,
+    received 50 µs apart) are decoded a batch at a time, untimed, and only the sink's writes
+    are timed, in batches of the dispatcher's largest call.
     """
     config = loads(kom_config_text(1883, "bench-sink", 1, "exact"))
     core = LineCore(config.lines[0], config.stations)
-    now = datetime.now(UTC)
-    updates: list[Update] = []
-    for i in range(min(messages, DECODED)):
-        msg = Message(device_topic(i % DEVICES), pool[i % len(pool)], now, 1, i % 65535 + 1)
-        updates.extend(core.process(msg).updates)
-    batches = [updates[k : k + BATCH] for k in range(0, len(updates), BATCH)]
-    target = messages * TAG_COUNT
+    offsets = time_offsets(pool)
+    per_batch = MERGED // TAG_COUNT
+    seconds = 0.0
+    written = 0
     with tempfile.TemporaryDirectory(prefix="kom-bench-sink-") as tmp:
         sink = SqliteSink(Path(tmp) / "sink.db")
-        written = 0
-        t0 = time.perf_counter()
-        while written < target:
-            for batch in batches:
-                sink.write(batch)
-                written += len(batch)
-                if written >= target:
-                    break
-        rate = written / (time.perf_counter() - t0)
+        for first in range(0, messages, per_batch):
+            batch: list[Update] = []
+            for i in range(first, min(messages, first + per_batch)):
+                k = i % len(pool)
+                payload = stamped(pool[k], offsets[k], BASE_EPOCH + i)
+                received = RECEIVED + timedelta(microseconds=50 * i)
+                msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
+                batch.extend(core.process(msg).updates)
+            t0 = time.perf_counter()
+            sink.write(batch)
+            seconds += time.perf_counter() - t0
+            written += len(batch)
         sink.close()
-    return rate
+    return written / seconds
 
 
 def run(settings: Settings) -> Report:
@@ -164,9 +164,10 @@ def run(settings: Settings) -> Report:
     )
     report.notes.extend(checks)
     report.notes.append(
-        "baseline: SqliteSink.write alone, one run, into a fresh database: the updates of "
-        f"{DECODED:,} messages decoded beforehand and written in batches of {BATCH:,} (one "
-        "transaction each) until N x 12 rows are in: the sink's own ceiling, no broker."
+        "baseline: SqliteSink.write alone, one run, into a fresh database: the N messages "
+        "of a drain decoded a batch at a time (untimed) and written in batches of "
+        f"{MERGED:,} updates, the dispatcher's largest call (one transaction each); only the "
+        "writes are timed: the sink's own ceiling, no broker."
     )
     report.notes.append(
         "invalid (comm) rows: Kom.close() hands out every input tag of every station as "

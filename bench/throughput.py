@@ -25,7 +25,15 @@ from kom import Config, Kom, Update, loads, tune_gc
 
 from ._common import Broker, Report, Row, Settings, fmt, median_spread
 from ._wire import drain_raw, end_session, prepare_session, publish_worker
-from ._workload import DEVICES, TAG_COUNT, TOPIC_FILTER, NaiveDecoder, kom_config_text, payload_pool
+from ._workload import (
+    BASE_TIME,
+    DEVICES,
+    TAG_COUNT,
+    TOPIC_FILTER,
+    NaiveDecoder,
+    kom_config_text,
+    payload_pool,
+)
 
 PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex", "kom-tuned")
 KOM_PIPELINES = ("kom-exact", "kom-regex", "kom-tuned")
@@ -38,6 +46,7 @@ LABELS = {
     "kom-tuned": "kom, 1,000 exact stations, tune_gc()",
 }
 POOL = 2000
+BASE_EPOCH = int(BASE_TIME.timestamp())
 NAIVE_SHARE = 4  # the naive consumer drains N / 4 messages: it is slow and steady
 
 
@@ -92,6 +101,7 @@ class Preloader:
                     "ready": ready,
                     "go": go,
                     "results": results,
+                    "base_epoch": BASE_EPOCH,
                 },
                 daemon=True,
             )
@@ -281,7 +291,8 @@ def run(settings: Settings) -> Report:
         report.settings["workload"] = (
             f"{n:,} messages per drain (naive: {n // NAIVE_SHARE:,}), "
             f"{min(len(p) for p in pool)}-{max(len(p) for p in pool)} B NETIO JSON, "
-            f"{DEVICES:,} topics devices/devNNNN/messages/events/, {TAG_COUNT} tags a message"
+            f"{DEVICES:,} topics devices/devNNNN/messages/events/, {TAG_COUNT} tags a message; "
+            "message i's Agent.Time is a base time + i seconds (times move on through a run)"
         )
         report.settings["runs"] = f"median of {settings.runs} [min..max]"
         preloader = Preloader(broker.port, settings.publishers, pool)
