@@ -126,10 +126,10 @@ class LineCore:
         if msg.dup:
             counters.duplicates += 1
         router = self.router
-        updates: list[Update] = []
         if router.has_wills:
             hit = router.will(msg.topic, msg.payload)
             if hit is not None:
+                updates: list[Update] = []
                 for index in hit.cleared:
                     station = self.stations[index]
                     if station.state is StationState.WILL:
@@ -144,9 +144,9 @@ class LineCore:
         route = router.route(msg.topic)
         if route.station is None:
             counters.unrouted += 1
-            return Processed(updates, True, None, route)
+            return Processed([], True, None, route)
         station = self.stations[route.station]
-        sc = self.station_counters[station.name]
+        sc = self.station_counters[station.config.name]
         sc.received += 1
         sc.last_message = msg.received
         if msg.dup:
@@ -160,7 +160,7 @@ class LineCore:
             if station.overflow != sc.overflow:
                 counters.overflow += station.overflow - sc.overflow
                 sc.overflow = station.overflow
-            return Processed(updates, True, station, route)
+            return Processed([], True, station, route)
         counters.routed += 1
         sc.routed += 1
         invalid = decoder.invalid - invalid

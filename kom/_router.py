@@ -224,12 +224,10 @@ class Router:
         self._wills: dict[str, list[tuple[int, bytes | None]]] = {}
         for index, topic, payload in wills:
             self._wills.setdefault(topic, []).append((index, payload))
+        #: Whether any station has a will topic (asked for every message, so not a property).
+        self.has_wills = bool(self._wills)
         self._cache: dict[str, Route] = {}
         self._cache_size = cache_size
-
-    @property
-    def has_wills(self) -> bool:
-        return bool(self._wills)
 
     def will(self, topic: str, payload: bytes) -> WillHit | None:
         """SPEC §3 rule 1: is this message a station's will, or does it clear one?"""

@@ -53,6 +53,9 @@ class StationState(enum.Enum):
     COMM = "comm"
 
 
+_ON = StationState.ON
+
+
 class IllegalTransition(KomError, RuntimeError):
     """A station was asked to move between two states that have no edge."""
 
@@ -124,7 +127,7 @@ class Decoder:
         received = msg.received
         ts = received
         doc: Any = MISSING
-        raws: list[Any] = []
+        raws: Sequence[Any] = ()
         failure: tuple[Reason, str] | None = None
         traw: Any = _NO_TIME  # the raw time field, once it has been read as `ts`
         payload = msg.payload
@@ -525,7 +528,7 @@ class Station:
     def receive(self, msg: Message, groups: Mapping[str, str | None]) -> Delivery:
         """Process a routed message; with ACK_ID, hold it behind the one being processed."""
         state = self.state
-        if state is not StationState.ON:
+        if state is not _ON:
             if state is StationState.OFF or state is StationState.SIMULATION:
                 return IGNORED
             # SPEC §3: any message routed to a station in will error clears it; a message

@@ -191,6 +191,8 @@ class _IsoMask(TimeMask):
                 dt = datetime.fromisoformat(raw.strip().upper())
             except ValueError:
                 raise self._refuse(raw, str(exc)) from None
+        if dt.tzinfo is _UTC:  # `Z` or `+00:00`: already what kom keeps (one call fewer)
+            return dt
         return _to_utc(self, raw, dt, zone)
 
     def format(self, dt: datetime, zone: Zone) -> str:
