@@ -1,8 +1,10 @@
 """The library API for a host process: open a configuration, receive updates, write, ack.
 
-Each line runs on its own thread; one dispatcher thread hands updates to the host (a
-callback and/or an iterator) in batches, and only then are the messages acknowledged to
-the broker (SPEC §5: "in the library when the consumer's callback has returned").
+Each line runs on its own thread and hands its updates to the host (a callback and/or an
+iterator) in batches: on its own thread while the host's callbacks are quick, through one
+dispatcher thread (which merges batches) while they are slow or with `inline=False`. Only
+then are the messages acknowledged to the broker (SPEC §5: "in the library when the
+consumer's callback has returned"). Callbacks never run two at a time.
 """
 
 from __future__ import annotations
