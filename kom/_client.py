@@ -32,9 +32,9 @@ log = logging.getLogger("kom")
 
 UpdatesCallback = Callable[[Sequence[Update]], None]
 _STOP = object()
-#: A hand-over (callbacks and acknowledgements) that returns within this many seconds lets
-#: the next batch be handed over on its line's thread; a slower one sends the next batches
-#: through the dispatcher, so that the line reads on while the host works (and they merge).
+#: Callbacks that return within this many seconds let the next batch be handed over on its
+#: line's thread; slower ones send the next batches through the dispatcher, so that the line
+#: reads on while the host works (and the batches merge).
 QUICK = 0.002
 #: The most updates the dispatcher merges into one call (a single larger batch goes alone).
 #: The SQLite sink's largest statement holds as many rows, so a full call is one statement

@@ -427,6 +427,7 @@ class Line(Events):
                 session.idle(0.05)
                 self._ping_sent = None  # the broker's answers wait unread in the socket
                 self._expire_writes(time.monotonic())
+                self._send_outgoing(session)  # writes go out while reading waits
                 continue
             paused = False
             busy = self._batch or (self._outgoing and len(self._writes) < WINDOW)
@@ -873,15 +874,18 @@ class Line(Events):
         """Hand writes to paho and keep their futures until completion (no kom lock held)."""
         if not writes:
             return
+        sent: Sequence[int | Exception]
         try:
             sent = session.publish_many([(w.topic, w.payload, w.qos, w.retain) for w in writes])
         except Exception as exc:  # a write's caller always learns the outcome
-            for write in writes:
-                _fail(write.future, WriteError(f"{write.tag}: {exc}", write.tag, "not-connected"))
-            return
+            sent = [exc] * len(writes)
+        refused: list[tuple[_Outgoing, Exception]] = []
         finished: list[tuple[_Outgoing, WriteResult, tuple[bool, str]]] = []
         with self._writes_lock:
-            for write, (mid, _) in zip(writes, sent, strict=True):
+            for write, mid in zip(writes, sent, strict=True):
+                if not isinstance(mid, int):
+                    refused.append((write, mid))
+                    continue
                 result = WriteResult(write.tag, write.topic, write.qos, mid)
                 self._expired.discard(mid)  # the mid is this write's now
                 early = self._early.pop(mid, None)
@@ -893,6 +897,8 @@ class Line(Events):
                         self._outbox_ids[mid] = write.outbox_id
                 else:
                     finished.append((write, result, early))
+        for write, problem in refused:
+            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, "rejected"))
         for write, result, (ok, reason) in finished:
             if ok and self._outbox is not None and write.outbox_id is not None:
                 self._outbox.done(write.outbox_id)

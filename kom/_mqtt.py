@@ -356,14 +356,14 @@ class Session:
 
     def publish_many(
         self, messages: Sequence[tuple[str, bytes, int, bool]]
-    ) -> list[tuple[int, bool]]:
-        """PUBLISH several messages (topic, payload, qos, retain); (mid, sent_now) for each.
+    ) -> list[int | LineError]:
+        """PUBLISH several messages (topic, payload, qos, retain): the mid of each, or why not.
 
         On the network thread, with the packets written together after the last: paho would
         write each one at once and send itself a wake-up byte for it, two system calls a write.
         """
         client = self._client
-        out: list[tuple[int, bool]] = []
+        out: list[int | LineError] = []
         wake = client._sockpairW
         # Holding paho's callback lock makes paho queue the packets instead of writing each;
         # nobody needs waking, this is the thread that runs the loop.
@@ -371,7 +371,12 @@ class Session:
             client._sockpairW = None
             try:
                 for topic, payload, qos, retain in messages:
-                    out.append(self.publish(topic, payload, qos, retain))
+                    try:
+                        out.append(self.publish(topic, payload, qos, retain)[0])
+                    except LineError as exc:
+                        out.append(exc)
+                    except ValueError as exc:  # paho's own checks (topic, payload size)
+                        out.append(LineError(f"PUBLISH refused: {exc}", self.line.name))
             finally:
                 client._sockpairW = wake
         if client.want_write():

@@ -250,3 +250,20 @@ def test_a_queued_write_past_its_deadline_fails_with_timeout() -> None:
     assert failed.value.reason == "timeout"
     assert [w.future for w in line._outgoing] == futures[1:]
     assert not futures[1].done()
+
+
+def test_publish_many_reports_each_message_on_its_own() -> None:
+    """A message the MQTT client refuses fails alone; the others of the burst keep their ids."""
+    from kom import loads
+    from kom._errors import LineError
+
+    line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
+    session = Session(line, object())  # type: ignore[arg-type]
+    out = session.publish_many(
+        [("a/b", b"1", 1, False), ("a/+", b"2", 1, False), ("a/c", b"3", 1, False)]
+    )
+    assert isinstance(out[0], int)
+    assert isinstance(out[1], LineError)
+    assert "wildcard" in str(out[1])
+    assert isinstance(out[2], int)
+    assert out[2] != out[0]
