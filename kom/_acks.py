@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Sequence
 
 
 class AckOrder:
@@ -31,6 +33,33 @@ class AckOrder:
         """Register a QoS 1/2 message in arrival order."""
         self._pending.append((mid, qos))
         self._waiting.add(mid)
+
+    def arrived_many(self, arrivals: Sequence[tuple[int, int]]) -> None:
+        """Register several (mid, qos) arrivals, in their order."""
+        self._pending.extend(arrivals)
+        self._waiting.update(mid for mid, _ in arrivals)
+
+    def done_many(self, mids: Sequence[int]) -> list[tuple[int, int]]:
+        """`done()` for each of `mids` in turn; what they release, in order.
+
+        The common case, a run of messages processed in the order they arrived with none
+        done early, is taken in one step (a batch of a backlog is hundreds of them).
+        """
+        if not mids:
+            return []
+        pending = self._pending
+        count = len(mids)
+        if not self._done and count <= len(pending) and pending[0][0] == mids[0]:
+            head = list(itertools.islice(pending, count))
+            if [mid for mid, _ in head] == list(mids):
+                for _ in range(count):
+                    pending.popleft()
+                self._waiting.difference_update(mids)
+                return head
+        ready: list[tuple[int, int]] = []
+        for mid in mids:
+            ready.extend(self.done(mid))
+        return ready
 
     def done(self, mid: int) -> list[tuple[int, int]]:
         """Mark `mid` processed; return the (mid, qos) pairs now to acknowledge, in order."""

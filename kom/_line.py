@@ -633,9 +633,7 @@ class Line(Events):
                 # Under both locks (always taken in this order), so that arrivals are
                 # registered in order and before anyone can settle them.
                 with self._ack_lock:
-                    arrived = self._acks.arrived
-                    for mid, qos in self._arrivals:
-                        arrived(mid, qos)
+                    self._acks.arrived_many(self._arrivals)
                 self._arrivals = []
             if not self._batch and not self._settles:
                 return
@@ -661,10 +659,8 @@ class Line(Events):
     def _settle_many(self, settles: Sequence[tuple[int, int, int]]) -> None:
         with self._ack_lock:
             session = self._session
-            ready: list[tuple[int, int]] = []
-            for generation, mid, _ in settles:
-                if generation == self.generation:
-                    ready.extend(self._acks.done(mid))
+            current = self.generation
+            ready = self._acks.done_many([mid for gen, mid, _ in settles if gen == current])
             if session is not None and ready:
                 session.ack_many(ready)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,4 +105,35 @@ def test_ack_order_property(data: st.DataObject, arrivals: list[tuple[int, int]]
         run = next((i for i, m in enumerate(ids) if m not in completed), len(ids))
         assert released == arrivals[:run]
     assert released == arrivals
+    assert len(order) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), arrival_orders)
+def test_done_many_is_done_in_turn(data: st.DataObject, arrivals: list[tuple[int, int]]) -> None:
+    """Registering and completing in groups releases exactly what one at a time does."""
+    ids = [mid for mid, _ in arrivals]
+    completion = data.draw(st.permutations(ids), label="completion")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(ids)), max_size=5), label="cuts"))
+    one, many = AckOrder(), AckOrder()
+    for mid, qos in arrivals:
+        one.arrived(mid, qos)
+    many.arrived_many(arrivals)
+    bounds = [0, *cuts, len(completion)]
+    for start, end in itertools.pairwise(bounds):
+        group = completion[start:end]
+        expected = [pair for mid in group for pair in one.done(mid)]
+        assert many.done_many(group) == expected
+        assert len(many) == len(one)
+    assert repr(many) == repr(one)
+
+
+def test_done_many_in_arrival_order_takes_the_run_at_once() -> None:
+    """A run processed in arrival order is released whole; a stale id in it changes nothing."""
+    order = AckOrder()
+    order.arrived_many([(1, 1), (2, 2), (3, 1)])
+    assert order.done_many([]) == []
+    assert order.done_many([1, 2]) == [(1, 1), (2, 2)]
+    assert order.done_many([9]) == []
+    assert order.done_many([3, 3]) == [(3, 1)]
     assert len(order) == 0
