@@ -171,6 +171,8 @@ class Line(Events):
         self._ping_sent: float | None = None
         self._half_read_since: float | None = None
         self._missing_time_warned: set[str] = set()
+        self._stamp = clock()  # the receive time of the messages of the last socket read
+        self._stamped_reads = -1
         self.connected_event = threading.Event()
 
     def __repr__(self) -> str:
@@ -562,7 +564,13 @@ class Line(Events):
     # -- session events (network thread) ------------------------------------------------
 
     def message(self, raw: RawMessage) -> None:
-        received = self._clock()
+        # The receive time is taken once per read from the socket: the messages of one read
+        # arrived together (and the sink formats the time of a batch's messages once).
+        reads = self._session.reads if self._session is not None else -1
+        if reads != self._stamped_reads or reads < 0:
+            self._stamp = self._clock()
+            self._stamped_reads = reads
+        received = self._stamp
         try:
             topic = raw.topic.decode("utf-8")
         except UnicodeDecodeError:

@@ -157,6 +157,9 @@ class Session:
         self._lock = threading.Lock()
         #: Asked between buffered packets: True makes the loop stop reading for now.
         self.pause_reading: Callable[[], bool] = _never
+        #: How many times data was read from the socket so far (-1 before it is buffered):
+        #: messages that came in one read arrived together, and share a receive time.
+        self.reads = -1
 
     def __repr__(self) -> str:
         return f"<Session line={self.line.name!r} connected={self.connected}>"
@@ -309,7 +312,8 @@ class Session:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         except (OSError, AttributeError):
             raw = None
-        client._sock = _BufferedSocket(sock, raw)
+        client._sock = _BufferedSocket(sock, raw, self)
+        self.reads = max(self.reads, 0)
 
     def ack_many(self, acks: Sequence[tuple[int, int]]) -> None:
         """Acknowledge received messages, in order, with one write.
@@ -623,13 +627,14 @@ class _BufferedSocket:
     select(). Everything else goes to the wrapped socket.
     """
 
-    __slots__ = ("_buf", "_pos", "_quickack", "_sock")
+    __slots__ = ("_buf", "_owner", "_pos", "_quickack", "_sock")
 
-    def __init__(self, sock: Any, raw: Any) -> None:
+    def __init__(self, sock: Any, raw: Any, owner: Session | None = None) -> None:
         self._sock = sock
         self._buf = b""
         self._pos = 0
         self._quickack = raw if hasattr(socket, "TCP_QUICKACK") else None
+        self._owner = owner  # counts the reads (Session.reads)
 
     def recv(self, size: int) -> bytes:
         pos = self._pos
@@ -639,6 +644,8 @@ class _BufferedSocket:
             self._pos = end
             return buf[pos:end]
         data: bytes = self._sock.recv(65536)  # BlockingIOError/SSLWantRead pass to paho
+        if self._owner is not None:
+            self._owner.reads += 1
         if self._quickack is not None:
             try:
                 self._quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)

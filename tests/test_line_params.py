@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -578,3 +579,36 @@ def test_many_writes_at_once_all_complete(broker: Mosquitto, topic_prefix: str) 
         futures = [kom.write("o.cmd", str(n)) for n in range(3000)]
         results = [f.result(20) for f in futures]
     assert len({r.mid for r in results[:1000]}) == 1000
+
+
+def test_messages_read_together_share_their_receive_time() -> None:
+    """The receive time is taken per read from the socket: messages that arrived in one read
+    share it; a later read gets a later one."""
+    from ._fakebroker import packet as make_packet
+
+    body = ANY + '[[station.tag]]\nname = "t"\ntype = "TxtI"\naddress = "IN_DATA"\n'
+    with FakeBroker() as fake:
+        got = Collector()
+        with start(
+            config(body, host=fake.address, client_id="kom-stamp", ping_interval=0), got
+        ) as kom:
+            assert kom.wait_connected(5)
+
+            def burst(text: str) -> None:
+                fake.send_raw(
+                    b"".join(
+                        make_packet(PacketType.PUBLISH, 0, b"\x00\x01t" + f"{text}{n}".encode())
+                        for n in range(5)
+                    )
+                )
+
+            burst("a")
+            got.wait(lambda us: len(us) >= 5)
+            time.sleep(0.05)
+            burst("b")
+            updates = got.wait(lambda us: len(us) >= 10)
+    first = {u.received for u in updates if u.value.startswith("a")}
+    second = {u.received for u in updates if u.value.startswith("b")}
+    assert len(first) == 1
+    assert len(second) == 1
+    assert second.pop() - first.pop() >= timedelta(milliseconds=40)
