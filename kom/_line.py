@@ -155,7 +155,9 @@ class Line(Events):
         # burst of writes goes out in one system call.
         self._outgoing: deque[_Outgoing] = deque()
         self._woken = False  # a wake-up for the outgoing queue is on its way
-        self._in_transit = 0  # writes taken from the queue, not yet registered in _writes
+        # Writes taken to be handed to paho, not yet registered in _writes (under
+        # _writes_lock): while any are, later writes queue behind them, keeping their order.
+        self._in_transit = 0
         self._expired: set[int] = set()  # mids whose writes timed out, completion still due
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
         # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
@@ -477,9 +479,12 @@ class Line(Events):
         if session is not None:
             # Writes not yet published join paho's queue, in order, as writes made while
             # the line is down do (QoS 0 ones fail below); paho sends them after reconnecting.
-            with self._writes_lock:
-                waiting = self._take_outgoing()
-            self._publish_now(waiting, session)
+            while True:
+                with self._writes_lock:
+                    waiting = self._take_outgoing(in_transit=True)
+                if not waiting:
+                    break
+                self._publish_now(waiting, session)
         with self._writes_lock:
             failed = [w for w in self._writes.values() if w.qos == 0]
             for mid in [m for m, w in self._writes.items() if w.qos == 0]:
@@ -842,13 +847,20 @@ class Line(Events):
         write = _Outgoing(
             future, full, topic, payload, qos, cfg.publish_retain, deadline, outbox_id
         )
-        if self.state is LineState.CONNECTED and (
-            self._outgoing or self._in_transit or self._writes
-        ):
-            # Writes are under way: the line's thread publishes this one after them (see
-            # _send_outgoing), so a burst goes out in order and from one thread.
-            with self._writes_lock:
+        with self._writes_lock:
+            # Writes queued or on their way to paho go first, whatever the line's state;
+            # while connected, so do writes awaiting completion: the line's thread then
+            # publishes this one after them (see _send_outgoing), in one burst.
+            queue = bool(
+                self._outgoing
+                or self._in_transit
+                or (self._writes and self.state is LineState.CONNECTED)
+            )
+            if queue:
                 self._outgoing.append(write)
+            else:
+                self._in_transit += 1
+        if queue:
             if not self._woken:
                 self._woken = True
                 session.wake()
@@ -861,31 +873,31 @@ class Line(Events):
     def _send_outgoing(self, session: Session) -> None:
         """Publish the queued writes that fit the window (the line's thread)."""
         self._woken = False
-        outgoing = self._outgoing
-        if not outgoing:
+        if not self._outgoing:
             return
-        room = WINDOW - len(self._writes)
-        writes: list[_Outgoing] = []
-        while outgoing and len(writes) < room:
-            writes.append(outgoing.popleft())
-            self._in_transit += 1
-        try:
-            self._publish_now(writes, session)
-        finally:
-            self._in_transit = 0
+        with self._writes_lock:
+            writes = self._take_outgoing(in_transit=True, most=WINDOW - len(self._writes))
+        self._publish_now(writes, session)
 
     def _publish_now(self, writes: Sequence[_Outgoing], session: Session) -> None:
-        """Hand writes to paho and keep their futures until completion (no kom lock held)."""
+        """Hand writes to paho and keep their futures until completion (no kom lock held).
+
+        The caller counted `writes` in `_in_transit` (under _writes_lock); they leave it
+        here, registered, in the same hold of the lock.
+        """
         if not writes:
             return
         sent: Sequence[int | Exception]
         try:
-            sent = session.publish_many([(w.topic, w.payload, w.qos, w.retain) for w in writes])
+            sent = session.publish_many(
+                [(w.topic, w.payload, w.qos, w.retain) for w in writes], self.on_own_thread()
+            )
         except Exception as exc:  # a write's caller always learns the outcome
             sent = [exc] * len(writes)
         refused: list[tuple[_Outgoing, Exception]] = []
         finished: list[tuple[_Outgoing, WriteResult, tuple[bool, str]]] = []
         with self._writes_lock:
+            self._in_transit -= len(writes)
             for write, mid in zip(writes, sent, strict=True):
                 if not isinstance(mid, int):
                     refused.append((write, mid))
@@ -914,13 +926,20 @@ class Line(Events):
                     WriteError(f"{write.tag}: broker refused: {reason}", write.tag, "rejected"),
                 )
 
-    def _take_outgoing(self) -> list[_Outgoing]:
-        """Empty the queue of writes not yet published (the caller holds _writes_lock).
+    def _take_outgoing(self, in_transit: bool = False, most: int | None = None) -> list[_Outgoing]:
+        """Take writes not yet published from the queue, oldest first (under _writes_lock).
 
-        Writers append under that lock; the line's thread takes from the left without it.
+        `in_transit`: they are to be handed to paho (`_publish_now`), and count as on
+        their way until then, so that no write made meanwhile overtakes them.
         """
-        waiting = list(self._outgoing)
-        self._outgoing.clear()
+        outgoing = self._outgoing
+        if most is None or most >= len(outgoing):
+            waiting = list(outgoing)
+            outgoing.clear()
+        else:
+            waiting = [outgoing.popleft() for _ in range(max(most, 0))]
+        if in_transit:
+            self._in_transit += len(waiting)
         return waiting
 
     def publish_raw(self, topic: str, payload: bytes) -> Future[WriteResult]:

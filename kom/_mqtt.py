@@ -11,7 +11,8 @@ Private paho attributes used (pinned to paho-mqtt 2.1-2.2, checked in tests):
 `_send_simple_command` (a PINGREQ that does not arm paho's own keep-alive check),
 `_in_packet` (a half-read packet), `_out_messages` / `_out_message_mutex` /
 `_inflight_messages` (completing a PUBACK or PUBCOMP, see `_handle_pubackcomp`),
-`_in_callback_mutex` / `_sockpairW` (writing a burst of PUBLISH packets at once).
+`_in_callback_mutex` / `_sockpairW` (writing a burst of PUBLISH packets at once),
+`_packet_write` (serialised, see `Session.__init__`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ _REQUIRED = (
     "_inflight_messages",
     "_in_callback_mutex",
     "_sockpairW",
+    "_packet_write",
 )
 
 
@@ -151,6 +153,18 @@ class Session:
         client._handle_publish = self._handle_publish  # type: ignore[method-assign]
         client._handle_pubrel = self._handle_pubrel  # type: ignore[method-assign]
         client._handle_pubackcomp = self._handle_pubackcomp  # type: ignore[method-assign]
+        # paho writes its packet queue from whichever thread queued a packet (a write, an
+        # acknowledgement from the host's thread) as well as from the loop, with no lock:
+        # two threads could each take a packet and send them crossed, or interleave the
+        # pieces of a partly sent one. One writer at a time keeps the stream in order.
+        paho_write = client._packet_write
+        write_lock = threading.Lock()
+
+        def packet_write() -> MQTTErrorCode:
+            with write_lock:
+                return paho_write()
+
+        client._packet_write = packet_write  # type: ignore[method-assign]
         self._client = client
         self._connack: tuple[bool, int, str, str | None] | None = None
         self._closing = False
@@ -359,15 +373,22 @@ class Session:
         return int(mid or 0)
 
     def publish_many(
-        self, messages: Sequence[tuple[str, bytes, int, bool]]
+        self, messages: Sequence[tuple[str, bytes, int, bool]], own_thread: bool
     ) -> list[int | LineError]:
         """PUBLISH several messages (topic, payload, qos, retain): the mid of each, or why not.
 
-        On the network thread, with the packets written together after the last: paho would
-        write each one at once and send itself a wake-up byte for it, two system calls a write.
+        On the network thread (`own_thread`) the packets are written together after the
+        last: paho would write each one at once and send itself a wake-up byte for it, two
+        system calls a write. From any other thread they go one by one, paho's way: the
+        wake-up socket may only be touched by the thread that runs the loop (paho's loop
+        replaces it when it finds it missing).
         """
         client = self._client
         out: list[int | LineError] = []
+        if not own_thread:
+            for topic, payload, qos, retain in messages:
+                out.append(self._publish_checked(topic, payload, qos, retain))
+            return out
         wake = client._sockpairW
         # Holding paho's callback lock makes paho queue the packets instead of writing each;
         # nobody needs waking, this is the thread that runs the loop.
@@ -375,17 +396,22 @@ class Session:
             client._sockpairW = None
             try:
                 for topic, payload, qos, retain in messages:
-                    try:
-                        out.append(self.publish(topic, payload, qos, retain)[0])
-                    except LineError as exc:
-                        out.append(exc)
-                    except ValueError as exc:  # paho's own checks (topic, payload size)
-                        out.append(LineError(f"PUBLISH refused: {exc}", self.line.name))
+                    out.append(self._publish_checked(topic, payload, qos, retain))
             finally:
                 client._sockpairW = wake
         if client.want_write():
             client.loop_write()
         return out
+
+    def _publish_checked(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> int | LineError:
+        try:
+            return self.publish(topic, payload, qos, retain)[0]
+        except LineError as exc:
+            return exc
+        except ValueError as exc:  # paho's own checks (topic, payload size)
+            return LineError(f"PUBLISH refused: {exc}", self.line.name)
 
     def wake(self) -> None:
         """Make a loop() waiting in select() return now (from any thread)."""

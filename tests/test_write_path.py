@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
@@ -33,6 +34,17 @@ name = "cmd"
 type = "TxtO"
 publish = {{ topic = "{prefix}/cmd", payload = "{{value}}" }}
 """
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Threads switch every 10 µs instead of 5 ms: races between them show up far more often."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _config(prefix: str, host: str, **line: object) -> Any:
@@ -88,6 +100,7 @@ def _publish_id(raw: bytes) -> int:
     return int.from_bytes(raw[at : at + 2], "big")
 
 
+@pytest.mark.usefixtures("fast_switching")
 def test_writes_reach_the_broker_in_the_order_they_were_made(
     broker_factory: BrokerFactory, topic_prefix: str
 ) -> None:
@@ -252,7 +265,8 @@ def test_a_queued_write_past_its_deadline_fails_with_timeout() -> None:
     assert not futures[1].done()
 
 
-def test_publish_many_reports_each_message_on_its_own() -> None:
+@pytest.mark.parametrize("own_thread", [True, False])
+def test_publish_many_reports_each_message_on_its_own(own_thread: bool) -> None:
     """A message the MQTT client refuses fails alone; the others of the burst keep their ids."""
     from kom import loads
     from kom._errors import LineError
@@ -260,10 +274,126 @@ def test_publish_many_reports_each_message_on_its_own() -> None:
     line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
     session = Session(line, object())  # type: ignore[arg-type]
     out = session.publish_many(
-        [("a/b", b"1", 1, False), ("a/+", b"2", 1, False), ("a/c", b"3", 1, False)]
+        [("a/b", b"1", 1, False), ("a/+", b"2", 1, False), ("a/c", b"3", 1, False)], own_thread
     )
     assert isinstance(out[0], int)
     assert isinstance(out[1], LineError)
     assert "wildcard" in str(out[1])
     assert isinstance(out[2], int)
     assert out[2] != out[0]
+
+
+class _TrickleSocket:
+    """Takes at most 3 bytes a send, slowly, and notes how many threads send at once."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.senders = 0
+        self.most_senders = 0
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self.senders += 1
+            self.most_senders = max(self.most_senders, self.senders)
+        time.sleep(0.0002)
+        with self._lock:
+            self.sent += bytes(data[:3])
+            self.senders -= 1
+        return min(len(data), 3)
+
+
+def test_packets_are_written_by_one_thread_at_a_time() -> None:
+    """Threads that flush the MQTT client's packet queue at once (a writer, the host settling
+    messages, the line's loop) write it in order, never interleaving parts of packets."""
+    from kom import loads
+
+    line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
+    session = Session(line, object())  # type: ignore[arg-type]
+    client = session._client
+    sock = _TrickleSocket()
+    client._sock = sock
+    packets = [b"\x40\x02" + n.to_bytes(2, "big") for n in range(300)]
+    with client._in_callback_mutex:  # queued only: nobody writes yet
+        for data in packets:
+            client._packet_queue(0x40, data, 0, 0)
+
+    def flush() -> None:
+        while client.want_write():
+            client.loop_write()
+
+    threads = [threading.Thread(target=flush) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    client._sock = None
+    assert sock.most_senders == 1
+    assert bytes(sock.sent) == b"".join(packets)
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_writes_from_other_threads_leave_the_loops_wake_up_socket_in_place(
+    broker_factory: BrokerFactory, topic_prefix: str
+) -> None:
+    """Writes made from other threads while the line's thread loops: the MQTT client's wake-up
+    socket pair stays the one the loop selects on (a replaced one would leave later
+    wake-ups unheard and its socket unclosed)."""
+    broker = broker_factory()
+    with start(_config(topic_prefix, broker.address)) as kom:
+        assert kom.wait_connected(5)
+        line = kom.lines["line"]
+        assert line._session is not None
+        client = line._session._client
+        pair = (client._sockpairR, client._sockpairW)
+        assert None not in pair
+
+        def fire(name: str) -> None:
+            for n in range(150):  # one at a time: each goes out from this thread
+                kom.write("o.cmd", f"{name}{n}").result(10)
+
+        threads = [threading.Thread(target=fire, args=(name,)) for name in "abc"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert (client._sockpairR, client._sockpairW) == pair
+        assert kom.counters()["line"].callback_errors == 0
+
+
+def test_a_write_made_while_others_go_to_the_client_waits_behind_them() -> None:
+    """With nothing under way a write goes to the MQTT client from the writer's own thread;
+    one made while queued writes are being handed over waits in the queue behind them."""
+    from kom._line import Line, LineState, _Outgoing
+
+    cfg = _config("t", "127.0.0.1:1")
+    line = Line(cfg.lines[0], cfg.stations_of(cfg.lines[0].name), lambda batch: None)
+    calls: list[tuple[list[bytes], bool]] = []
+    late: list[Future[WriteResult]] = []
+
+    class Client:
+        def publish_many(self, messages: Sequence[Any], own_thread: bool) -> list[int]:
+            if len(calls) == 1:  # the queued burst: another thread writes meanwhile
+                writer = threading.Thread(target=lambda: late.append(line.write("o", "cmd", "c")))
+                writer.start()
+                writer.join(5)
+            calls.append(([m[1] for m in messages], own_thread))
+            return list(range(len(calls) * 10, len(calls) * 10 + len(messages)))
+
+        def wake(self) -> None:
+            pass
+
+    client = Client()
+    line._session = client  # type: ignore[assignment]
+    line.state = LineState.CONNECTED
+    first = line.write("o", "cmd", "a")  # nothing under way: out at once, from this thread
+    line.published(10, True, "Success")
+    assert first.result(0).mid == 10
+    line._outgoing.append(_Outgoing(Future(), "o.cmd", "t", b"b", 1, False, None, None))
+    line._send_outgoing(client)  # type: ignore[arg-type]
+    assert calls == [([b"a"], False), ([b"b"], False)]
+    assert [w.payload for w in line._outgoing] == [b"c"]
+    line._send_outgoing(client)  # type: ignore[arg-type]
+    assert calls[-1] == ([b"c"], False)
+    assert not late[0].done()  # registered, awaiting its PUBACK
+    assert line._in_transit == 0
