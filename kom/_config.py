@@ -766,7 +766,9 @@ def _read_station(
     if shared is not None:
         tags = list(shared)
     else:
-        tags = _read_tags(t, raw_tags, line, regex, memo, payload_type=effective_payload)
+        tags = _read_tags(
+            t, raw_tags, line, regex, memo, payload_type=effective_payload, table=table
+        )
     if name is None or address is None or (line is None and line_list):
         return None
     return StationConfig(
@@ -790,11 +792,15 @@ def _read_tags(
     memo: _Memo,
     *,
     payload_type: str,
+    table: tuple[str, int, str] | None,
 ) -> list[TagConfig]:
-    """A station's tags, each read (or taken from `memo`), and checked together."""
+    """A station's tags, each read (or taken from `memo`), and checked together.
+
+    Kept in `memo.tables` under `table` (None: not to be kept) when read without error.
+    """
     tags: list[TagConfig] = []
     errors_before = len(t.errors.items)
-    shareable = bool(raw_tags)
+    shareable = table is not None
     for i, item in enumerate(raw_tags or [], 1):
         path = t.at(f"tag[{i}]")
         if not isinstance(item, dict):
@@ -814,8 +820,8 @@ def _read_tags(
             t.errors.add(f"{path}.name", f"a second tag named {tag.name!r} in this station")
         tags.append(tag)
     _check_station_tags(t, tags)
-    if shareable and len(t.errors.items) == errors_before:
-        memo.tables[(repr(raw_tags), id(line), payload_type)] = tuple(tags)
+    if table is not None and shareable and len(t.errors.items) == errors_before:
+        memo.tables[table] = tuple(tags)
     return tags
 
 

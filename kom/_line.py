@@ -690,17 +690,8 @@ class Line(Events):
                 return
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
-        if write is None:
-            return
-        if ok:
-            _complete(write.future, write.result)
-        else:
-            _fail(
-                write.future,
-                WriteError(
-                    f"{write.result.tag}: broker refused: {reason}", write.result.tag, "rejected"
-                ),
-            )
+        if write is not None:
+            _completed(write.future, write.result, ok, reason)
 
     def subscribed(self, mid: int, granted: list[int]) -> None:
         with self._lock:
@@ -918,13 +909,7 @@ class Line(Events):
         for write, result, (ok, reason) in finished:
             if ok and self._outbox is not None and write.outbox_id is not None:
                 self._outbox.done(write.outbox_id)
-            if ok:
-                _complete(write.future, result)
-            else:
-                _fail(
-                    write.future,
-                    WriteError(f"{write.tag}: broker refused: {reason}", write.tag, "rejected"),
-                )
+            _completed(write.future, result, ok, reason)
 
     def _take_outgoing(self, in_transit: bool = False, most: int | None = None) -> list[_Outgoing]:
         """Take writes not yet published from the queue, oldest first (under _writes_lock).
@@ -971,3 +956,12 @@ def _complete(future: Future[WriteResult], result: WriteResult) -> None:
 def _fail(future: Future[WriteResult], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+def _completed(future: Future[WriteResult], result: WriteResult, ok: bool, reason: str) -> None:
+    """The broker's answer to a published write: success, or the reason it refused."""
+    if ok:
+        _complete(future, result)
+    else:
+        tag = result.tag
+        _fail(future, WriteError(f"{tag}: broker refused: {reason}", tag, "rejected"))

@@ -384,19 +384,16 @@ class Session:
         replaces it when it finds it missing).
         """
         client = self._client
-        out: list[int | LineError] = []
+        publish = self._publish_checked
         if not own_thread:
-            for topic, payload, qos, retain in messages:
-                out.append(self._publish_checked(topic, payload, qos, retain))
-            return out
+            return [publish(*message) for message in messages]
         wake = client._sockpairW
         # Holding paho's callback lock makes paho queue the packets instead of writing each;
         # nobody needs waking, this is the thread that runs the loop.
         with client._in_callback_mutex:
             client._sockpairW = None
             try:
-                for topic, payload, qos, retain in messages:
-                    out.append(self._publish_checked(topic, payload, qos, retain))
+                out = [publish(*message) for message in messages]
             finally:
                 client._sockpairW = wake
         if client.want_write():

@@ -110,6 +110,8 @@ class SqliteSink:
         return f"SqliteSink({str(self.path)!r}, rows={self.rows})"
 
     def write(self, updates: Sequence[Update]) -> None:
+        if not updates:
+            return
         params: list[object] = []
         add = params.extend
         ts_key: object = None
@@ -143,8 +145,6 @@ class SqliteSink:
                     _NONE if detail is None else detail,
                 )
             )
-        if not updates:
-            return
         with self._lock:
             self._insert(params, len(updates))
             self.rows += len(updates)
@@ -154,22 +154,22 @@ class SqliteSink:
         db = self._db
         top = self._buckets[-1]
         if rows <= top:
-            # One statement is one transaction of its own (autocommit).
-            size = next(b for b in self._buckets if b >= rows)
-            params.extend(_PAD[: 8 * (size - rows)])
-            db.execute(self._statements[size], params)
+            self._execute(params, rows)  # one statement is a transaction of its own
             return
         db.execute("BEGIN")
         try:
             for start in range(0, rows, top):
-                chunk = params[8 * start : 8 * (start + top)]
-                size = next(b for b in self._buckets if b >= len(chunk) // 8)
-                chunk.extend(_PAD[: 8 * size - len(chunk)])
-                db.execute(self._statements[size], chunk)
+                self._execute(params[8 * start : 8 * (start + top)], min(top, rows - start))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _execute(self, params: list[object], rows: int) -> None:
+        """One statement for up to the largest bucket's rows, padded to its bucket."""
+        size = next(b for b in self._buckets if b >= rows)
+        params.extend(_PAD[: 8 * (size - rows)])
+        self._db.execute(self._statements[size], params)
 
     def close(self) -> None:
         with self._lock:

@@ -66,6 +66,13 @@ def packet_id(raw: bytes) -> int:
     return value
 
 
+def publish_id(raw: bytes) -> int:
+    """The packet identifier of a QoS 1 or 2 PUBLISH packet (after its topic)."""
+    _, offset = _utf8_string(raw, _header_length(raw))
+    value: int = struct.unpack_from("!H", raw, offset)[0]
+    return value
+
+
 def _header_length(raw: bytes) -> int:
     index = 1
     while raw[index] & 0x80:

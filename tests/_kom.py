@@ -20,6 +20,24 @@ def config(body: str, **line: Any) -> Config:
     return loads(f"[line]\n{rows}\n{body}")
 
 
+def text_station(prefix: str, name: str = "s", out: str = "out") -> str:
+    """A station on `{prefix}/in` with a text input `data` (the payload) and a text output
+    `cmd` that publishes its value to `{prefix}/{out}`."""
+    return f"""
+[[station]]
+name = "{name}"
+address = "{prefix}/in"
+[[station.tag]]
+name = "data"
+type = "TxtI"
+address = "IN_DATA"
+[[station.tag]]
+name = "cmd"
+type = "TxtO"
+publish = {{ topic = "{prefix}/{out}", payload = "{{value}}" }}
+"""
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -14,23 +14,9 @@ from kom._backoff import set_testing
 
 from ._broker import Mosquitto
 from ._fakebroker import FakeBroker, PacketType, packet_id
-from ._kom import Collector, Publisher, config, start, wait_until
+from ._kom import Collector, Publisher, config, start, text_station, wait_until
 
 pytestmark = pytest.mark.broker
-
-TEXT_STATION = """
-[[station]]
-name = "s"
-address = "{prefix}/in"
-[[station.tag]]
-name = "data"
-type = "TxtI"
-address = "IN_DATA"
-[[station.tag]]
-name = "cmd"
-type = "TxtO"
-publish = {{ topic = "{prefix}/out", payload = "{{value}}" }}
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +39,7 @@ def _cfg(prefix: str, **line: object) -> object:
         "reply_timeout": 2,
     }
     keys.update(line)
-    return config(TEXT_STATION.format(prefix=prefix), **keys)
+    return config(text_station(prefix), **keys)
 
 
 def test_tls_with_the_ca_connects_and_delivers(broker_factory: object, topic_prefix: str) -> None:
@@ -117,7 +103,7 @@ def test_password_from_a_file_is_accepted_and_never_logged(
     secret.write_text("s3cret-pw\n")
     caplog.set_level("DEBUG")
     base = {"client_id": "kom-pw", "topic_filter": f"{topic_prefix}/#", "reply_timeout": 2}
-    text = TEXT_STATION.format(prefix=topic_prefix)
+    text = text_station(topic_prefix)
     from kom import loads
 
     cfg = loads(
@@ -242,7 +228,7 @@ def test_the_lines_own_will_is_published_when_kom_vanishes(
 def test_subscribe_qos_caps_delivery(broker: Mosquitto, topic_prefix: str) -> None:
     """subscribe_qos = 0 makes the broker downgrade QoS 1 messages to QoS 0 (IN_ID 0)."""
     body = (
-        TEXT_STATION.format(prefix=topic_prefix)
+        text_station(topic_prefix)
         + '[[station.tag]]\nname = "id"\ntype = "Ci"\naddress = "IN_ID"\n'
     )
     got = Collector()
@@ -284,8 +270,8 @@ def test_a_list_of_filters_and_a_shared_subscription(broker: Mosquitto, topic_pr
         "topic_filter": [shared, f"{topic_prefix}/other"],
         "reply_timeout": 2,
     }
-    cfg_a = config(TEXT_STATION.format(prefix=topic_prefix), client_id="kom-share-a", **base)
-    cfg_b = config(TEXT_STATION.format(prefix=topic_prefix), client_id="kom-share-b", **base)
+    cfg_a = config(text_station(topic_prefix), client_id="kom-share-a", **base)
+    cfg_b = config(text_station(topic_prefix), client_id="kom-share-b", **base)
     with start(cfg_a, got_a) as a, start(cfg_b, got_b) as b:
         assert a.wait_connected(5)
         assert b.wait_connected(5)

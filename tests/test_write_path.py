@@ -16,24 +16,10 @@ from kom._line import WINDOW
 from kom._mqtt import Session
 
 from ._broker import BrokerFactory, Mosquitto
-from ._fakebroker import FakeBroker, PacketType, packet
-from ._kom import Publisher, config, start, wait_until
+from ._fakebroker import FakeBroker, PacketType, packet, publish_id
+from ._kom import Publisher, config, start, text_station, wait_until
 
 pytestmark = pytest.mark.broker
-
-OUT = """
-[[station]]
-name = "o"
-address = "{prefix}/in"
-[[station.tag]]
-name = "data"
-type = "TxtI"
-address = "IN_DATA"
-[[station.tag]]
-name = "cmd"
-type = "TxtO"
-publish = {{ topic = "{prefix}/cmd", payload = "{{value}}" }}
-"""
 
 
 @pytest.fixture
@@ -56,7 +42,7 @@ def _config(prefix: str, host: str, **line: object) -> Any:
         "reply_timeout": 30,
     }
     keys.update(line)
-    return config(OUT.format(prefix=prefix), **keys)
+    return config(text_station(prefix, name="o", out="cmd"), **keys)
 
 
 def test_writes_beyond_the_window_wait_for_completions() -> None:
@@ -75,7 +61,7 @@ def test_writes_beyond_the_window_wait_for_completions() -> None:
             deadline = time.monotonic() + 20
             while not all(f.done() for f in futures) and time.monotonic() < deadline:
                 for raw in fake.packets(PacketType.PUBLISH):
-                    ident = _publish_id(raw)
+                    ident = publish_id(raw)
                     if ident not in acked:
                         acked.add(ident)
                         fake.send_raw(packet(PacketType.PUBACK, 0, ident.to_bytes(2, "big")))
@@ -87,17 +73,6 @@ def test_writes_beyond_the_window_wait_for_completions() -> None:
         raw[-len(str(n)) :] for raw, n in zip(published, range(WINDOW + extra), strict=True)
     ] == [str(n).encode() for n in range(WINDOW + extra)]
     assert len({r.mid for r in results}) == WINDOW + extra
-
-
-def _publish_id(raw: bytes) -> int:
-    """The packet id of a QoS 1 PUBLISH (after its topic)."""
-    index = 1
-    while raw[index] & 0x80:
-        index += 1
-    start = index + 1
-    topic_length = int.from_bytes(raw[start : start + 2], "big")
-    at = start + 2 + topic_length
-    return int.from_bytes(raw[at : at + 2], "big")
 
 
 @pytest.mark.usefixtures("fast_switching")
