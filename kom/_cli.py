@@ -72,9 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every line of a configuration into historian sinks")
     run.add_argument("config")
     run.add_argument(
-        "--sink", action="append", help="sqlite:PATH (default sqlite:kom.db), jsonl:- or jsonl:PATH"
+        "--sink",
+        action="append",
+        help="sqlite:PATH (default sqlite:kom.db), jsonl:-, jsonl:PATH or "
+        "postgresql://USER@HOST[:PORT]/DB[?table=NAME]; several: a batch is acknowledged "
+        "when every sink has stored it",
     )
     run.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
+    run.add_argument(
+        "--instance",
+        help="NAME of this instance: each line's client id gets -NAME (several instances "
+        "sharing a $share/GROUP/FILTER subscription)",
+    )
     run.add_argument("--watch", action="store_true", help="show a live table of tags")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.set_defaults(func=cmd_run)
@@ -221,13 +230,15 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker, tune_gc
+    from ._client import Kom, override_broker, tune_gc, with_instance
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
     tune_gc()
     if args.broker:
         config = override_broker(config, args.broker)
+    if args.instance is not None:
+        config = with_instance(config, args.instance)
     sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
     writer = SinkWriter(sinks)
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
@@ -279,7 +290,7 @@ def _running(stop: threading.Event, deadline: float | None) -> bool:
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
-    from ._client import Kom, override_broker
+    from ._client import Kom, override_broker, with_instance
 
     if not flag.is_set():
         return
@@ -289,6 +300,8 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
         config = load(args.config)
         if args.broker:
             config = override_broker(config, args.broker)
+        if args.instance is not None:
+            config = with_instance(config, args.instance)
     except ConfigError as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return

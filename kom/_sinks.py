@@ -225,7 +225,8 @@ def record(update: Update) -> dict[str, object]:
 
 
 def open_sink(url: str) -> Sink:
-    """`sqlite:PATH[?index=tag_ts]`, `jsonl:-` or `jsonl:PATH`; a bare path is SQLite."""
+    """`sqlite:PATH[?index=tag_ts]`, `jsonl:-`, `jsonl:PATH` or `postgresql://…` (SPEC §12);
+    a bare path is SQLite."""
     kind, sep, rest = url.partition(":")
     if not sep:
         return SqliteSink(url)
@@ -236,7 +237,13 @@ def open_sink(url: str) -> Sink:
         return SqliteSink(path, tag_index=query == "index=tag_ts")
     if kind == "jsonl" and rest:
         return JsonlSink(rest)
-    raise ConfigError([f"--sink {url!r}: expected sqlite:PATH, jsonl:- or jsonl:PATH"])
+    if kind in ("postgresql", "postgres"):
+        from ._pgsink import PostgresSink
+
+        return PostgresSink(url)
+    raise ConfigError(
+        [f"--sink {url!r}: expected sqlite:PATH, jsonl:-, jsonl:PATH or postgresql://USER@HOST/DB"]
+    )
 
 
 class SinkWriter:
