@@ -18,7 +18,7 @@ import logging
 import re
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -89,9 +89,7 @@ _FALSE = b"\x00\x00\x00\x01\x00"
 _TRUE = b"\x00\x00\x00\x01\x01"
 _F8 = struct.Struct(">id").pack
 _I8 = struct.Struct(">iq").pack
-#: The four value columns of a row: the value's own field, NULL in the other three.
-_NULLS_AFTER_NUM = _NULL * 3
-_NULLS_BEFORE_TIME = _NULL * 3
+_NULLS_AFTER_NUM = _NULL * 3  # a number's row: value_bool, value_text, value_time NULL
 
 
 class SinkError(KomError, ConnectionError):
@@ -169,8 +167,32 @@ def pg_time(dt: datetime) -> int:
 
 
 def _text(value: str) -> bytes:
-    data = value.encode("utf-8", "surrogateescape")
+    """A text field. PostgreSQL's text holds neither NUL nor invalid UTF-8, and one row it
+    refuses would fail its whole batch again on every retry (the line would stall): a NUL
+    becomes U+FFFD, as does an undecodable byte kept as a lone surrogate."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        data = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value).encode("utf-8")
     return len(data).to_bytes(4, "big") + data
+
+
+def _value(raw: object, ts: object, ts_data: bytes) -> bytes:
+    """The four value fields of a value that is not a float, bool or None."""
+    if isinstance(raw, str):
+        return _NULL * 2 + _text(raw) + _NULL
+    if isinstance(raw, datetime):
+        return _NULL * 3 + (ts_data if raw is ts else _I8(8, pg_time(raw)))
+    if isinstance(raw, timedelta):
+        return _F8(8, raw.total_seconds()) + _NULL * 3
+    if isinstance(raw, int | float):
+        try:
+            return _F8(8, float(raw)) + _NULL * 3
+        except OverflowError:  # an integer beyond double precision's range: kept as text
+            return _NULL * 2 + _text(str(raw)) + _NULL
+    return _NULL * 2 + _text(str(raw)) + _NULL
 
 
 class Encoder:
@@ -205,22 +227,14 @@ class Encoder:
             if received is not rx_key:
                 rx_key, rx_data = received, _I8(8, pg_time(received))
             kind = type(raw)
-            if raw is None:
-                value = _NULL * 4
-            elif kind is float or kind is int:
+            if kind is float:
                 value = _F8(8, raw) + _NULLS_AFTER_NUM
+            elif raw is None:
+                value = _NULL * 4
             elif kind is bool:
                 value = _NULL + (_TRUE if raw else _FALSE) + _NULL * 2
-            elif kind is str:
-                value = _NULL * 2 + _text(raw) + _NULL  # type: ignore[arg-type]
-            elif isinstance(raw, datetime):
-                value = _NULLS_BEFORE_TIME + (ts_data if raw is ts else _I8(8, pg_time(raw)))
-            elif isinstance(raw, timedelta):
-                value = _F8(8, raw.total_seconds()) + _NULLS_AFTER_NUM
-            elif isinstance(raw, int | float):  # bool and subclasses were taken above
-                value = _F8(8, float(raw)) + _NULLS_AFTER_NUM
             else:
-                value = _NULL * 2 + _text(str(raw)) + _NULL
+                value = _value(raw, ts, ts_data)
             retained = _TRUE if getattr(update, "retained", False) else _FALSE
             add(
                 b"".join(
@@ -264,8 +278,15 @@ def partition_name(table: str, day: date) -> str:
 class PostgresSink:
     """One table (default `updates`) in PostgreSQL; one transaction per batch (SPEC §12)."""
 
-    def __init__(self, url: str, *, connect: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect: bool = True,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.target = parse_url(url)
+        self._clock = clock
         self._lock = threading.Lock()
         self._conn: Any = None  # a psycopg.Connection while connected
         self._encoder = Encoder()
@@ -384,7 +405,7 @@ class PostgresSink:
                         self._days.add(datetime.strptime(m[1], "%Y%m%d").date())
         conn.commit()
         if self._layout == "partitioned":
-            today = datetime.now(UTC).date()
+            today = self._clock().astimezone(UTC).date()
             self._make_partitions(conn, [today + timedelta(days=k) for k in range(AHEAD + 1)])
 
     def _make_partitions(self, conn: Any, days: Iterable[date]) -> None:
@@ -438,7 +459,7 @@ class PostgresSink:
             conn = self._connection()
             try:
                 if self._layout == "partitioned":
-                    today = datetime.now(UTC).date()
+                    today = self._clock().astimezone(UTC).date()
                     wanted = {today + timedelta(days=k) for k in range(AHEAD + 1)}
                     low = today - timedelta(days=LOOKBACK)
                     wanted |= {d for d in days_of(updates) if low <= d <= today + timedelta(AHEAD)}
