@@ -30,7 +30,7 @@ from ._model import Quality, Update
 
 log = logging.getLogger("kom.sink")
 
-#: The columns in COPY order. A value goes into the one `value_*` column of its kind, the
+#: The table's columns. A value goes into the one `value_*` column of its kind, the
 #: others stay NULL (an invalid value leaves all four NULL): numbers (analog, integer and
 #: quaternary values; durations in seconds, as in the SPEC §9 record) in `value_num`, digital
 #: values in `value_bool`, texts in `value_text`, absolute times in `value_time`.
@@ -46,6 +46,21 @@ COLUMNS = (
     "value_time",
     "topic",
     "detail",
+    "retained",
+)
+#: The order the encoder writes a row's fields in (see Encoder.encode).
+COPY_COLUMNS = (
+    "tag",
+    "quality",
+    "reason",
+    "value_num",
+    "value_bool",
+    "value_text",
+    "value_time",
+    "detail",
+    "ts",
+    "received",
+    "topic",
     "retained",
 )
 
@@ -90,6 +105,8 @@ _TRUE = b"\x00\x00\x00\x01\x01"
 _F8 = struct.Struct(">id").pack
 _I8 = struct.Struct(">iq").pack
 _NULLS_AFTER_NUM = _NULL * 3  # a number's row: value_bool, value_text, value_time NULL
+_AFTER_NUM = _NULLS_AFTER_NUM + _NULL  # ... and no detail
+_VALID_NO_REASON = _VALID + _NULL
 
 
 class SinkError(KomError, ConnectionError):
@@ -200,6 +217,7 @@ class Encoder:
 
     def __init__(self) -> None:
         self._texts: dict[str, bytes] = {}
+        self._heads: dict[str, bytes] = {}  # a row's field count and its tag
 
     def _field(self, value: str | None) -> bytes:
         if value is None:
@@ -208,52 +226,58 @@ class Encoder:
         if cached is None:
             if len(self._texts) > 100_000:  # tags and topics repeat; anything else may not
                 self._texts.clear()
+                self._heads.clear()
             cached = self._texts[value] = _text(value)
         return cached
 
     def encode(self, updates: Iterable[Update]) -> bytes:
-        """One complete COPY stream (header, the rows, trailer) for `updates`."""
+        """One complete COPY stream (header, the rows, trailer) for `updates`, in the column
+        order of COPY_COLUMNS: the fields a message's updates share (times, topic) last, so
+        that they are encoded once a message and added as one piece."""
         out = [_HEADER]
         add = out.append
+        join = b"".join
         field = self._field
+        heads = self._heads
         ts_key: object = None
         rx_key: object = None
-        ts_data = rx_data = b""
+        topic_key: object = None
+        ts_data = b""
+        tails = (b"", b"")
+        valid = Quality.VALID
         for update in updates:
             tag, raw, quality, reason, ts, received, topic, detail = update[:8]
-            # The updates of one message share their time objects: encode each once.
-            if ts is not ts_key:
-                ts_key, ts_data = ts, _I8(8, pg_time(ts))
-            if received is not rx_key:
-                rx_key, rx_data = received, _I8(8, pg_time(received))
+            if ts is not ts_key or received is not rx_key or topic is not topic_key:
+                # The updates of one message share their times and topic: encode them once.
+                if ts is not ts_key:
+                    ts_key, ts_data = ts, _I8(8, pg_time(ts))
+                rx_key, topic_key = received, topic
+                shared = ts_data + _I8(8, pg_time(received)) + field(topic)
+                tails = (shared + _FALSE, shared + _TRUE)
+            head = heads.get(tag)
+            if head is None:
+                head = heads[tag] = _FIELDS + field(tag)
+            if quality is valid and reason is None:
+                head2 = _VALID_NO_REASON
+            else:
+                head2 = (_VALID if quality is valid else _INVALID) + (
+                    _NULL if reason is None else field(reason.value)
+                )
             kind = type(raw)
             if kind is float:
-                value = _F8(8, raw) + _NULLS_AFTER_NUM
+                value = _F8(8, raw)
+                rest = _AFTER_NUM
             elif raw is None:
-                value = _NULL * 4
+                value, rest = _NULL * 4, _NULL
             elif kind is bool:
-                value = _NULL + (_TRUE if raw else _FALSE) + _NULL * 2
+                value, rest = _NULL + (_TRUE if raw else _FALSE) + _NULL * 2, _NULL
             else:
-                value = _value(raw, ts, ts_data)
-            retained = _TRUE if getattr(update, "retained", False) else _FALSE
-            add(
-                b"".join(
-                    (
-                        _FIELDS,
-                        field(tag),
-                        ts_data,
-                        rx_data,
-                        _VALID if quality is Quality.VALID else _INVALID,
-                        _NULL if reason is None else field(reason.value),
-                        value,
-                        field(topic),
-                        _NULL if detail is None else _text(detail),
-                        retained,
-                    )
-                )
-            )
+                value, rest = _value(raw, ts, ts_data), _NULL
+            if detail is not None:
+                rest = rest[:-4] + _text(detail)
+            add(join((head, head2, value, rest, tails[len(update) > 8 and bool(update[8])])))
         add(_TRAILER)
-        return b"".join(out)
+        return join(out)
 
 
 def days_of(updates: Sequence[Update]) -> set[date]:
@@ -466,7 +490,8 @@ class PostgresSink:
                     if not wanted <= self._days:
                         self._make_partitions(conn, wanted)
                 copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    sql.Identifier(self.table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+                    sql.Identifier(self.table),
+                    sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
                 )
                 with conn.cursor() as cur, cur.copy(copy) as stream:
                     stream.write(data)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 import pytest
@@ -465,3 +466,34 @@ def test_open_sink_knows_postgresql(pg: str) -> None:
     assert isinstance(sink, PostgresSink)
     assert repr(sink).startswith("PostgresSink('postgresql://postgres@127.0.0.1")
     sink.close()
+
+
+class _Retained(NamedTuple):
+    """An update record with the `retained` field after `detail` (as the broker flags it)."""
+
+    tag: str
+    value: object
+    quality: Quality
+    reason: Reason | None
+    ts: datetime
+    received: datetime
+    topic: str | None
+    detail: str | None
+    retained: bool
+
+
+def test_the_retained_flag_and_a_detail_are_stored_when_the_record_has_them(pg: str) -> None:
+    """A record with a ninth field `retained` stores it; a valid value may carry a detail."""
+    sink = PostgresSink(pg, clock=lambda: T0)
+    rx = T0 + timedelta(milliseconds=2)
+    sink.write(
+        [
+            _Retained("s.a", 1.0, Quality.VALID, None, T0, rx, "t/1", "scaled", True),  # type: ignore[list-item]
+            _Retained("s.b", 2.0, Quality.VALID, None, T0, rx, "t/1", None, False),  # type: ignore[list-item]
+        ]
+    )
+    sink.close()
+    assert query(pg, "SELECT tag, value_num, detail, retained FROM updates ORDER BY tag") == [
+        ("s.a", 1.0, "scaled", True),
+        ("s.b", 2.0, None, False),
+    ]
