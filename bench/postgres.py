@@ -88,9 +88,21 @@ def raw_copy(url: str, pool: list[bytes], n: int) -> float:
 
 
 def _columns() -> tuple[str, ...]:
-    from kom._pgsink import COLUMNS
+    from kom._pgsink import COPY_COLUMNS
 
-    return COLUMNS
+    return COPY_COLUMNS
+
+
+class _Nothing:
+    """A sink that stores nothing: the drain's rate without a database (kom's own ceiling)."""
+
+    rows = 0
+
+    def write(self, updates: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _drain(
@@ -133,6 +145,8 @@ def run(settings: Settings) -> Report:
     url = f"{SERVER}/{db}"
     pg_rates: list[float] = []
     sqlite_rates: list[float] = []
+    none_rates: list[float] = []
+    none_cpu: list[float] = []
     kom_cpu: list[float] = []
     backend_cpu: list[float] = []
     checks: list[str] = []
@@ -189,6 +203,10 @@ def run(settings: Settings) -> Report:
                 all_ok = all_ok and svalid == expected
                 sqlite_rates.append(srate)
                 print(f"   [postgres] run {r + 1} SQLite {fmt(srate, 'msg/s'):>14}", flush=True)
+                nrate, nstats, _ = _drain(broker, preloader, n, f"bench-no-r{r}", _Nothing())
+                none_rates.append(nrate)
+                none_cpu.append(nstats["cpu_us"])
+                print(f"   [postgres] run {r + 1} no sink {fmt(nrate, 'msg/s'):>14}", flush=True)
         copy_rows = raw_copy(url, pool, n)
     finally:
         with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:

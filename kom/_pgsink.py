@@ -66,7 +66,7 @@ COPY_COLUMNS = (
 
 TABLE_SQL = """
 CREATE TABLE {table} (
-    tag text NOT NULL,
+    tag text COLLATE "C" NOT NULL,
     ts timestamptz NOT NULL,
     received timestamptz NOT NULL,
     quality text NOT NULL,
@@ -80,6 +80,9 @@ CREATE TABLE {table} (
     retained boolean NOT NULL DEFAULT false
 )"""
 #: "One tag over a time range" (SPEC §12); on a partitioned table every partition gets it.
+#: The tag column compares bytes (COLLATE "C"): the index is written at every row, and with
+#: the database's default collation (C.UTF-8 here) COPY stored 114,000-117,000 rows/s against
+#: 169,000 with "C" (the same rows, the same machine, alternated). Tags sort in byte order.
 INDEX_SQL = "CREATE INDEX IF NOT EXISTS {index} ON {table} (tag, ts)"
 
 #: Daily partitions are made this many days ahead of today (UTC), so that the first rows of
