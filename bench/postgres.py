@@ -146,6 +146,7 @@ def run(settings: Settings) -> Report:
     pg_rates: list[float] = []
     sqlite_rates: list[float] = []
     none_rates: list[float] = []
+    row_bytes: list[float] = []
     none_cpu: list[float] = []
     kom_cpu: list[float] = []
     backend_cpu: list[float] = []
@@ -178,6 +179,12 @@ def run(settings: Settings) -> Report:
                     backend_cpu.append((_cpu_seconds(backend) - cpu0) / n * 1e6)
                 writer.close()
                 (valid,) = query_one(url, f"SELECT count(*) FROM {table} WHERE quality = 'valid'")
+                (size,) = query_one(
+                    url,
+                    "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                    f"WHERE inhparent = '{table}'::regclass",
+                )
+                row_bytes.append(int(size) / max(1, valid))
                 expected = n * TAG_COUNT
                 ok = valid == expected
                 all_ok = all_ok and ok
@@ -274,6 +281,9 @@ def run(settings: Settings) -> Report:
         report.rows.append(
             Row("CPU per message, its PostgreSQL backend", bcpu, "µs/msg", spread=bspread)
         )
+    report.rows.append(
+        Row("disk per row (partitions and their index)", median_spread(row_bytes)[0], "bytes")
+    )
     report.rows.append(
         Row(
             "valid rows in both databases, all runs",
