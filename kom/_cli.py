@@ -230,7 +230,8 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker, tune_gc, with_instance
+    from ._client import Kom, override_broker, tune_gc
+    from ._scaleout import share_warnings, with_instance
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
@@ -239,6 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = override_broker(config, args.broker)
     if args.instance is not None:
         config = with_instance(config, args.instance)
+    for warning in share_warnings(config):
+        log.warning("%s", warning)
     sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
     writer = SinkWriter(sinks)
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
@@ -290,7 +293,8 @@ def _running(stop: threading.Event, deadline: float | None) -> bool:
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
-    from ._client import Kom, override_broker, with_instance
+    from ._client import Kom, override_broker
+    from ._scaleout import with_instance
 
     if not flag.is_set():
         return

@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ import attrs
 
 from ._config import Config, Endpoint, LineConfig, load
 from ._core import Counters
-from ._errors import ConfigError, KomError, WriteError
+from ._errors import KomError, WriteError
 from ._line import Batch, Line, WriteResult, _utcnow
 from ._model import Update
 
@@ -69,25 +68,6 @@ def override_broker(config: Config, broker: str) -> Config:
         port = int(port_text) if port_text else line.endpoints[0].port
         lines.append(attrs.evolve(line, endpoints=(Endpoint(host, port),)))
     return attrs.evolve(config, lines=tuple(lines))
-
-
-INSTANCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def with_instance(config: Config, instance: str) -> Config:
-    """Give every line a client id of its own for `--instance NAME` (SPEC §12).
-
-    Several `kom run` processes of one configuration share a `$share/...` subscription; each
-    needs its own stable client id (the line's, plus `-NAME`), so that each keeps its own
-    persistent session across restarts and none knocks another off the broker.
-    """
-    if not INSTANCE.fullmatch(instance):
-        raise ConfigError([f"--instance: a name matches [A-Za-z0-9_-]{{1,64}}, found {instance!r}"])
-    lines = tuple(
-        attrs.evolve(line, client_id=f"{line.client_id or 'kom'}-{instance}")
-        for line in config.lines
-    )
-    return attrs.evolve(config, lines=lines)
 
 
 class Kom:

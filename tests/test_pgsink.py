@@ -23,13 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kom import Quality, Reason, Update
-from kom._client import with_instance
 from kom._errors import ConfigError
 from kom._pgsink import AHEAD, PostgresSink, SinkError, days_of, parse_url, pg_time
 from kom._sinks import SinkWriter, open_sink
 
 from ._broker import BrokerFactory, Mosquitto, free_port
-from ._kom import Publisher, config, wait_until
+from ._kom import Publisher, wait_until
 from ._postgres import database, query
 
 KOM = [sys.executable, "-m", "kom._cli"]
@@ -98,14 +97,6 @@ def test_parse_url_refuses_bad_urls_without_showing_the_password(url: str, expec
     with pytest.raises(ConfigError, match=expected) as info:
         parse_url(url)
     assert ":pw@" not in str(info.value)
-
-
-def test_with_instance_gives_every_line_its_own_client_id() -> None:
-    """`--instance NAME` appends `-NAME` to each line's client id and refuses odd names."""
-    cfg = config("", host="127.0.0.1", client_id="plant")
-    assert with_instance(cfg, "i2").lines[0].client_id == "plant-i2"
-    with pytest.raises(ConfigError, match="--instance"):
-        with_instance(cfg, "a b")
 
 
 # -- the pure encoder --------------------------------------------------------------------

@@ -16,8 +16,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from kom._errors import ConfigError
+from kom._scaleout import share_warnings, with_instance
+
 from ._broker import BrokerFactory, Mosquitto
-from ._kom import wait_until
+from ._kom import config, wait_until
 from ._postgres import Cluster, database, query
 
 KOM = [sys.executable, "-m", "kom._cli"]
@@ -26,6 +29,64 @@ QUEUE = ["max_queued_messages 0"]  # mosquitto's default (1,000) drops what queu
 MESSAGES = 30_000
 STATIONS = 10
 RATE = 2_500  # msg/s offered, so that the faults land mid-stream
+
+
+def test_with_instance_gives_every_line_its_own_client_id() -> None:
+    """`--instance NAME` appends `-NAME` to each line's client id and refuses odd names."""
+    cfg = config("", host="127.0.0.1", client_id="plant")
+    assert with_instance(cfg, "i2").lines[0].client_id == "plant-i2"
+    with pytest.raises(ConfigError, match="--instance"):
+        with_instance(cfg, "a b")
+
+
+STATION = """
+[[station]]
+name = "s"
+address = "a/s"
+[[station.tag]]
+name = "on"
+type = "Di"
+address = "JA=on"
+[[station.tag]]
+name = "v"
+type = "Ai"
+address = "JA=v"
+"""
+
+
+@pytest.mark.parametrize(
+    ("filters", "on_key", "v_key", "expected"),
+    [
+        ("a/#", "", "", []),  # no shared subscription: nothing to say
+        ("$share/g/a/#", "", "", ["s.on"]),  # Di reports only changes by default
+        ("$share/g/a/#", "on_change = false", "", []),
+        ("$share/g/a/#", "on_change = false", "deadband = 0.5", ["s.v"]),
+    ],
+)
+def test_share_warnings_name_tags_that_filter_by_change(
+    filters: str, on_key: str, v_key: str, expected: list[str]
+) -> None:
+    """On a `$share` line, tags reporting only changes are named (each instance sees a part)."""
+    body = STATION.replace('"JA=on"', f'"JA=on"\n{on_key}').replace('"JA=v"', f'"JA=v"\n{v_key}')
+    cfg = config(body, host="127.0.0.1", topic_filter=filters, payload_type="json")
+    warnings = share_warnings(cfg)
+    assert [w.split("e.g. ")[1].split(":")[0] for w in warnings] == expected
+
+
+def test_share_warnings_name_an_ack_id_station() -> None:
+    """On a `$share` line, an ACK_ID station is named: its one-at-a-time order is per instance."""
+    body = """
+[[station]]
+name = "jobs"
+address = "a/jobs"
+[[station.tag]]
+name = "ack"
+type = "Co"
+address = "ACK_ID"
+"""
+    cfg = config(body, host="127.0.0.1", topic_filter="$share/g/a/#")
+    (warning,) = share_warnings(cfg)
+    assert "station jobs uses ACK_ID" in warning
 
 
 def _config(port: int, prefix: str) -> str:
