@@ -488,3 +488,31 @@ def test_the_retained_flag_and_a_detail_are_stored_when_the_record_has_them(pg: 
         ("s.a", 1.0, "scaled", True),
         ("s.b", 2.0, None, False),
     ]
+
+
+def _doc_queries() -> list[str]:
+    text = (Path(__file__).parent.parent / "docs" / "historian.md").read_text()
+    examples = text.split("### Example queries", 1)[1]
+    return [block.split("```", 1)[0] for block in examples.split("```sql\n")[1:]]
+
+
+def test_the_example_queries_in_docs_historian_run(pg: str) -> None:
+    """Every query of docs/historian.md runs against the sink's table and finds the rows."""
+    sink = PostgresSink(pg, clock=lambda: T0)
+    now = datetime.now(UTC)
+    updates = [
+        _update("strip1.voltage", 230.0 + i, ts=T0 + timedelta(minutes=i)) for i in range(30)
+    ]
+    updates.append(_update("strip1.voltage", 231.0, ts=T0 + timedelta(minutes=3)))  # a copy
+    updates.append(_update("strip1.out1", None, ts=T0, quality=Quality.INVALID, reason=Reason.WILL))
+    updates.append(_update("strip1.voltage", 229.5, ts=now))
+    sink.write(updates)
+    sink.close()
+    queries = _doc_queries()
+    assert len(queries) == 5
+    last, trend, buckets, reasons, copies = (query(pg, q) for q in queries)
+    assert last == [("strip1.voltage", now, "valid", None, "229.5")]
+    assert len(trend) == 31
+    assert [(r[1], r[3], r[4]) for r in buckets] == [(230.0, 244.0, 16), (245.0, 259.0, 15)]
+    assert reasons == [("valid", 31), ("will", 1)]
+    assert copies == [("strip1.voltage", T0 + timedelta(minutes=3), "t/1", 2)]
