@@ -28,7 +28,7 @@ MEMBER = str(Path(__file__).with_name("_share_member.py"))
 QUEUE = ["max_queued_messages 0"]  # mosquitto's default (1,000) drops what queues beyond it
 MESSAGES = 30_000
 STATIONS = 10
-RATE = 2_500  # msg/s offered, so that the faults land mid-stream
+RATE = 5_000  # msg/s offered, so that the faults land mid-stream
 
 
 def test_with_instance_gives_every_line_its_own_client_id() -> None:
