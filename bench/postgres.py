@@ -44,20 +44,43 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_copy(url: str, pool: list[bytes], n: int) -> float:
-    """Rows/s of COPY alone: the drain's rows, encoded beforehand, in the dispatcher's batches.
-
-    Into a fresh table of the sink's own layout (partitioned by day, indexed on tag and ts);
-    only COPY and COMMIT are timed.
-    """
-    import psycopg
-
+def encoded_batches(pool: list[bytes], n: int) -> tuple[list[bytes], int, list[Update]]:
+    """The drain's rows as binary COPY data in the dispatcher's batch size, their count, and
+    one update a day they span (to make the same partitions the sink makes)."""
     config = loads(kom_config_text(1883, "bench-copy", 1, "exact"))
     core = LineCore(config.lines[0], config.stations)
     offsets = time_offsets(pool)
     encoder = Encoder()
     per_batch = MERGED // TAG_COUNT
     batches: list[bytes] = []
+    rows = 0
+    days: dict[object, Update] = {}
+    for first in range(0, n, per_batch):
+        batch: list[Update] = []
+        for i in range(first, min(n, first + per_batch)):
+            k = i % len(pool)
+            payload = stamped(pool[k], offsets[k], BASE_EPOCH + i)
+            received = RECEIVED + timedelta(microseconds=50 * i)
+            msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
+            batch.extend(core.process(msg).updates)
+        days.update((u.ts.date(), u) for u in (batch[0], batch[-1]))
+        batches.append(encoder.encode(batch))
+        rows += len(batch)
+    return batches, rows, list(days.values())
+
+
+def sink_alone(url: str, table: str, pool: list[bytes], n: int) -> float:
+    """Rows/s of PostgresSink.write alone: encoding, COPY and COMMIT of the drain's rows.
+
+    The messages are decoded a batch at a time (the dispatcher's largest call), untimed, and
+    only the writes are timed, as `historian` does for SQLite.
+    """
+    config = loads(kom_config_text(1883, "bench-sink", 1, "exact"))
+    core = LineCore(config.lines[0], config.stations)
+    offsets = time_offsets(pool)
+    per_batch = MERGED // TAG_COUNT
+    sink = PostgresSink(f"{url}?table={table}")
+    seconds = 0.0
     rows = 0
     for first in range(0, n, per_batch):
         batch: list[Update] = []
@@ -67,12 +90,24 @@ def raw_copy(url: str, pool: list[bytes], n: int) -> float:
             received = RECEIVED + timedelta(microseconds=50 * i)
             msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
             batch.extend(core.process(msg).updates)
-        batches.append(encoder.encode(batch))
+        sink.write(batch[:1])  # the batch's partition, made outside the timing
+        t0 = time.perf_counter()
+        sink.write(batch)
+        seconds += time.perf_counter() - t0
         rows += len(batch)
-    table = "rawcopy"
+    sink.close()
+    return rows / seconds
+
+
+def raw_copy(url: str, table: str, encoded: tuple[list[bytes], int, list[Update]]) -> float:
+    """Rows/s of COPY alone: the encoded batches, one transaction each, into a fresh table of
+    the sink's own layout (partitioned by day, indexed on tag and ts); only COPY and COMMIT
+    are timed."""
+    import psycopg
+
+    batches, rows, one_a_day = encoded
     maker = PostgresSink(f"{url}?table={table}")
-    # The partitions of the rows' days (the sink makes them as batches need them).
-    maker.write(core.process(Message(device_topic(0), pool[0], RECEIVED, 1, 1)).updates)
+    maker.write(one_a_day)  # the table and the partitions of the rows' days, as the sink makes
     maker.close()
     with psycopg.connect(url) as conn:
         conn.execute(f"TRUNCATE {table}")
@@ -147,6 +182,8 @@ def run(settings: Settings) -> Report:
     sqlite_rates: list[float] = []
     none_rates: list[float] = []
     row_bytes: list[float] = []
+    copy_rates: list[float] = []
+    alone_rates: list[float] = []
     none_cpu: list[float] = []
     kom_cpu: list[float] = []
     backend_cpu: list[float] = []
@@ -169,6 +206,7 @@ def run(settings: Settings) -> Report:
             )
             report.settings["runs"] = f"median of {settings.runs} [min..max]"
             preloader = Preloader(broker.port, settings.publishers, pool)
+            encoded = encoded_batches(pool, n)
             for r in range(settings.runs):
                 table = f"run{r}"
                 sink = PostgresSink(f"{url}?table={table}")
@@ -214,12 +252,16 @@ def run(settings: Settings) -> Report:
                 none_rates.append(nrate)
                 none_cpu.append(nstats["cpu_us"])
                 print(f"   [postgres] run {r + 1} no sink {fmt(nrate, 'msg/s'):>14}", flush=True)
-        copy_rows = raw_copy(url, pool, n)
+                copy_rates.append(raw_copy(url, f"copy{r}", encoded))
+                print(f"   [postgres] run {r + 1} raw COPY {fmt(copy_rates[-1], 'rows/s'):>14}")
+                alone_rates.append(sink_alone(url, f"alone{r}", pool, n))
+                print(f"   [postgres] run {r + 1} sink alone {fmt(alone_rates[-1], 'rows/s'):>14}")
     finally:
         with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     value, spread = median_spread(pg_rates)
     sqlite_value, _ = median_spread(sqlite_rates)
+    copy_rows = median_spread(copy_rates)[0]
     copy_msgs = copy_rows / TAG_COUNT
     report.rows.append(
         Row(
@@ -243,6 +285,17 @@ def run(settings: Settings) -> Report:
             goal=f">= {GOAL_COPY}x raw COPY",
             met=value >= GOAL_COPY * copy_msgs,
             spread=(spread[0] * TAG_COUNT, spread[1] * TAG_COUNT),
+        )
+    )
+    alone, alone_spread = median_spread(alone_rates)
+    report.rows.append(
+        Row(
+            "PostgresSink.write alone (encode, COPY, COMMIT)",
+            alone,
+            "rows/s",
+            "raw COPY of the same rows",
+            copy_rows,
+            spread=alone_spread,
         )
     )
     report.rows.append(
@@ -296,9 +349,15 @@ def run(settings: Settings) -> Report:
     )
     report.notes.extend(checks)
     report.notes.append(
-        "baseline raw COPY: the drain's N messages decoded and encoded beforehand (untimed), "
-        f"sent as binary COPY in batches of {MERGED:,} rows, one transaction each, into a "
-        "fresh table of the sink's layout: PostgreSQL's own ceiling here, no broker, no kom."
+        "baseline raw COPY (median of one a run, alternated with the drains): the drain's N "
+        "messages decoded and encoded beforehand (untimed), sent as binary COPY in batches of "
+        f"{MERGED:,} rows, one transaction each, into a fresh table of the sink's layout: "
+        "PostgreSQL's own ceiling here, no broker, no kom."
+    )
+    report.notes.append(
+        "PostgresSink.write alone: the same messages decoded a batch at a time (untimed) and "
+        "written by the sink, only its writes timed (the rows of each batch's first update "
+        "written first, untimed, so that partitions are made outside the timing)."
     )
     report.notes.append(
         "CPU per message: process CPU time of kom (all its threads) and of its PostgreSQL "

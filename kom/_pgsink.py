@@ -18,7 +18,7 @@ import logging
 import re
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -233,10 +233,15 @@ class Encoder:
             cached = self._texts[value] = _text(value)
         return cached
 
-    def encode(self, updates: Iterable[Update]) -> bytes:
-        """One complete COPY stream (header, the rows, trailer) for `updates`, in the column
-        order of COPY_COLUMNS: the fields a message's updates share (times, topic) last, so
-        that they are encoded once a message and added as one piece."""
+    def encode(self, updates: Sequence[Update]) -> bytes:
+        """One complete COPY stream (header, the rows, trailer) for `updates`."""
+        return b"".join(self.chunks(updates, len(updates) + 1))
+
+    def chunks(self, updates: Sequence[Update], rows: int = 1024) -> Iterator[bytes]:
+        """The COPY stream of `updates` in pieces of `rows` rows (the header in the first,
+        the trailer in the last), in the column order of COPY_COLUMNS: the fields a message's
+        updates share (times, topic) last, so that they are encoded once a message and added
+        as one piece. In pieces, so that the server stores one while the next is encoded."""
         out = [_HEADER]
         add = out.append
         join = b"".join
@@ -279,8 +284,11 @@ class Encoder:
             if detail is not None:
                 rest = rest[:-4] + _text(detail)
             add(join((head, head2, value, rest, tails[len(update) > 8 and bool(update[8])])))
+            if len(out) >= rows:
+                yield join(out)
+                out.clear()
         add(_TRAILER)
-        return join(out)
+        yield join(out)
 
 
 def days_of(updates: Sequence[Update]) -> set[date]:
@@ -481,7 +489,6 @@ class PostgresSink:
         import psycopg
         from psycopg import sql
 
-        data = self._encoder.encode(updates)
         with self._lock:
             conn = self._connection()
             try:
@@ -497,7 +504,11 @@ class PostgresSink:
                     sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
                 )
                 with conn.cursor() as cur, cur.copy(copy) as stream:
-                    stream.write(data)
+                    # psycopg hands each piece to a writer thread: the server stores one
+                    # piece while this thread encodes the next (the batch took the time of
+                    # encoding plus storing when sent whole).
+                    for piece in self._encoder.chunks(updates):
+                        stream.write(piece)
                 conn.commit()
             except psycopg.Error as exc:
                 self._drop()
