@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -516,3 +517,22 @@ def test_the_example_queries_in_docs_historian_run(pg: str) -> None:
     assert [(r[1], r[3], r[4]) for r in buckets] == [(230.0, 244.0, 16), (245.0, 259.0, 15)]
     assert reasons == [("valid", 31), ("will", 1)]
     assert copies == [("strip1.voltage", T0 + timedelta(minutes=3), "t/1", 2)]
+
+
+def test_a_partition_that_cannot_be_made_sends_its_rows_to_the_default(pg: str) -> None:
+    """A user without CREATE on the schema still stores a new day's rows (in `_other`)."""
+    PostgresSink(pg, clock=lambda: T0).close()  # the table, made by its owner
+    role = f"kom_insert_{secrets.token_hex(4)}"
+    query(pg, f"CREATE ROLE {role} LOGIN")
+    try:
+        query(pg, f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
+        later = T0 + timedelta(days=10)
+        sink = PostgresSink(pg.replace("postgres@", f"{role}@"), clock=lambda: later)
+        sink.write([_update("s.v", 1.0, ts=later)])
+        sink.close()
+        assert query(pg, "SELECT tableoid::regclass::text, tag FROM updates") == [
+            ("updates_other", "s.v")
+        ]
+    finally:
+        query(pg, f"DROP OWNED BY {role}")
+        query(pg, f"DROP ROLE {role}")
