@@ -16,22 +16,18 @@ import secrets
 import sqlite3
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from kom import Update, loads
 from kom._client import MERGED
-from kom._core import LineCore
 from kom._pgsink import Encoder, PostgresSink
 from kom._sinks import SinkWriter, SqliteSink
-from kom._station import Message
 
 from ._common import Broker, Report, Row, Settings, fmt, median_spread
-from ._wire import device_topic, stamped, time_offsets
 from ._workload import DEVICES, TAG_COUNT, kom_config_text, payload_pool
-from .historian import RECEIVED
-from .throughput import BASE_EPOCH, POOL, Preloader, broker_options, drain_kom, messages
+from .historian import decoded_batches
+from .throughput import POOL, Preloader, broker_options, drain_kom, messages
 
 SERVER = os.environ.get("KOM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 GOAL_COPY = 0.7  # kom run -> PostgreSQL, of a raw COPY of the same rows
@@ -47,22 +43,11 @@ def _cpu_seconds(pid: int) -> float:
 def encoded_batches(pool: list[bytes], n: int) -> tuple[list[bytes], int, list[Update]]:
     """The drain's rows as binary COPY data in the dispatcher's batch size, their count, and
     one update a day they span (to make the same partitions the sink makes)."""
-    config = loads(kom_config_text(1883, "bench-copy", 1, "exact"))
-    core = LineCore(config.lines[0], config.stations)
-    offsets = time_offsets(pool)
     encoder = Encoder()
-    per_batch = MERGED // TAG_COUNT
     batches: list[bytes] = []
     rows = 0
     days: dict[object, Update] = {}
-    for first in range(0, n, per_batch):
-        batch: list[Update] = []
-        for i in range(first, min(n, first + per_batch)):
-            k = i % len(pool)
-            payload = stamped(pool[k], offsets[k], BASE_EPOCH + i)
-            received = RECEIVED + timedelta(microseconds=50 * i)
-            msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
-            batch.extend(core.process(msg).updates)
+    for batch in decoded_batches(pool, n):
         days.update((u.ts.date(), u) for u in (batch[0], batch[-1]))
         batches.append(encoder.encode(batch))
         rows += len(batch)
@@ -75,21 +60,10 @@ def sink_alone(url: str, table: str, pool: list[bytes], n: int) -> float:
     The messages are decoded a batch at a time (the dispatcher's largest call), untimed, and
     only the writes are timed, as `historian` does for SQLite.
     """
-    config = loads(kom_config_text(1883, "bench-sink", 1, "exact"))
-    core = LineCore(config.lines[0], config.stations)
-    offsets = time_offsets(pool)
-    per_batch = MERGED // TAG_COUNT
     sink = PostgresSink(f"{url}?table={table}")
     seconds = 0.0
     rows = 0
-    for first in range(0, n, per_batch):
-        batch: list[Update] = []
-        for i in range(first, min(n, first + per_batch)):
-            k = i % len(pool)
-            payload = stamped(pool[k], offsets[k], BASE_EPOCH + i)
-            received = RECEIVED + timedelta(microseconds=50 * i)
-            msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
-            batch.extend(core.process(msg).updates)
+    for batch in decoded_batches(pool, n):
         sink.write(batch[:1])  # the batch's partition, made outside the timing
         t0 = time.perf_counter()
         sink.write(batch)

@@ -34,21 +34,8 @@ log = logging.getLogger("kom.sink")
 #: others stay NULL (an invalid value leaves all four NULL): numbers (analog, integer and
 #: quaternary values; durations in seconds, as in the SPEC §9 record) in `value_num`, digital
 #: values in `value_bool`, texts in `value_text`, absolute times in `value_time`.
-COLUMNS = (
-    "tag",
-    "ts",
-    "received",
-    "quality",
-    "reason",
-    "value_num",
-    "value_bool",
-    "value_text",
-    "value_time",
-    "topic",
-    "detail",
-    "retained",
-)
-#: The order the encoder writes a row's fields in (see Encoder.encode).
+#: This is the order the encoder writes a row's fields in (see Encoder.chunks); the
+#: table's own order is TABLE_SQL's.
 COPY_COLUMNS = (
     "tag",
     "quality",
@@ -100,7 +87,7 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
-_FIELDS = struct.pack(">h", len(COLUMNS))
+_FIELDS = struct.pack(">h", len(COPY_COLUMNS))
 _VALID = b"\x00\x00\x00\x05valid"
 _INVALID = b"\x00\x00\x00\x07invalid"
 _FALSE = b"\x00\x00\x00\x01\x00"
