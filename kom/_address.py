@@ -36,6 +36,7 @@ class Kind(enum.Enum):
     JSON = "JA="
     JSONPATH = "JP="
     TOPIC = "TOPIC="
+    SPB = "SPB="  # a Sparkplug B metric by its BIRTH name (SPEC §14), input or output
 
 
 #: The one type each fixed address allows (SPEC §4 "Addresses").
@@ -48,7 +49,7 @@ FIXED_TYPES = {
     Kind.OUT_VALUE: ValueType.TxtO,
 }
 
-KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, SPB=, ACK_ID, OUT_TOPIC, OUT_VALUE"
 
 Step = str | int
 Reader = Callable[[Any], Any]
@@ -63,6 +64,7 @@ class Address:
     steps: tuple[Step, ...] = ()
     group: str | None = None
     read: Reader | None = attrs.field(default=None, eq=False, repr=False)
+    metric: str | None = None  # SPB=: the Sparkplug metric name, as written
 
     @property
     def is_json(self) -> bool:
@@ -258,6 +260,12 @@ def parse_address(text: str) -> Address:
     """
     stripped = text.strip()
     upper = stripped.upper()
+    if upper.startswith(Kind.SPB.value):
+        # Metric names are case-sensitive and may hold '/', '.' and blanks inside (§6.4.3).
+        metric = stripped[len(Kind.SPB.value) :].strip()
+        if not metric:
+            raise AddressSyntaxError("SPB= takes a Sparkplug metric name, found nothing")
+        return Address(stripped, Kind.SPB, metric=metric)
     for kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC):
         if upper.startswith(kind.value):
             body = stripped[len(kind.value) :].strip()
@@ -285,6 +293,8 @@ def check_type(address: Address, value_type: ValueType) -> str | None:
     wanted = FIXED_TYPES.get(address.kind)
     if wanted is not None and value_type is not wanted:
         return f"{address.kind.value} needs type {wanted.value}, found {value_type.value}"
+    if address.kind is Kind.SPB:  # SPEC §14: metrics are read and written
+        return None
     if wanted is None and value_type.is_output:  # SPEC §4: JA=, JP=, TOPIC= fill input tags
         return f"{address.kind.value} is for input types, found {value_type.value}"
     return None

@@ -16,6 +16,7 @@ from ._config import LineConfig, StationConfig, collector_paused
 from ._model import Update, new_record
 from ._router import Route, Router, Rule
 from ._station import Delivery, Message, Station, StationState
+from .sparkplug._station import SparkplugLine
 
 
 @attrs.define
@@ -79,6 +80,10 @@ class LineCore:
         self._index()
         self.counters = Counters()
         self.station_counters = StationCounters()
+        #: SPEC §14: the Sparkplug host part of the line (None on lines without Sparkplug).
+        self.sparkplug: SparkplugLine | None = None
+        if SparkplugLine.wanted(line, stations):
+            self.sparkplug = SparkplugLine(line, self.stations)
 
     def _index(self) -> None:
         """The lookups derived from `stations` (made again when a reload swaps stations in)."""
@@ -108,6 +113,8 @@ class LineCore:
                 station.move(StationState.ON)
         self._index()
         self.counters = old.counters
+        if self.sparkplug is not None and old.sparkplug is not None:
+            self.sparkplug.carry_over(old.sparkplug)
 
     def holding_too_much(self) -> bool:
         """Whether an ACK_ID station holds max_held messages (the line stops reading)."""
@@ -125,6 +132,8 @@ class LineCore:
         counters.last_message = msg.received
         if msg.dup:
             counters.duplicates += 1
+        if self.sparkplug is not None and msg.topic.startswith("spBv1.0/"):
+            return self.sparkplug.process(self, msg)
         router = self.router
         if router.has_wills:
             hit = router.will(msg.topic, msg.payload)
@@ -186,6 +195,8 @@ class LineCore:
         so the next held one must not wait behind it (nor be overtaken by new ones).
         """
         updates: list[Update] = []
+        if self.sparkplug is not None:
+            self.sparkplug.connected()
         for station in self.stations:
             if station.state is StationState.COMM:
                 station.move(StationState.ON)

@@ -33,6 +33,7 @@ from ._outbox import Outbox
 from ._publish import render
 from ._station import Message, StationState
 from ._topic import check_topic
+from .sparkplug._station import state_will
 
 log = logging.getLogger("kom.line")
 
@@ -121,6 +122,7 @@ class Line(Events):
         deliver: Callable[[Batch], None],
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        config = state_will(config, clock())  # SPEC §14: sparkplug_host_id's STATE will
         self.config = config
         self.core = LineCore(config, stations)
         if config.debug:
@@ -216,6 +218,7 @@ class Line(Events):
         A station whose configuration is unchanged keeps its state, held messages and
         last values; changed topic filters go out as UNSUBSCRIBE/SUBSCRIBE.
         """
+        config = state_will(config, self._clock())
         core = LineCore(config, stations)
         with self._lock:
             core.carry_over(self.core, connected=self.state is LineState.CONNECTED)
@@ -312,6 +315,7 @@ class Line(Events):
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
             )
         self._subscribe(session, connected.session_present)
+        self._send_sparkplug()
         self._resend_recovered(session)
         self.connected_event.set()
         started = time.monotonic()
@@ -604,6 +608,8 @@ class Line(Events):
                 self._batch.extend(processed.updates)
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
+        if self.core.sparkplug is not None and self.core.sparkplug.outgoing:
+            self._send_sparkplug()
         station = processed.station
         if raw.dup:
             # SPEC §5: a redelivery is reported (counted in `duplicates`, and logged).
@@ -639,6 +645,18 @@ class Line(Events):
                 log.debug(
                     "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
                 )
+
+    def _send_sparkplug(self) -> None:
+        """Publish what the Sparkplug host part asks for (SPEC §14: STATE, rebirth NCMDs)."""
+        sparkplug = self.core.sparkplug
+        if sparkplug is None:
+            return
+        with self._lock:
+            outgoing, sparkplug.outgoing = sparkplug.outgoing, []
+        for topic, payload, qos, retain in outgoing:
+            log.info("line %s: sparkplug: publishing %s", self.name, topic)
+            future = self.publish_raw(topic, payload, qos=qos, retain=retain)
+            future.add_done_callback(functools.partial(_log_failure, self.name, topic))
 
     def _flush(self) -> None:
         with self._lock:
@@ -804,6 +822,11 @@ class Line(Events):
                     f"{full}: OUT_TOPIC has no value yet (give it a default)", full, "topic"
                 )
             payload = str(converted).encode()
+        elif kind is Kind.SPB and self.core.sparkplug is not None:
+            # SPEC §14: an NCMD or DCMD with the metric (by alias when the BIRTH gave one).
+            topic, payload = self.core.sparkplug.command(
+                station.config, tag, converted, self._clock()
+            )
         elif tag.publish is not None:
             topic, payload = render(tag.publish, converted, station_name, tag_name, station.groups)
         else:
@@ -823,9 +846,20 @@ class Line(Events):
         except ConversionError as exc:
             raise WriteError(f"{full}: {exc}", full, "rejected") from exc
 
-    def _publish(self, future: Future[WriteResult], full: str, topic: str, payload: bytes) -> None:
+    def _publish(
+        self,
+        future: Future[WriteResult],
+        full: str,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int | None = None,
+        retain: bool | None = None,
+    ) -> None:
+        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain."""
         cfg = self.config
-        qos = cfg.publish_qos
+        qos = cfg.publish_qos if qos is None else qos
+        retain = cfg.publish_retain if retain is None else retain
         session = self._session
         if session is None or (qos == 0 and self.state is not LineState.CONNECTED):
             raise WriteError(f"{full}: line {self.name!r} is not connected", full, "not-connected")
@@ -834,10 +868,8 @@ class Line(Events):
         outbox_id = None
         if outbox is not None and qos > 0:
             # Committed before paho sees it: a crash from here on loses nothing.
-            outbox_id = outbox.add(full, topic, payload, qos, cfg.publish_retain)
-        write = _Outgoing(
-            future, full, topic, payload, qos, cfg.publish_retain, deadline, outbox_id
-        )
+            outbox_id = outbox.add(full, topic, payload, qos, retain)
+        write = _Outgoing(future, full, topic, payload, qos, retain, deadline, outbox_id)
         with self._writes_lock:
             # Writes queued or on their way to paho go first, whatever the line's state;
             # while connected, so do writes awaiting completion: the line's thread then
@@ -927,14 +959,16 @@ class Line(Events):
             self._in_transit += len(waiting)
         return waiting
 
-    def publish_raw(self, topic: str, payload: bytes) -> Future[WriteResult]:
-        """Publish a message not tied to a tag (the line's QoS and retain)."""
+    def publish_raw(
+        self, topic: str, payload: bytes, qos: int | None = None, retain: bool | None = None
+    ) -> Future[WriteResult]:
+        """Publish a message not tied to a tag (by default the line's QoS and retain)."""
         future: Future[WriteResult] = Future()
         try:
             problem = check_topic(topic)
             if problem:
                 raise WriteError(problem, None, "topic")
-            self._publish(future, topic, topic, payload)
+            self._publish(future, topic, topic, payload, qos=qos, retain=retain)
         except WriteError as exc:
             _fail(future, exc)
         return future
@@ -946,6 +980,12 @@ def _as_int(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _log_failure(line: str, topic: str, future: Future[WriteResult]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("line %s: sparkplug: %s not published: %s", line, topic, exc)
 
 
 def _complete(future: Future[WriteResult], result: WriteResult) -> None:
