@@ -1,4 +1,4 @@
-"""The command line: check, route, run, write, sim netio, demo (SPEC §9)."""
+"""The command line: check, route, run, write, sim, discover, demo (SPEC §9, §14)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ._config import Config, LineConfig, StationConfig, load
 from ._errors import ConfigError, KomError, WriteError
 from ._model import Update
 from ._router import literal_prefix
+from ._topic import TopicFilter
 
 log = logging.getLogger("kom")
 
@@ -98,11 +99,30 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--duration", type=float)
     n.add_argument("--verbose", action="store_true")
     n.set_defaults(func=cmd_sim_netio)
+    spb = simsub.add_parser("sparkplug", help="a simulated Sparkplug B edge node with two devices")
+    spb.add_argument("--broker", default="127.0.0.1:1883")
+    spb.add_argument("--group", default="plant")
+    spb.add_argument("--node", default="edge1")
+    spb.add_argument("--period", type=float, default=1.0)
+    spb.add_argument("--duration", type=float)
+    spb.add_argument("--verbose", action="store_true")
+    spb.set_defaults(func=cmd_sim_sparkplug)
+
+    disc = sub.add_parser(
+        "discover", help="list the Sparkplug B nodes, devices and metrics seen in BIRTHs"
+    )
+    disc.add_argument("config")
+    disc.add_argument("--seconds", type=float, default=10.0, help="how long to listen")
+    disc.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
+    disc.set_defaults(func=cmd_discover)
 
     d = sub.add_parser("demo", help="broker + simulated NETIO + kom into SQLite, on this machine")
     d.add_argument("--duration", type=float, default=20.0)
     d.add_argument("--db", default="kom-demo.db")
     d.add_argument("--plain", action="store_true", help="print lines instead of the live table")
+    d.add_argument(
+        "--sparkplug", action="store_true", help="a Sparkplug B edge node instead of the NETIO"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -377,7 +397,80 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sim_sparkplug(args: argparse.Namespace) -> int:
+    from .sparkplug._sim import run_sparkplug
+
+    return run_sparkplug(
+        args.broker,
+        group=args.group,
+        node=args.node,
+        period=args.period,
+        duration=args.duration,
+        verbose=args.verbose,
+    )
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """SPEC §14 `kom discover`: listen, then print what the BIRTHs declared."""
+    from ._client import Kom, override_broker
+    from .sparkplug._discover import fragment, listing
+
+    if not args.seconds > 0:
+        print(f"kom discover: --seconds must be above 0, found {args.seconds:g}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = load(args.config)
+    if args.broker:
+        config = override_broker(config, args.broker)
+    config = discover_config(config)
+    kom = Kom(config, iterate=False)
+    try:
+        kom.start()
+        if not kom.wait_connected(min(args.seconds, 10.0)):
+            errors = "; ".join(f"{n}: {ln.last_error}" for n, ln in kom.lines.items())
+            print(f"kom discover: not connected ({errors})", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"kom discover: listening for {args.seconds:g} s ...", file=sys.stderr, flush=True)
+        time.sleep(args.seconds)
+    finally:
+        kom.close()
+    for name, line in kom.lines.items():
+        sparkplug = line.core.sparkplug
+        if sparkplug is None:
+            continue
+        text = listing(sparkplug.host)
+        print(f"# line {name}: " + ("nothing seen" if not text else "seen in BIRTHs"))
+        if text:
+            print("\n".join(f"# {row}" for row in text.splitlines()))
+            print()
+            print(fragment(sparkplug.host))
+    return EXIT_OK
+
+
+def discover_config(config: Config) -> Config:
+    """The configuration `kom discover` listens with: every line on `spBv1.0/#`, no stations,
+    a client id of its own and a clean session (a running kom keeps its own session)."""
+    lines = tuple(
+        attrs.evolve(
+            line,
+            client_id=f"{line.client_id or 'kom'}-discover-{os.getpid()}",
+            clean_session=True,
+            topic_filters=(TopicFilter("spBv1.0/#"),),
+            payload_type="sparkplug_b",
+            will=None,
+            sparkplug_host_id=None,
+        )
+        for line in config.lines
+    )
+    return attrs.evolve(config, lines=lines, stations=())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.sparkplug:
+        from ._demo import run_sparkplug_demo
+
+        return run_sparkplug_demo(
+            duration=args.duration, db=Path(args.db), plain=args.plain or not sys.stdout.isatty()
+        )
     from ._demo import run_demo
 
     return run_demo(

@@ -122,7 +122,13 @@ class LineCore:
 
     @property
     def wants_connection(self) -> bool:
-        """SPEC §2 forced disconnection: only while some station is neither off nor simulated."""
+        """SPEC §2 forced disconnection: only while some station is neither off nor simulated.
+
+        A Sparkplug line without stations (a host application alone, `kom discover`) stays
+        connected (SPEC §14).
+        """
+        if not self.stations and self.sparkplug is not None:
+            return True
         return any(s.active for s in self.stations)
 
     def process(self, msg: Message) -> Processed:

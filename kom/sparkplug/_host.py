@@ -148,7 +148,12 @@ class Host:
             return Outcome([], self._rebirth(node, now), problems)
         want_rebirth = self._check_seq(node, topic, payload, problems)
         device = topic.device
-        assert device is not None  # the other kinds are device messages
+        if device is None:  # NDATA
+            values, unknown = self._resolve(node, None, payload, now, problems)
+            events = [Event(Kind.DATA, topic.key, values)]
+            return Outcome(
+                events, self._rebirth(node, now) if want_rebirth or unknown else None, problems
+            )
         state = node.devices.get(device)
         if kind == "DBIRTH":
             state = node.devices[device] = Device(born=True)

@@ -220,9 +220,24 @@ def typed_value(raw: Any, datatype: int) -> MetricValue:
         if datatype == DataType.Boolean:
             return number != 0
         return number
+    if type(raw) is float and datatype == DataType.Float:
+        return shortest_float32(raw)
     if type(raw) is bytes and datatype >= DataType.Int8Array:
         return _unpack_array(raw, datatype)
     return raw  # type: ignore[no-any-return]
+
+
+def shortest_float32(x: float) -> float:
+    """The shortest decimal that is the same 32-bit float: a Float metric of 50.347 reads
+    50.347, not the 50.34700012207031 its float32 is exactly (protobuf widens it as is)."""
+    if x != x or x in (math.inf, -math.inf):  # noqa: PLR0124 - NaN is the one float unequal to itself
+        return x
+    exact = struct.pack("<f", x)
+    for digits in range(6, 9):
+        candidate = float(f"{x:.{digits}g}")
+        if struct.pack("<f", candidate) == exact:
+            return candidate
+    return x
 
 
 def _unpack_array(raw: bytes, datatype: int) -> list[Any]:
