@@ -196,6 +196,7 @@ class Line(Events):
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread: flush, send DISCONNECT, fail writes still pending."""
+        self._say_offline(min(timeout, 2.0))
         self._closed.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -645,6 +646,19 @@ class Line(Events):
                 log.debug(
                     "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
                 )
+
+    def _say_offline(self, timeout: float) -> None:
+        """SPEC §14: a host application that stops cleanly says so in its STATE itself
+        (DISCONNECT discards the will that would have)."""
+        sparkplug = self.core.sparkplug
+        offline = sparkplug.offline() if sparkplug is not None else None
+        if offline is None or self.state is not LineState.CONNECTED:
+            return
+        topic, payload = offline
+        try:
+            self.publish_raw(topic, payload, qos=1, retain=True).result(timeout)
+        except Exception as exc:  # closing goes on: the broker still has the will
+            log.warning("line %s: sparkplug: STATE offline not confirmed: %s", self.name, exc)
 
     def _send_sparkplug(self) -> None:
         """Publish what the Sparkplug host part asks for (SPEC §14: STATE, rebirth NCMDs)."""

@@ -147,6 +147,13 @@ class SparkplugLine:
             payload = orjson.dumps({"online": True, "timestamp": self.state_stamp})
             self.outgoing.append((state_topic(self.host_id), payload, 1, True))
 
+    def offline(self) -> tuple[str, bytes] | None:
+        """The STATE offline a clean stop publishes (the will's payload), or None."""
+        if self.host_id is None or self.state_stamp is None:
+            return None
+        payload = orjson.dumps({"online": False, "timestamp": self.state_stamp})
+        return state_topic(self.host_id), payload
+
     def process(self, core: LineCore, msg: Any) -> Processed:
         """One `spBv1.0/...` message: the node's state, its stations' updates, commands."""
         from .._core import Processed
