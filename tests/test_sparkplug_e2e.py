@@ -75,7 +75,9 @@ def test_birth_data_write_death(broker: Mosquitto, running: tuple[Kom, Collector
 
             result = kom.write("pump1.speed_cmd", 1300).result(5)
             assert (result.topic, result.qos) == ("spBv1.0/plant/DCMD/edge1/pump1", 1)
-            (dcmd,) = spy.messages("spBv1.0/plant/DCMD/edge1/pump1")
+            dcmds = "spBv1.0/plant/DCMD/edge1/pump1"
+            wait_until(lambda: bool(spy.messages(dcmds)), 5, "DCMD seen")  # PUBACK may be first
+            (dcmd,) = spy.messages(dcmds)
             (metric,) = decode(dcmd.payload).metrics
             assert (metric.name, metric.alias, metric.value()) == (None, 12, 1300)
             collector.wait(lambda us: 1300 in valid(collector, "pump1.speed"))

@@ -253,7 +253,8 @@ def test_command_by_alias_when_the_birth_gave_one() -> None:
     topic_, data = host.command(("plant", "edge1", "d1"), "Level", DataType.Int64, -3, T0)
     assert topic_ == "spBv1.0/plant/DCMD/edge1/d1"
     (m,) = decode(data).metrics
-    assert (m.name, m.alias, m.datatype, m.value()) == (None, 10, DataType.Int16, -3)
+    # By alias, without the datatype (§6.4.6): the edge node knows it from its BIRTH.
+    assert (m.name, m.alias, m.datatype, m.value(DataType.Int16)) == (None, 10, 0, -3)
     topic_, data = host.command(("plant", "edge1"), "Other", DataType.Boolean, True, T0)
     assert topic_ == "spBv1.0/plant/NCMD/edge1"
     (m,) = decode(data).metrics

@@ -273,7 +273,7 @@ def test_write_command_uses_the_birth_alias() -> None:
     topic, payload = c.sparkplug.command(station, tag, 1200, T0)
     assert topic == "spBv1.0/plant/DCMD/edge1/pump1"
     (m,) = decode(payload).metrics
-    assert (m.name, m.alias, m.datatype, m.value()) == (None, 13, DataType.Int32, 1200)
+    assert (m.name, m.alias, m.datatype, m.value()) == (None, 13, 0, 1200)
 
 
 def test_other_topics_on_a_sparkplug_line() -> None:

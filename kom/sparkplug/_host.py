@@ -1,12 +1,12 @@
 """What a Sparkplug host application knows of each edge node, without I/O.
 
-Per edge node (Sparkplug 3.0.0 §5): whether it is born, the bdSeq of its NBIRTH (an NDEATH
-counts only with the same bdSeq, §5.5/§6.4.14), the last sequence number (0..255 across the
-node's NBIRTH, NDATA, DBIRTH, DDATA, DDEATH, §5.7/§7.4), the metrics each BIRTH declared
-(names, aliases, datatypes; DATA messages may carry only the alias, §6.4.3), and which
-devices are born. `receive()` takes a topic, the payload and the time, and returns what
-happened: metric values to hand out, deaths, and a rebirth request (§5.x "Rebirth Request",
-an NCMD with `Node Control/Rebirth` = true) when the node's messages cannot be trusted — a
+Per edge node (Sparkplug 3.0.0, chapter 5 "Operational Behavior"): whether it is born, the
+bdSeq of its NBIRTH (an NDEATH counts only with the same bdSeq), the last sequence number
+(0..255 across the node's NBIRTH, NDATA, DBIRTH, DDATA, DDEATH; §6.4.5 "Payload"), the
+metrics each BIRTH declared (names, aliases, datatypes; DATA messages carry only the alias,
+§6.4.6 "Metric"), and which devices are born. `receive()` takes a topic, the payload and the
+time, and returns what happened: metric values to hand out, deaths, and a rebirth request (an
+NCMD with `Node Control/Rebirth` = true) when the node's messages cannot be trusted — a
 sequence number out of order, an alias never declared, DATA from a node or device that was
 never born — at most one per node every `rebirth_interval` seconds.
 """
@@ -111,7 +111,7 @@ class Node:
 
 @attrs.define
 class Host:
-    """Every edge node a host application has heard of, and the rules of §5 over them."""
+    """Every edge node a host application has heard of, and the rules of chapter 5 over them."""
 
     rebirth_interval: float = REBIRTH_INTERVAL
     nodes: dict[tuple[str, str], Node] = attrs.field(factory=dict)
@@ -172,7 +172,7 @@ class Host:
         return Outcome(events, self._rebirth(node, now) if want_rebirth else None, problems)
 
     def _node_birth(self, node: Node, payload: Payload, now: datetime) -> Outcome:
-        """§5.4: a new session of the node: everything it said before is forgotten."""
+        """A new session of the node: everything it said before is forgotten."""
         problems: list[str] = []
         node.born = True
         node.births += 1
@@ -190,7 +190,7 @@ class Host:
         )
 
     def _node_death(self, node: Node, payload: Payload) -> Outcome:
-        """§5.5: the node's will; it counts only with its NBIRTH's bdSeq (an older session's
+        """The node's will (NDEATH); it counts only with its NBIRTH's bdSeq (an older session's
         will, delivered late, must not kill the new one)."""
         bd_seq = next(
             (m.value(DataType.UInt64) for m in payload.metrics if m.name == BDSEQ_METRIC), None
@@ -213,7 +213,7 @@ class Host:
         return Outcome(events)
 
     def _check_seq(self, node: Node, topic: SpTopic, payload: Payload, problems: list[str]) -> bool:
-        """§7.4: each message after the NBIRTH carries the previous seq + 1 (mod 256)."""
+        """§6.4.5 "Payload": each message after the NBIRTH carries the last seq + 1 (mod 256)."""
         previous = node.seq
         node.seq = payload.seq
         if payload.seq is None:
@@ -290,7 +290,7 @@ class Host:
         value: MetricValue,
         now: datetime,
     ) -> tuple[str, bytes]:
-        """An NCMD or DCMD writing one metric (§6.4.x: by alias when the BIRTH gave one).
+        """An NCMD or DCMD writing one metric (§6.4.6: by alias alone when the BIRTH gave one).
 
         `key` is (group, node) or (group, node, device); `datatype` is used when no BIRTH
         declared the metric. Raises PayloadError when the value does not fit the datatype.
@@ -310,7 +310,7 @@ class Host:
 
 
 def rebirth_command(group: str, node: str, now: datetime) -> tuple[str, bytes]:
-    """§6.x: NCMD `Node Control/Rebirth` = true to the edge node."""
+    """A rebirth request: NCMD `Node Control/Rebirth` = true to the edge node."""
     payload = encode([Out(REBIRTH_METRIC, DataType.Boolean, True)], now)
     return f"{PREFIX}{group}/NCMD/{node}", payload
 

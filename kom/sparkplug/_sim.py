@@ -2,9 +2,9 @@
 
 `EdgeNode` is the pure model: it says which payloads to send (births, data by exception,
 its death) and what a command does, given the time. `EdgeNodeSimulator` is the thin thread
-around it: a paho client whose will is the NDEATH (Sparkplug 3.0.0 §5.5), which births on
-connect (NBIRTH, then a DBIRTH per device, §5.4/§5.6), reports changed metrics only (DDATA
-by alias, §5.7), answers `Node Control/Rebirth` with new births (§5.x) and DCMD writes with
+around it: a paho client whose will is the NDEATH (Sparkplug 3.0.0, chapter 5), which births on
+connect (NBIRTH, then a DBIRTH per device), reports changed metrics only (DDATA
+by alias), answers `Node Control/Rebirth` with new births and DCMD writes with
 the new value, and on a clean stop publishes its NDEATH itself before DISCONNECT.
 """
 
@@ -109,7 +109,7 @@ class EdgeNode:
         return seq
 
     def death(self) -> tuple[str, bytes]:
-        """The NDEATH (the will): bdSeq only, no seq (§6.4.x)."""
+        """The NDEATH (the will): bdSeq only, no seq."""
         payload = encode([Out(BDSEQ_METRIC, DataType.UInt64, self.bd_seq)], None)
         return self.topic("NDEATH"), payload
 

@@ -86,7 +86,7 @@ class SparkplugDecoder(Decoder):
                 if v.error is not None:
                     reason, detail = Reason.PARSE, f"{r.full}: {v.error}"
                 elif v.is_null:
-                    # Sparkplug 3.0.0 §6.4.x is_null: the metric has no value now.
+                    # Sparkplug 3.0.0 §6.4.6, is_null: the metric has no value now.
                     reason, detail = Reason.MISSING, f"{r.full}: metric {v.name!r} is null"
                 else:
                     try:
@@ -142,7 +142,8 @@ class SparkplugLine:
         self.state_stamp = old.state_stamp
 
     def connected(self) -> None:
-        """Sparkplug 3.0.0 §5.x host birth: STATE online (retained, QoS 1) once subscribed."""
+        """Host application session establishment (Sparkplug 3.0.0 chapter 5): once subscribed,
+        the STATE online (retained, QoS 1)."""
         if self.host_id is not None and self.state_stamp is not None:
             payload = orjson.dumps({"online": True, "timestamp": self.state_stamp})
             self.outgoing.append((state_topic(self.host_id), payload, 1, True))
@@ -188,7 +189,7 @@ class SparkplugLine:
         found = list(self.by_key.get(event.key, ()))
         if event.kind is Kind.DEATH and event.key.count("/") == 1:
             # An NDEATH's events list the node's born devices too; stations of devices that
-            # never were born still lose their node (§5.5: the devices die with it).
+            # never were born still lose their node (chapter 5: the devices die with it).
             prefix = event.key + "/"
             found += [i for k, v in self.by_key.items() if k.startswith(prefix) for i in v]
         return sorted(set(found))
@@ -257,7 +258,7 @@ def state_will(line: LineConfig, now: datetime) -> LineConfig:
 
 
 def state_stamp(will: Will | None) -> int | None:
-    """The timestamp of a STATE will (the online STATE must carry the same, §5.x)."""
+    """The timestamp of a STATE will (the online STATE must carry the same)."""
     if will is None or not will.topic.startswith(PREFIX + "STATE/"):
         return None
     try:

@@ -1,4 +1,7 @@
-"""Sparkplug B topics (Sparkplug 3.0.0 §4.1): `spBv1.0/<group>/<type>/<edge node>[/<device>]`."""
+"""Sparkplug B topics (Sparkplug 3.0.0, chapter 4 "Topics and Messages").
+
+`spBv1.0/<group>/<type>/<edge node>[/<device>]`, and `spBv1.0/STATE/<host id>`.
+"""
 
 from __future__ import annotations
 
@@ -45,12 +48,12 @@ def parse_topic(topic: str) -> SpTopic | None:
 
 
 def state_topic(host_id: str) -> str:
-    """Sparkplug 3.0.0 §4.1.3 (host application STATE): `spBv1.0/STATE/<host id>`."""
+    """Sparkplug 3.0.0 chapter 4, host application STATE: `spBv1.0/STATE/<host id>`."""
     return f"{PREFIX}STATE/{host_id}"
 
 
 def check_id(text: str) -> str | None:
-    """Why `text` cannot be a group, node, device or host id (§4.1.1), or None."""
+    """Why `text` cannot be a group, node, device or host id (chapter 4), or None."""
     if not text:
         return "may not be empty"
     bad = [c for c in "/+#" if c in text]
