@@ -166,6 +166,8 @@ def _print_line(line: LineConfig) -> None:
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
+    if line.sparkplug_host_id:
+        print(f"  sparkplug host application {line.sparkplug_host_id!r} (STATE, SPEC §14)")
 
 
 def _print_station(station: StationConfig) -> None:
@@ -183,7 +185,10 @@ def _print_station(station: StationConfig) -> None:
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
     """The routing rules of one line's stations in the order SPEC §3 applies them."""
-    rows = [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
+    # SPEC §14: spBv1.0/ messages go by group, node and device, before the rules of §3.
+    rows = [f"spb    {s.sparkplug!r} -> {s.name}" for s in stations if s.sparkplug]
+    stations = [s for s in stations if not s.sparkplug]
+    rows += [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
     rows += [f"all    '#' -> {s.name}" for s in stations if s.address == "#"]
     rows += [f"exact  {s.address!r} -> {s.name}" for s in stations if s.address not in ("#", ".*")]
     regexes = sorted(
@@ -375,6 +380,7 @@ def writer_config(config: Config, line_name: str) -> Config:
         clean_session=True,
         topic_filters=(),
         will=None,
+        sparkplug_host_id=None,  # the running host's STATE is not the writer's to change
     )
     stations = tuple(s for s in config.stations if s.line == line_name)
     return attrs.evolve(config, lines=(line,), stations=stations)

@@ -195,3 +195,41 @@ def test_sparkplug_demo(tmp_path: Path) -> None:
     out = done.stdout.decode()
     assert "write completed (QoS 1) on spBv1.0/plant/DCMD/edge1/pump1" in out
     assert "NDEATH will arrives" in out
+
+
+def test_kom_write_sends_a_dcmd_by_name(broker: Mosquitto, tmp_path: Path) -> None:
+    """kom write on a Sparkplug tag sends a DCMD by name and leaves the host's STATE alone."""
+    config = tmp_path / "spb.toml"
+    config.write_text(profile(broker, "kom-writer"), encoding="utf-8")
+    with (
+        EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim,
+        Publisher(broker.port) as spy,
+    ):
+        assert sim.wait_connected(5)
+        spy.subscribe("spBv1.0/#")
+        done = subprocess.run(
+            [*KOM, "write", str(config), "tank1.mode_cmd", "manual"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert "acknowledged (PUBACK)" in done.stdout.decode()
+        wait_until(lambda: sim.model.values["tank1"]["Mode"] == "manual", 5, "mode written")
+        topic = "spBv1.0/plant/DCMD/edge1/tank1"
+        wait_until(lambda: bool(spy.messages(topic)), 5, "DCMD seen")
+        (dcmd,) = spy.messages(topic)
+        (metric,) = decode(dcmd.payload).metrics
+        assert (metric.name, metric.alias, metric.value()) == ("Mode", None, "manual")
+        assert spy.messages("spBv1.0/STATE/kom") == []
+
+
+def test_check_shows_the_sparkplug_routing(tmp_path: Path) -> None:
+    """kom check lists Sparkplug stations by group, node and device, and the host id."""
+    done = subprocess.run(
+        [*KOM, "check", "examples/sparkplug.toml"], cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert "    spb    'plant/edge1/pump1' -> pump1" in out
+    assert "sparkplug host application 'kom'" in out
