@@ -34,15 +34,15 @@ def profile_path(profile: str = PROFILE) -> Path:
     raise KomError(f"cannot find examples/{profile}; run kom demo from the kom checkout")
 
 
-def run_demo(duration: float, db: Path, plain: bool) -> int:
-    from .sim import NetioSimulator
-
-    config = load(profile_path())
+def _setup(
+    profile: str, device: str, duration: float, db: Path
+) -> tuple[LocalBroker, Kom, SinkWriter, LiveView]:
+    """The demo's broker, and kom with a profile writing into SQLite with a live view."""
+    config = load(profile_path(profile))
     tune_gc()
-    out = sys.stdout
     print(
-        f"kom demo: starting a local broker, a simulated NETIO 4All and kom ({duration:g} s)",
-        file=out,
+        f"kom demo: starting a local broker, a simulated {device} and kom ({duration:g} s)",
+        file=sys.stdout,
     )
     broker = LocalBroker()
     config = override_broker(config, broker.address)
@@ -51,11 +51,29 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
         config,
         lines=tuple(attrs.evolve(ln, client_id=f"kom-demo-{broker.port}") for ln in config.lines),
     )
-    sink = SqliteSink(db)
-    writer = SinkWriter([sink])
+    writer = SinkWriter([SqliteSink(db)])
     kom = Kom(config, writer, iterate=False, inline=False)  # as kom run does
-    view = LiveView(kom, title=f"kom demo — NETIO 4All on {broker.address} → {db}")
+    view = LiveView(kom, title=f"kom demo — {device} on {broker.address} → {db}")
     kom.add_callback(view)
+    return broker, kom, writer, view
+
+
+def _summary(kom: Kom, writer: SinkWriter, db: Path, writes_ok: int) -> int:
+    counters = kom.counters().get("line")
+    rows = _count_rows(db)
+    print(
+        f"kom demo: {counters.received if counters else 0} messages, {writer.updates} updates, "
+        f"{writes_ok} write(s); {rows} rows in {db.resolve()} (table updates)",
+        file=sys.stdout,
+    )
+    return 0 if writer.updates else 1
+
+
+def run_demo(duration: float, db: Path, plain: bool) -> int:
+    from .sim import NetioSimulator
+
+    out = sys.stdout
+    broker, kom, writer, view = _setup(PROFILE, "NETIO 4All", duration, db)
     sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE_ID, period=1.0)
     writes_ok = 0
     switched_at = duration * 0.4
@@ -112,14 +130,7 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
         kom.close()
         writer.close()
         broker.close()
-    counters = kom.counters().get("line")
-    rows = _count_rows(db)
-    print(
-        f"kom demo: {counters.received if counters else 0} messages, {writer.updates} updates, "
-        f"{writes_ok} write(s); {rows} rows in {db.resolve()} (table updates)",
-        file=out,
-    )
-    return 0 if writer.updates else 1
+    return _summary(kom, writer, db, writes_ok)
 
 
 _NETIO_PICKS = [
@@ -161,25 +172,8 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
     """
     from .sparkplug._sim import EdgeNodeSimulator
 
-    config = load(profile_path(SPARKPLUG_PROFILE))
-    tune_gc()
     out = sys.stdout
-    print(
-        f"kom demo: starting a local broker, a simulated Sparkplug B edge node and kom "
-        f"({duration:g} s)",
-        file=out,
-    )
-    broker = LocalBroker()
-    config = override_broker(config, broker.address)
-    config = attrs.evolve(
-        config,
-        lines=tuple(attrs.evolve(ln, client_id=f"kom-demo-{broker.port}") for ln in config.lines),
-    )
-    sink = SqliteSink(db)
-    writer = SinkWriter([sink])
-    kom = Kom(config, writer, iterate=False, inline=False)
-    view = LiveView(kom, title=f"kom demo — Sparkplug B edge node on {broker.address} → {db}")
-    kom.add_callback(view)
+    broker, kom, writer, view = _setup(SPARKPLUG_PROFILE, "Sparkplug B edge node", duration, db)
     sim = EdgeNodeSimulator("127.0.0.1", broker.port, period=1.0)
     writes_ok = 0
     steps = {duration * 0.4: "write", duration * 0.6: "death", duration * 0.75: "back"}
@@ -234,11 +228,4 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
         kom.close()
         writer.close()
         broker.close()
-    counters = kom.counters().get("line")
-    rows = _count_rows(db)
-    print(
-        f"kom demo: {counters.received if counters else 0} messages, {writer.updates} updates, "
-        f"{writes_ok} write(s); {rows} rows in {db.resolve()} (table updates)",
-        file=out,
-    )
-    return 0 if writer.updates else 1
+    return _summary(kom, writer, db, writes_ok)
