@@ -609,7 +609,8 @@ class Line(Events):
                 self._batch.extend(processed.updates)
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
-        if self.core.sparkplug is not None and self.core.sparkplug.outgoing:
+        sparkplug = self.core.sparkplug
+        if sparkplug is not None and (sparkplug.outgoing or sparkplug.problems):
             self._send_sparkplug()
         station = processed.station
         if raw.dup:
@@ -667,6 +668,9 @@ class Line(Events):
             return
         with self._lock:
             outgoing, sparkplug.outgoing = sparkplug.outgoing, []
+            problems, sparkplug.problems = sparkplug.problems, []
+        for problem in problems:
+            log.warning("line %s: sparkplug: %s", self.name, problem)
         for topic, payload, qos, retain in outgoing:
             log.info("line %s: sparkplug: publishing %s", self.name, topic)
             future = self.publish_raw(topic, payload, qos=qos, retain=retain)

@@ -244,6 +244,7 @@ def test_seq_gap_queues_a_rebirth_ncmd_and_keeps_the_data() -> None:
     assert [(m.name, m.value()) for m in decode(payload).metrics] == [
         ("Node Control/Rebirth", True)
     ]
+    assert c.sparkplug.problems[-1] == "spBv1.0/plant/DDATA/edge1/pump1: seq 7 after 1"
 
 
 def test_state_online_repeats_the_will_timestamp() -> None:

@@ -124,7 +124,8 @@ class SparkplugLine:
             station.decoder = SparkplugDecoder(station.config, line)
         #: Messages for the line to publish (rebirth requests, STATE), taken by the line.
         self.outgoing: list[Outgoing] = []
-        #: Problems seen (seq gaps, unknown aliases, bad payloads), newest last, bounded.
+        #: Problems seen (seq gaps, unknown aliases, bad payloads, stale deaths) for the line to
+        #: log, taken by the line like `outgoing`; bounded when nobody takes them.
         self.problems: list[str] = []
         self.state_stamp = state_stamp(line.will) if self.host_id else None
 
@@ -166,7 +167,9 @@ class SparkplugLine:
             return Processed([], True, None, _UNROUTED)
         outcome = self.host.receive(topic, msg.payload, msg.received)
         if outcome.problems:
-            self.problems.extend(outcome.problems)
+            self.problems.extend(
+                p if p.startswith(PREFIX) else f"{msg.topic}: {p}" for p in outcome.problems
+            )
             del self.problems[:-100]
             if outcome.rebirth is None and not outcome.events:
                 counters.decode_errors += 1
