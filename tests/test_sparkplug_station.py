@@ -6,11 +6,14 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kom import ConfigError, loads
 from kom._core import LineCore
 from kom._model import Quality, Reason
 from kom._station import Message, StationState
+from kom.sparkplug import sparkplug_b_pb2 as pb
 from kom.sparkplug._payload import DataType, Out, decode, encode
 from kom.sparkplug._station import state_will
 
@@ -49,6 +52,19 @@ name = "speed_cmd"
 type = "Co"
 address = "SPB=Speed"
 """
+
+
+def _raw_payload(metrics: list[tuple[str | None, int, int, int | None]]) -> bytes:
+    """A payload with any datatype beside any integer, as a wrong or hostile node may send."""
+    p = pb.Payload(timestamp=1)
+    for name, datatype, number, alias in metrics:
+        m = p.metrics.add(datatype=datatype, long_value=number)
+        if name is not None:
+            m.name = name
+        if alias is not None:
+            m.alias = alias
+    data: bytes = p.SerializeToString()
+    return data
 
 
 def core() -> LineCore:
@@ -287,3 +303,31 @@ def test_other_topics_on_a_sparkplug_line() -> None:
     out = c.process(Message("spBv1.0/plant/NBIRTH/other", encode([], T0, 0), T0))
     assert out.station is None
     assert c.counters.unrouted == 1
+
+
+@given(
+    st.sampled_from(["NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH", "NCMD", "STATE"]),
+    st.sampled_from([None, "pump1", "other"]),
+    st.one_of(
+        st.binary(max_size=64),
+        st.lists(
+            st.tuples(
+                st.sampled_from(["Pressure", "Started", "Mode", "bdSeq", None]),
+                st.sampled_from(list(DataType)),
+                st.integers(0, 2**64 - 1),
+                st.one_of(st.none(), st.integers(0, 20)),
+            ),
+            max_size=5,
+        ).map(_raw_payload),
+    ),
+    st.one_of(st.none(), st.integers(0, 255)),
+)
+def test_no_message_raises(kind: str, device: str | None, data: bytes, seq: int | None) -> None:
+    """Whatever arrives on a Sparkplug topic, the core answers without raising."""
+    c = core()
+    births(c)
+    topic = f"spBv1.0/plant/{kind}/edge1" + (f"/{device}" if device else "")
+    if seq is not None and data[:1] != b"\xff":
+        data += bytes([0x18, seq])  # field 3 (seq), varint
+    out = c.process(Message(topic, data, T0))
+    assert all(u.tag.startswith(("node.", "pump.")) for u in out.updates)
