@@ -18,7 +18,7 @@ import orjson
 
 from .._address import Kind as AddressKind
 from .._config import LineConfig, StationConfig, TagConfig, Will
-from .._convert import parse_write_value
+from .._convert import converter, parse_write_value
 from .._errors import ConversionError, WriteError
 from .._model import Reason, Update, Value, ValueType
 from .._router import Route, Rule
@@ -98,10 +98,12 @@ class SparkplugDecoder(Decoder):
 
 
 def _tag_converter(tag: TagConfig, line: LineConfig) -> Callable[[object], Value]:
-    """A metric value to the tag's type: as a written value, which also takes a datetime
-    for absolute time (DateTime metrics); lists (arrays) become JSON text in text tags."""
+    """A metric value to the tag's type, as from JSON (lists, arrays, become JSON text in text
+    tags); absolute times as a written value, which also takes a datetime (DateTime metrics)."""
     mask, zone = line.time_mask, line.time_zone
     value_type = tag.type
+    if value_type.kind != "abstime":
+        return converter(value_type, mask, zone)
 
     def convert(raw: object) -> Value:
         return parse_write_value(value_type, raw, mask, zone)
