@@ -62,8 +62,12 @@ def sources(host: Host) -> list[tuple[str, dict[str, Declared]]]:
 def listing(host: Host) -> str:
     """Groups, nodes, devices and metrics (name, datatype, alias), one line each."""
     lines: list[str] = []
+    group = None
     for key, metrics in sources(host):
         parts = key.split("/")
+        if parts[0] != group:
+            group = parts[0]
+            lines.append(f"group {group}")
         what = "device" if len(parts) == 3 else "node"
         lines.append(f"{what} {key}: {len(metrics)} metric{'s' if len(metrics) != 1 else ''}")
         for declared in sorted(metrics.values()):
