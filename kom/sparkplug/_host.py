@@ -20,7 +20,18 @@ from typing import NamedTuple
 
 import attrs
 
-from ._payload import DataType, Metric, MetricValue, Out, Payload, PayloadError, decode, encode
+from .._model import new_record
+from ._payload import (
+    DataType,
+    Metric,
+    MetricValue,
+    Out,
+    Payload,
+    PayloadError,
+    decode,
+    encode,
+    typed_value,
+)
 from ._topic import PREFIX, SpTopic, station_key
 
 REBIRTH_METRIC = "Node Control/Rebirth"
@@ -316,10 +327,18 @@ def rebirth_command(group: str, node: str, now: datetime) -> tuple[str, bytes]:
 
 
 def _value(m: Metric, name: str, datatype: int, default_ts: datetime, problems: list[str]) -> Value:
-    """The metric's value under `datatype`, stamped with its own time or the payload's."""
+    """The metric's value under `datatype`, stamped with its own time or the payload's.
+
+    Runs for every metric: the record is built from its tuple (NamedTuple's own __new__ is
+    Python code), and a null is told apart before typed_value is called.
+    """
+    ts = m.timestamp or default_ts
+    raw = m.raw
+    if m.is_null or raw is None:
+        return new_record(Value, (name, None, ts, True, datatype, None))
     try:
-        value = m.value(datatype)
+        value = typed_value(raw, datatype)
     except PayloadError as exc:
         problems.append(f"{name}: {exc}")
-        return Value(name, None, m.timestamp or default_ts, True, datatype, str(exc))
-    return Value(name, value, m.timestamp or default_ts, m.is_null or value is None, datatype)
+        return new_record(Value, (name, None, ts, True, datatype, str(exc)))
+    return new_record(Value, (name, value, ts, value is None, datatype, None))

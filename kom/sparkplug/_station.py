@@ -20,7 +20,7 @@ from .._address import Kind as AddressKind
 from .._config import LineConfig, StationConfig, TagConfig, Will
 from .._convert import converter, parse_write_value
 from .._errors import ConversionError, WriteError
-from .._model import Reason, Update, Value, ValueType
+from .._model import Quality, Reason, Update, Value, ValueType, new_record
 from .._router import Route, Rule
 from .._station import Decoder, Station, StationState, _Reader, _reader
 from ._host import Event, Host, Kind
@@ -30,6 +30,8 @@ from ._topic import PREFIX, parse_topic, state_topic
 
 if TYPE_CHECKING:
     from .._core import Counters, LineCore, Processed
+
+VALID = Quality.VALID
 
 #: A message for the line to publish: topic, payload, QoS, retain.
 Outgoing = tuple[str, bytes, int, bool]
@@ -93,6 +95,11 @@ class SparkplugDecoder(Decoder):
                         value = r.convert(tag_value(v.value))
                     except ConversionError as exc:
                         reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+                    else:
+                        if r.processing is None:  # the common case, without _emit's call
+                            update = (r.full, value, VALID, None, v.ts, received, topic, None)
+                            append(new_record(Update, update))
+                            continue
                 self._emit(append, r, value, reason, detail, v.ts, received, topic)
         return updates
 
