@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -24,6 +25,10 @@ from ._router import literal_prefix
 log = logging.getLogger("kom")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: The reader of standard output went away (`kom check FILE | head -5`): the status a shell
+#: gives a program that SIGPIPE ended (128 + 13), without the signal itself, which would
+#: also end `kom run` when a broker's socket breaks.
+EXIT_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null: the interpreter's last flush finds no reader either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ._advice import config_warnings
+
     config = load(args.config)
+    for warning in config_warnings(config):
+        print(f"kom: warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: OK — {len(config.lines)} line(s), {len(config.stations)} station(s), "
         f"{sum(len(s.tags) for s in config.stations)} tag(s)"
@@ -185,7 +204,15 @@ def cmd_route(args: argparse.Namespace) -> int:
     from ._station import Message
 
     config = load(args.config)
-    line = config.line(args.line) if args.line else config.lines[0]
+    try:
+        line = config.line(args.line) if args.line else config.lines[0]
+    except KeyError:
+        names = ", ".join(repr(line.name) for line in config.lines)
+        print(
+            f"kom route: --line {args.line!r}: no such line in {args.config} (lines: {names})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     core = LineCore(line, config.stations_of(line.name))
     core.connected(1)
     now = datetime.now(UTC)
@@ -228,7 +255,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     tune_gc()
     if args.broker:
         config = override_broker(config, args.broker)
-    sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
+    sinks = []
+    for url in args.sink or ["sqlite:kom.db"]:
+        try:
+            sinks.append(open_sink(url))
+        except (OSError, sqlite3.Error) as exc:
+            print(f"kom run: --sink {url!r}: cannot open it: {exc}", file=sys.stderr)
+            for sink in sinks:
+                sink.close()
+            return EXIT_CONFIG
     writer = SinkWriter(sinks)
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
     # lets go of the interpreter lock while it inserts) and batches merge into transactions.

@@ -29,6 +29,7 @@ from ._address import (
     parse_address,
     parse_json_address,
 )
+from ._advice import model_hint, regex_problem, type_hint
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
@@ -280,6 +281,7 @@ class _Table:
             if key not in keys:
                 near = _nearest(key, keys)
                 hint = f" (did you mean {near!r}?)" if near else ""
+                hint = model_hint(key, keys) or hint
                 errors.add(f"{self.at(key)}", f"unknown key{hint}")
 
     def at(self, key: str) -> str:
@@ -469,7 +471,8 @@ def from_dict(
         elif other is not None:
             errors.add(
                 f"{path}.address",
-                f"station {other!r} of line {station.line!r} has the same address",
+                f"station {other!r} of line {station.line!r} has the same address "
+                f"{station.address!r}",
             )
         names.add(station.name)
         by_address.setdefault((station.line, station.address), station.name)
@@ -653,7 +656,7 @@ def _read_secret(t: _Table, key: str, base: Path) -> Secret | None:
     if raw is None:
         return None
     if not isinstance(raw, str | dict):  # not shown: it may be the password itself
-        t.error(key, f"expected a string or a table, found a {_type_name(type(raw))} value")
+        t.error(key, f"expected a string or a table, found {_type_name(type(raw))}")
         return None
     if isinstance(raw, str):
         return Secret(raw)
@@ -754,11 +757,15 @@ def _read_station(
         t.error("payload_type", f"expected 'text' or 'json', found {payload_type!r}")
         payload_type = None
     regex: re.Pattern[str] | None = None
+    address_ok = True
     if address and address not in ("#", ".*") and not _REGEX_META.isdisjoint(address):
         try:
             regex = re.compile(address)
-        except re.error:
-            regex = None  # not a regular expression: the address can still match exactly
+        except re.error as exc:
+            # Taken silently as an exact topic, a typo such as a missing ")" would route
+            # nothing and leave its TOPIC= tags to take the blame.
+            t.error("address", regex_problem(address, exc))
+            address_ok = False
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
     table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
@@ -767,7 +774,14 @@ def _read_station(
         tags = list(shared)
     else:
         tags = _read_tags(
-            t, raw_tags, line, regex, memo, payload_type=effective_payload, table=table
+            t,
+            raw_tags,
+            line,
+            regex,
+            memo,
+            payload_type=effective_payload,
+            table=table,
+            address_ok=address_ok,
         )
     if name is None or address is None or (line is None and line_list):
         return None
@@ -793,6 +807,7 @@ def _read_tags(
     *,
     payload_type: str,
     table: tuple[str, int, str] | None,
+    address_ok: bool = True,
 ) -> list[TagConfig]:
     """A station's tags, each read (or taken from `memo`), and checked together.
 
@@ -811,7 +826,9 @@ def _read_tags(
         tag = memo.tags.get(key) if key is not None else None
         if tag is None:
             before = len(t.errors.items)
-            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type)
+            tag = _read_tag(
+                _Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type, address_ok
+            )
             if tag is None:
                 continue
             if key is not None and len(t.errors.items) == before:
@@ -855,7 +872,11 @@ def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
 
 
 def _read_tag(
-    t: _Table, line: LineConfig | None, regex: re.Pattern[str] | None, payload_type: str
+    t: _Table,
+    line: LineConfig | None,
+    regex: re.Pattern[str] | None,
+    payload_type: str,
+    address_ok: bool = True,
 ) -> TagConfig | None:
     name = t.get("name", str, check=_check_name)
     type_text = t.get("type", str)
@@ -865,7 +886,8 @@ def _read_tag(
             value_type = ValueType(type_text)
         except ValueError:
             names = ", ".join(v.value for v in ValueType)
-            t.error("type", f"unknown type {type_text!r} (expected {names})")
+            hint = type_hint(type_text) or f" (expected {names})"
+            t.error("type", f"unknown type {type_text!r}{hint}")
     publish = _read_publish(t, value_type, regex)
     address: Address | None = None
     raw_address = t.get("address", str, None if publish else _MISSING)
@@ -880,7 +902,12 @@ def _read_tag(
             t.error("address", problem)
         if address.is_json and payload_type != "json":
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
-        if address.kind is Kind.TOPIC and (regex is None or address.group not in regex.groupindex):
+        # A station address that does not compile is reported at its own key path.
+        if (
+            address.kind is Kind.TOPIC
+            and address_ok
+            and (regex is None or address.group not in regex.groupindex)
+        ):
             t.error("address", f"the station address has no group named {address.group!r}")
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
