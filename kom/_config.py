@@ -120,6 +120,9 @@ class LineConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     outbox: str | None = None
+    #: ioBroker-style publishing (seeds/003), the defaults of every output tag of the line.
+    publish_only_changes: bool = False
+    publish_on_connect: bool = False
 
     @property
     def effective_clean_session(self) -> bool:
@@ -133,6 +136,9 @@ class Publish:
 
     topic: str
     payload: str
+    #: None: the line's `publish_only_changes` / `publish_on_connect`.
+    only_changes: bool | None = None
+    on_connect: bool | None = None
 
 
 @attrs.frozen
@@ -232,6 +238,8 @@ LINE_KEYS = frozenset(
         "reconnect_min",
         "reconnect_max",
         "outbox",
+        "publish_only_changes",
+        "publish_on_connect",
     }
 )
 STATION_KEYS = frozenset(
@@ -570,6 +578,8 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_min=reconnect_min if reconnect_min is not None else 0.5,
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
+        publish_only_changes=t.get("publish_only_changes", bool, False),
+        publish_on_connect=t.get("publish_on_connect", bool, False),
     )
 
 
@@ -683,8 +693,11 @@ def _read_secret(t: _Table, key: str, base: Path) -> Secret | None:
 
 def _read_filters(t: _Table) -> tuple[TopicFilter, ...]:
     raw = t.get("topic_filter", (str, list), "#")
-    items = [raw] if isinstance(raw, str) else raw
+    # One string may hold several filters separated by commas, as integrators write them for
+    # ioBroker (seeds/003 "Patterns"); a filter that contains a comma must come in a list.
+    items = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else raw
     filters: list[TopicFilter] = []
+    split = isinstance(raw, str) and len(items) > 1
     for i, item in enumerate(items, 1):
         where = "topic_filter" if isinstance(raw, str) else f"topic_filter[{i}]"
         if not isinstance(item, str):
@@ -693,7 +706,9 @@ def _read_filters(t: _Table) -> tuple[TopicFilter, ...]:
         try:
             filters.append(TopicFilter(item))
         except ValueError as exc:
-            t.error(where, str(exc))
+            t.error(
+                where, f"filter {i} of the comma-separated {raw!r}: {exc}" if split else str(exc)
+            )
     if not filters and not t.errors.items:
         t.error("topic_filter", "at least one topic filter is needed")
     return tuple(filters)
@@ -998,7 +1013,12 @@ def _read_publish(
     raw = t.get("publish", dict, None)
     if raw is None:
         return None
-    pt = _Table(raw, t.at("publish"), t.errors, frozenset({"topic", "payload"}))
+    pt = _Table(
+        raw,
+        t.at("publish"),
+        t.errors,
+        frozenset({"topic", "payload", "only_changes", "on_connect"}),
+    )
     topic = pt.get("topic", str)
     payload = pt.get("payload", str, "{value}")
     if value_type is not None and not value_type.is_output:
@@ -1019,4 +1039,9 @@ def _read_publish(
                 )
     if topic is None:
         return None
-    return Publish(topic=topic, payload=payload)
+    return Publish(
+        topic=topic,
+        payload=payload,
+        only_changes=pt.get("only_changes", bool, None),
+        on_connect=pt.get("on_connect", bool, None),
+    )
