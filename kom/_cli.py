@@ -109,7 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--id", default="netio-4All-25E0")
     n.add_argument("--mode", default="generic", choices=["generic", "flex"])
     n.add_argument("--outputs", type=int, default=4)
-    n.add_argument("--period", type=float, default=1.0)
+    n.add_argument(
+        "--period", type=float, default=1.0, help="update period in seconds; 0: on change only"
+    )
+    n.add_argument("--inputs", type=int, default=2, help="digital inputs with S0 counters (0..8)")
     n.add_argument("--duration", type=float)
     n.add_argument("--verbose", action="store_true")
     n.set_defaults(func=cmd_sim_netio)
@@ -407,6 +410,7 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
         mode=args.mode,
         outputs=args.outputs,
         period=args.period,
+        inputs=args.inputs,
         duration=args.duration,
         verbose=args.verbose,
     )
