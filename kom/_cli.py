@@ -31,6 +31,10 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_PIPE = 141
 
 
+class UsageError(KomError, ValueError):
+    """A command-line argument was refused: one line on stderr, exit 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -46,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"kom {args.command}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KomError as exc:
         print(f"kom: {exc}", file=sys.stderr)
@@ -69,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="kom", description="MQTT client driver for SCADA systems and historians"
     )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    sub = p.add_subparsers(metavar="COMMAND")
+    sub = p.add_subparsers(metavar="COMMAND", dest="command")
 
     c = sub.add_parser("check", help="validate a configuration and print its routing table")
     c.add_argument("config")
@@ -168,6 +175,16 @@ def _print_line(line: LineConfig) -> None:
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
+    options = [
+        name
+        for name, on in (
+            ("only changes", line.publish_only_changes),
+            ("current values on connect", line.publish_on_connect),
+        )
+        if on
+    ]
+    if options:
+        print(f"  outputs publish {' and '.join(options)}")
 
 
 def _print_station(station: StationConfig) -> None:
@@ -211,11 +228,9 @@ def cmd_route(args: argparse.Namespace) -> int:
         line = config.line(args.line) if args.line else config.lines[0]
     except KeyError:
         names = ", ".join(repr(line.name) for line in config.lines)
-        print(
-            f"kom route: --line {args.line!r}: no such line in {args.config} (lines: {names})",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+        raise UsageError(
+            f"--line {args.line!r}: no such line in {args.config} (lines: {names})"
+        ) from None
     core = LineCore(line, config.stations_of(line.name))
     core.connected(1)
     now = datetime.now(UTC)
@@ -251,22 +266,23 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker, tune_gc
+    from ._client import Kom, tune_gc
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
     tune_gc()
     if args.broker:
-        config = override_broker(config, args.broker)
+        config = with_broker(config, args.broker)
     sinks = []
     for url in args.sink or ["sqlite:kom.db"]:
         try:
             sinks.append(open_sink(url))
-        except (OSError, sqlite3.Error) as exc:
-            print(f"kom run: --sink {url!r}: cannot open it: {exc}", file=sys.stderr)
+        except (OSError, sqlite3.Error, ConfigError) as exc:
             for sink in sinks:
                 sink.close()
-            return EXIT_CONFIG
+            if isinstance(exc, ConfigError):  # its one error already names the --sink
+                raise UsageError("; ".join(exc.errors)) from exc
+            raise UsageError(f"--sink {url!r}: cannot open it: {exc}") from exc
     writer = SinkWriter(sinks)
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
     # lets go of the interpreter lock while it inserts) and batches merge into transactions.
@@ -311,13 +327,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def with_broker(config: Config, broker: str) -> Config:
+    """`--broker HOST[:PORT]` in place of every line's host; a malformed one is a user error."""
+    from ._client import override_broker
+    from .sim import parse_broker
+
+    try:
+        parse_broker(broker)
+        return override_broker(config, broker)
+    except ValueError as exc:
+        raise UsageError(f"--broker {broker!r}: expected HOST[:PORT] or [IPv6]:PORT") from exc
+
+
 def _running(stop: threading.Event, deadline: float | None) -> bool:
     stop.wait(0.25)
     return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
-    from ._client import Kom, override_broker
+    from ._client import Kom
 
     if not flag.is_set():
         return
@@ -326,8 +354,8 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
     try:
         config = load(args.config)
         if args.broker:
-            config = override_broker(config, args.broker)
-    except ConfigError as exc:
+            config = with_broker(config, args.broker)
+    except (ConfigError, UsageError) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return
     kom.reload(config)
@@ -338,11 +366,11 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker
+    from ._client import Kom
 
     config = load(args.config)
     if args.broker:
-        config = override_broker(config, args.broker)
+        config = with_broker(config, args.broker)
     try:
         station, _tag = config.find_tag(args.tag)
     except KeyError:

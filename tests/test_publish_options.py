@@ -4,11 +4,13 @@ comma-separated topic filters, against a real broker with paho as the peer."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kom import loads
 from kom._backoff import set_testing
+from kom._cli import main
 from kom._config import Publish
 from kom._core import LineCore
 from kom._outputs import Message, OutputMemory
@@ -186,3 +188,16 @@ def test_output_memory_remembers_written_and_sent_messages_apart() -> None:
     assert not memory.unchanged(first)
     assert first in memory.on_connect(core.stations, cfg.lines[0])
     assert repr(memory) == "<OutputMemory written=1 sent=0>"
+
+
+def test_check_shows_the_lines_publishing_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kom check` names the publishing options a line has on, and says nothing when off."""
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[line]\nhost = "h"\npublish_on_connect = true\n')
+    assert main(["check", str(cfg)]) == 0
+    assert "  outputs publish current values on connect\n" in capsys.readouterr().out
+    cfg.write_text('[line]\nhost = "h"\n')
+    assert main(["check", str(cfg)]) == 0
+    assert "outputs publish" not in capsys.readouterr().out
