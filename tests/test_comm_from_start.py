@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from kom import Quality, Reason
-from kom._backoff import set_testing
 
 from ._broker import Mosquitto
 from ._kom import Collector, Publisher, config, start
@@ -49,12 +47,7 @@ address = "JA=n"
 """
 INPUTS = {"a.v", "a.raw", "b.n"}
 
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 def test_every_active_station_reports_comm_when_the_broker_is_down_from_the_start(

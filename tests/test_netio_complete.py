@@ -3,13 +3,11 @@ inputs, GetDescription and a command with a Delay, against the simulator on a re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kom import load, override_broker
-from kom._backoff import set_testing
 from kom.sim import NetioSimulator
 
 from ._broker import Mosquitto
@@ -18,12 +16,7 @@ from ._kom import Collector, start, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "netio-4All-25E0"
 
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 def test_profile_reads_the_device_outputs_and_inputs_and_sends_its_commands(

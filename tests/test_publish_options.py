@@ -3,13 +3,11 @@ comma-separated topic filters, against a real broker with paho as the peer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kom import loads
-from kom._backoff import set_testing
 from kom._cli import main
 from kom._config import Publish
 from kom._core import LineCore
@@ -39,12 +37,7 @@ type = "TxtO"
 publish = {{ topic = "{prefix}/note", payload = "{{value}}", only_changes = false }}
 """
 
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 def _payloads(peer: Publisher, topic: str) -> list[bytes]:
