@@ -35,7 +35,7 @@ _POLLING = (
 )
 
 #: By normalised name (lower case, letters and digits only): the dialog name or keyword.
-MODEL_NAMES: dict[str, ModelName] = {
+MODEL_NAMES: dict[str, ModelName | tuple[ModelName, ...]] = {
     "swt": ModelName("Station Will Topic (SWT)", "will_topic", "station"),
     "stationwilltopic": ModelName("Station Will Topic (SWT)", "will_topic", "station"),
     "swp": ModelName("Station Will Payload (SWP)", "will_payload", "station"),
@@ -49,7 +49,12 @@ MODEL_NAMES: dict[str, ModelName] = {
     "cleansessionflag": ModelName("Clean Session Flag", "clean_session", "line"),
     "timefieldname": ModelName("Time Field Name", "time_field", "line"),
     "willflag": ModelName("Will Flag", "will", "line", "a [line.will] table turns it on"),
-    "willtopic": ModelName("Will Topic", "will", "line", "the line's will is `will.topic`"),
+    # In a station, "Will Topic" is the device's will (SWT); in the line, kom's own will.
+    "willtopic": (
+        ModelName("Station Will Topic (SWT)", "will_topic", "station"),
+        ModelName("Will Topic", "will", "line", "the line's will is `will.topic`"),
+    ),
+    "willpayload": ModelName("Station Will Payload (SWP)", "will_payload", "station"),
     "willmessage": ModelName("Will Message", "will", "line", "the line's will is `will.message`"),
     "willqos": ModelName("Will QoS", "will", "line", "the line's will is `will.qos`"),
     "willretain": ModelName("Will Retain", "will", "line", "the line's will is `will.retain`"),
@@ -68,9 +73,11 @@ def model_hint(key: str, keys: Iterable[str]) -> str:
     a kom equivalent says why.
     """
     keys = frozenset(keys)
-    name = MODEL_NAMES.get(_normal(key))
-    if name is None or key in keys:
+    found = MODEL_NAMES.get(_normal(key))
+    if found is None or key in keys:
         return ""
+    names = (found,) if isinstance(found, ModelName) else found
+    name = next((n for n in names if n.key in keys), names[0])
     if name.key is None:
         return f" (the model's {name.title}: {name.why}; see {DOCS})"
     if name.key in keys:

@@ -7,7 +7,14 @@ import textwrap
 
 import pytest
 
-from kom._advice import MODEL_NAMES, config_warnings, model_hint, regex_problem, type_hint
+from kom._advice import (
+    MODEL_NAMES,
+    ModelName,
+    config_warnings,
+    model_hint,
+    regex_problem,
+    type_hint,
+)
 from kom._config import LINE_KEYS, STATION_KEYS, TAG_KEYS, loads
 from kom._errors import ConfigError
 
@@ -55,6 +62,8 @@ def station(address: str, *tags: str, extra: str = "") -> str:
         ),
         ("max_wait_retry", "line", "docs/configuration.md#the-models-names"),
         ('"Full Debug"', "line", "did you mean 'debug'?"),
+        ('"Will Topic"', "station", "did you mean 'will_topic'?"),
+        ('"Will Topic"', "line", "did you mean 'will'? it is the model's Will Topic"),
     ],
 )
 def test_the_models_names_are_answered(key: str, table: str, expected: str) -> None:
@@ -68,12 +77,13 @@ def test_the_models_names_are_answered(key: str, table: str, expected: str) -> N
 def test_every_model_name_points_at_a_key_that_exists() -> None:
     """Each model name maps to a key of its table, or explains why kom has none."""
     tables = {"line": LINE_KEYS, "station": STATION_KEYS, "tag": TAG_KEYS}
-    for normal, name in MODEL_NAMES.items():
+    for normal, found in MODEL_NAMES.items():
         assert re.fullmatch(r"[a-z0-9]+", normal)
-        if name.key is None:
-            assert name.why
-        else:
-            assert name.key in tables[name.table], name
+        for name in (found,) if isinstance(found, ModelName) else found:
+            if name.key is None:
+                assert name.why
+            else:
+                assert name.key in tables[name.table], name
 
 
 def test_a_kom_key_or_an_unrelated_key_gets_no_model_hint() -> None:
