@@ -331,3 +331,15 @@ def test_no_message_raises(kind: str, device: str | None, data: bytes, seq: int 
         data += bytes([0x18, seq])  # field 3 (seq), varint
     out = c.process(Message(topic, data, T0))
     assert all(u.tag.startswith(("node.", "pump.")) for u in out.updates)
+
+
+def test_counters_of_bad_payloads_and_commands() -> None:
+    """A bad payload is its station's message and a decode error; other hosts' NCMDs are ignored."""
+    c = core()
+    out = c.process(Message("spBv1.0/plant/NDATA/edge1", b"\xff\xff", T0))
+    assert (out.station.name if out.station else None, out.route.rule) == ("node", "sparkplug")
+    assert (c.counters.decode_errors, c.counters.routed) == (1, 1)
+    assert c.station_counters["node"].decode_errors == 1
+    out = c.process(Message("spBv1.0/plant/NCMD/edge1", b"", T0))
+    assert out.station is None
+    assert c.counters.ignored == 1

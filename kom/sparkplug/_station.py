@@ -174,28 +174,40 @@ class SparkplugLine:
         if topic is None:  # STATE of host applications, or not Sparkplug at all
             counters.ignored += 1
             return Processed([], True, None, _UNROUTED)
+        errors = self.host.decode_errors
         outcome = self.host.receive(topic, msg.payload, msg.received)
+        bad_payload = self.host.decode_errors != errors
+        if bad_payload:
+            counters.decode_errors += 1
+        if outcome.ignored:  # NCMD/DCMD: other hosts' commands
+            counters.ignored += 1
+            return Processed([], True, None, _UNROUTED)
         if outcome.problems:
             self.problems.extend(
                 p if p.startswith(PREFIX) else f"{msg.topic}: {p}" for p in outcome.problems
             )
             del self.problems[:-100]
-            if outcome.rebirth is None and not outcome.events:
-                counters.decode_errors += 1
         if outcome.rebirth is not None:
             self.outgoing.append((*outcome.rebirth, 0, False))
         updates: list[Update] = []
-        first: Station | None = None
+        first: int | None = None
         for event in outcome.events:
             for index in self._stations_of(event):
-                station = core.stations[index]
-                first = first or station
-                updates.extend(self._apply(core, station, event, msg))
+                if first is None:
+                    first = index
+                updates.extend(self._apply(core, core.stations[index], event, msg))
+        if first is None:
+            # Nothing to hand out (a bad payload, an unborn node): still its station's message.
+            first = next(iter(self.by_key.get(topic.key, ())), None)
+            if first is not None:
+                sc = core.station_counters[core.stations[first].name]
+                sc.received += 1
+                sc.decode_errors += bad_payload
         if first is None:
             counters.unrouted += 1
             return Processed(updates, True, None, _UNROUTED)
         counters.routed += 1
-        return Processed(updates, True, first, Route(core.stations.index(first), _RULE, {}))
+        return Processed(updates, True, core.stations[first], Route(first, _RULE, {}))
 
     def _stations_of(self, event: Event) -> list[int]:
         found = list(self.by_key.get(event.key, ()))
