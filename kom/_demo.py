@@ -126,6 +126,8 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if plain:
+            _plain_status(view, out, _SPARKPLUG_PICKS)  # the births after the edge node's return
         sim.stop()
         kom.close()
         writer.close()
@@ -191,6 +193,7 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
             live = Live(view.render(), refresh_per_second=4)
             live.start()
         last_print = 0.0
+        shown = 0  # events printed so far (plain output)
         while (elapsed := time.monotonic() - start) < duration:
             for at in [at for at in steps if elapsed >= at]:
                 step = steps.pop(at)
@@ -211,7 +214,8 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
                     sim = EdgeNodeSimulator("127.0.0.1", broker.port, period=1.0)
                     sim.start()
                 if plain:
-                    print("  " + "\n  ".join(view.events[-2:]), file=out)
+                    print("  " + "\n  ".join(view.events[shown:]), file=out)
+                    shown = len(view.events)
             if live is not None:
                 live.update(view.render())
             elif elapsed - last_print >= 2.0:
