@@ -126,8 +126,6 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if plain:
-            _plain_status(view, out, _SPARKPLUG_PICKS)  # the births after the edge node's return
         sim.stop()
         kom.close()
         writer.close()
@@ -178,7 +176,7 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
     broker, kom, writer, view = _setup(SPARKPLUG_PROFILE, "Sparkplug B edge node", duration, db)
     sim = EdgeNodeSimulator("127.0.0.1", broker.port, period=1.0)
     writes_ok = 0
-    steps = {duration * 0.4: "write", duration * 0.6: "death", duration * 0.75: "back"}
+    steps = {duration * 0.4: "write", duration * 0.6: "death"}
     start = time.monotonic()
     live = None
     try:
@@ -206,13 +204,12 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
                         view.note(f"write completed (QoS {result.qos}) on {result.topic}")
                     except (WriteError, TimeoutError) as exc:
                         view.note(f"write failed: {exc}")
-                elif step == "death":
-                    view.note("the edge node drops off the broker: its NDEATH will arrives")
-                    sim.stop(abrupt=True)
                 else:
-                    view.note("the edge node is back: its BIRTHs make the tags valid again")
-                    sim = EdgeNodeSimulator("127.0.0.1", broker.port, period=1.0)
-                    sim.start()
+                    view.note(
+                        "the edge node drops off the broker: its NDEATH will arrives; "
+                        f"it is back in {duration * 0.15:.1f} s with new BIRTHs"
+                    )
+                    sim.drop(pause=duration * 0.15)
                 if plain:
                     print("  " + "\n  ".join(view.events[shown:]), file=out)
                     shown = len(view.events)
@@ -228,6 +225,8 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
         if live is not None:
             live.update(view.render())
             live.stop()
+        if plain:
+            _plain_status(view, out, _SPARKPLUG_PICKS)  # the births after the edge node's return
         sim.stop()
         kom.close()
         writer.close()

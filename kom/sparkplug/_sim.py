@@ -228,6 +228,8 @@ class EdgeNodeSimulator:
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._abrupt = False
+        self._dropping = threading.Event()
+        self._pause = RETRY_DELAY
         self._thread: threading.Thread | None = None
         self.connections = 0
         self.published = 0
@@ -250,6 +252,12 @@ class EdgeNodeSimulator:
         if self._thread is not None:
             self._thread.join(JOIN_TIMEOUT)
 
+    def drop(self, pause: float = 1.0) -> None:
+        """Lose the connection without DISCONNECT, as a cut cable does (the broker publishes
+        the NDEATH will), and come back after `pause` seconds: a new session, bdSeq + 1."""
+        self._pause = pause
+        self._dropping.set()
+
     def skip_seq(self, by: int = 1) -> None:
         """The next message's seq jumps by `by` (as if messages were lost)."""
         with self._lock:
@@ -270,7 +278,8 @@ class EdgeNodeSimulator:
                 self.last_error = repr(exc)
                 log.exception("sparkplug sim: %r", exc)
             self._connected.clear()
-            self._stopping.wait(RETRY_DELAY)
+            self._stopping.wait(self._pause)
+            self._pause = RETRY_DELAY
 
     def _session(self) -> None:
         model = self.model
@@ -303,7 +312,7 @@ class EdgeNodeSimulator:
         self._send(client, births)
         self._connected.set()
         next_step = time.monotonic() + self.period
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._dropping.is_set():
             if client.loop(0.05) != paho.MQTT_ERR_SUCCESS:
                 self.last_error = "connection lost"
                 return
@@ -317,7 +326,8 @@ class EdgeNodeSimulator:
                     next_step += self.period
                     out += model.step(now)
             self._send(client, out)
-        if self._abrupt:
+        if self._abrupt or self._dropping.is_set():
+            self._dropping.clear()
             sock: Any = client.socket()
             if sock is not None:
                 sock.close()  # no DISCONNECT: the broker publishes the NDEATH will
