@@ -234,3 +234,19 @@ def test_check_shows_the_sparkplug_routing(tmp_path: Path) -> None:
     out = done.stdout.decode()
     assert "    spb    'plant/edge1/pump1' -> pump1" in out
     assert "sparkplug host application 'kom'" in out
+
+
+def test_dropped_node_comes_back_valid(broker: Mosquitto, running: tuple[Kom, Collector]) -> None:
+    """A dropped edge node's will invalidates its tags; its new births (bdSeq + 1) restore them."""
+    kom, collector = running
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "tank1.mode")) >= 1)
+        sim.drop(pause=0.5)
+        collector.wait(lambda us: any(u.reason is Reason.WILL for u in collector.of("tank1.mode")))
+        collector.wait(lambda us: len(valid(collector, "tank1.mode")) >= 2)
+        assert collector.of("tank1.mode")[-1].valid
+        sparkplug = kom.lines["line"].core.sparkplug
+        assert sparkplug is not None
+        node = sparkplug.host.nodes["plant", "edge1"]
+        assert (node.born, node.bd_seq, node.births, node.deaths) == (True, 1, 2, 1)
