@@ -29,6 +29,7 @@ from ._address import (
     parse_address,
     parse_json_address,
 )
+from ._binary import ENCODINGS
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
@@ -119,6 +120,9 @@ class LineConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     outbox: str | None = None
+    #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
+    max_future: float | None = None
+    max_past: float | None = None
 
     @property
     def effective_clean_session(self) -> bool:
@@ -144,6 +148,8 @@ class TagConfig:
     processing: Processing = attrs.field(factory=Processing)
     publish: Publish | None = None
     default: Value = None
+    #: BIN= only: how the bytes are written (SPEC §15): base64, hex, or raw (BIN=$ only).
+    encoding: str | None = None
 
 
 @attrs.frozen
@@ -157,6 +163,12 @@ class StationConfig:
     mode: Mode = "on"
     payload_type: Literal["text", "json"] | None = None
     regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
+    #: SPEC §16: seconds without a message before the input tags turn `stale`.
+    stale_after: float | None = None
+    #: The line's, unless the station gives its own (SPEC §16, §2 time_zone).
+    max_future: float | None = None
+    max_past: float | None = None
+    time_zone: Zone | None = None
 
     def tag(self, name: str) -> TagConfig | None:
         for tag in self.tags:
@@ -231,10 +243,13 @@ LINE_KEYS = frozenset(
         "reconnect_min",
         "reconnect_max",
         "outbox",
+        "max_future",
+        "max_past",
     }
 )
 STATION_KEYS = frozenset(
     {"name", "line", "address", "will_topic", "will_payload", "mode", "payload_type", "tag"}
+    | {"stale_after", "max_future", "max_past", "time_zone"}
 )
 TAG_KEYS = frozenset(
     {
@@ -252,6 +267,7 @@ TAG_KEYS = frozenset(
         "limits",
         "deadband",
         "on_change",
+        "encoding",
     }
 )
 
@@ -361,6 +377,18 @@ def _non_negative(value: float) -> str | None:
     if math.isfinite(value) and value >= 0:
         return None
     return f"expected a finite number >= 0, found {value!r}"
+
+
+def _positive(value: float) -> str | None:
+    if math.isfinite(value) and value > 0:
+        return None
+    return f"expected a number of seconds > 0, found {value!r}"
+
+
+def _seconds(t: _Table, key: str) -> float | None:
+    """An optional duration in seconds, above zero (SPEC §16 keys: absent means off)."""
+    value = t.get(key, (int, float), None, _positive)
+    return None if value is None else float(value)
 
 
 def _nearest(key: str, keys: frozenset[str]) -> str | None:
@@ -567,6 +595,8 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_min=reconnect_min if reconnect_min is not None else 0.5,
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
     )
 
 
@@ -724,7 +754,7 @@ class _Memo:
 
     def __init__(self) -> None:
         self.tags: dict[tuple[Any, ...], TagConfig] = {}
-        self.tables: dict[tuple[str, int, str], tuple[TagConfig, ...]] = {}
+        self.tables: dict[tuple[str, int, str, str], tuple[TagConfig, ...]] = {}
 
 
 def _read_station(
@@ -759,15 +789,17 @@ def _read_station(
             regex = re.compile(address)
         except re.error:
             regex = None  # not a regular expression: the address can still match exactly
+    time_zone = _read_zone(t)
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
-    table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
+    zone = time_zone or (line.time_zone if line else Zone.parse("local"))
+    table = (repr(raw_tags), id(line), effective_payload, zone.text) if raw_tags else None
     shared = memo.tables.get(table) if table is not None else None
     if shared is not None:
         tags = list(shared)
     else:
         tags = _read_tags(
-            t, raw_tags, line, regex, memo, payload_type=effective_payload, table=table
+            t, raw_tags, line, regex, memo, payload_type=effective_payload, table=table, zone=zone
         )
     if name is None or address is None or (line is None and line_list):
         return None
@@ -781,7 +813,23 @@ def _read_station(
         mode=mode,
         payload_type=payload_type,
         regex=regex,
+        stale_after=_seconds(t, "stale_after"),
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
+        time_zone=time_zone,
     )
+
+
+def _read_zone(t: _Table) -> Zone | None:
+    """A station's own `time_zone` (overrides the line's), or None."""
+    text = t.get("time_zone", str, None)
+    if text is None:
+        return None
+    try:
+        return Zone.parse(text)
+    except TimeMaskError as exc:
+        t.error("time_zone", str(exc))
+        return None
 
 
 def _read_tags(
@@ -792,7 +840,8 @@ def _read_tags(
     memo: _Memo,
     *,
     payload_type: str,
-    table: tuple[str, int, str] | None,
+    table: tuple[str, int, str, str] | None,
+    zone: Zone,
 ) -> list[TagConfig]:
     """A station's tags, each read (or taken from `memo`), and checked together.
 
@@ -806,12 +855,12 @@ def _read_tags(
         if not isinstance(item, dict):
             t.errors.add(path, f"expected a table, found {_show(item)}")
             continue
-        key = _memo_key(item, line, payload_type)
+        key = _memo_key(item, line, payload_type, zone)
         shareable = shareable and key is not None
         tag = memo.tags.get(key) if key is not None else None
         if tag is None:
             before = len(t.errors.items)
-            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type)
+            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type, zone)
             if tag is None:
                 continue
             if key is not None and len(t.errors.items) == before:
@@ -826,7 +875,7 @@ def _read_tags(
 
 
 def _memo_key(
-    item: Mapping[str, Any], line: LineConfig | None, payload_type: str
+    item: Mapping[str, Any], line: LineConfig | None, payload_type: str, zone: Zone
 ) -> tuple[Any, ...] | None:
     """The key under which an error-free tag record is shared, or None when it cannot be.
 
@@ -842,7 +891,7 @@ def _memo_key(
     address = item.get("address")
     if isinstance(address, str) and address.lstrip().upper().startswith("TOPIC"):
         return None
-    return (values, id(line), payload_type)
+    return (values, id(line), payload_type, zone.text)
 
 
 def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
@@ -855,7 +904,11 @@ def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
 
 
 def _read_tag(
-    t: _Table, line: LineConfig | None, regex: re.Pattern[str] | None, payload_type: str
+    t: _Table,
+    line: LineConfig | None,
+    regex: re.Pattern[str] | None,
+    payload_type: str,
+    zone: Zone,
 ) -> TagConfig | None:
     name = t.get("name", str, check=_check_name)
     type_text = t.get("type", str)
@@ -882,9 +935,9 @@ def _read_tag(
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
         if address.kind is Kind.TOPIC and (regex is None or address.group not in regex.groupindex):
             t.error("address", f"the station address has no group named {address.group!r}")
+    encoding = _read_encoding(t, address, payload_type)
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
-    zone = line.time_zone if line else Zone.parse("local")
     default: Value = None
     raw_default = t.get("default", (str, int, float, bool), None)
     if raw_default is not None and value_type is not None:
@@ -903,7 +956,28 @@ def _read_tag(
         processing=processing,
         publish=publish,
         default=default,
+        encoding=encoding,
     )
+
+
+def _read_encoding(t: _Table, address: Address | None, payload_type: str) -> str | None:
+    """A BIN= tag's `encoding` (SPEC §15), its default filled in; None for other tags."""
+    binary = address.binary if address is not None else None
+    if binary is None:
+        if "encoding" in t.data and address is not None:
+            t.error("encoding", f"encoding is for BIN= addresses, not {address.kind.value}")
+        return None
+    whole = binary.source is None
+    if whole and payload_type != "text":
+        t.error(
+            "address", 'BIN=$ reads the payload as bytes: give the station payload_type = "text"'
+        )
+    encoding: str = t.choice("encoding", "raw" if whole else "base64", ENCODINGS) or "base64"
+    if encoding == "raw" and not whole:
+        t.error(
+            "encoding", "'raw' is for BIN=$ (the payload itself); a JSON field is base64 or hex"
+        )
+    return encoding
 
 
 _PROCESSING_KEYS = frozenset({"invert", "scale", "min", "max", "limits", "deadband", "on_change"})

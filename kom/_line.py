@@ -441,6 +441,8 @@ class Line(Events):
             if not alive:
                 break
             problem = self._check_timers(session, time.monotonic())
+            if self.core.staleness is not None:
+                self._check_stale()
             if problem is not None:
                 log.warning("line %s: %s; reconnecting", self.name, problem)
                 self.last_error = problem
@@ -527,6 +529,15 @@ class Line(Events):
                         return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
             self._expire_writes(now)
         return None
+
+    def _check_stale(self) -> None:
+        """SPEC §16: the inputs of stations quiet for their `stale_after` turn invalid."""
+        with self._lock:
+            updates = self.core.stale(self._clock())
+            if updates:
+                self._batch.extend(updates)
+        if updates:
+            self._flush()
 
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
