@@ -56,7 +56,7 @@ _TYPES_TEXT = " ".join(TYPES) + " bit0..bit7"
 #: How the bytes are written: text in a JSON field (base64, hex), or the payload as it is.
 ENCODINGS = ("base64", "hex", "raw")
 
-_LAYOUT = re.compile(r"(\d+):([a-z0-9]+)", re.ASCII)
+_LAYOUT = re.compile(r"(\d+)\s*:\s*([A-Za-z0-9]+)", re.ASCII)
 _BIT = re.compile(r"bit([0-7])", re.ASCII)
 #: Offsets beyond this are a typo, not a field: MQTT payloads stop at 256 MiB.
 MAX_OFFSET = 256 << 20
@@ -102,7 +102,7 @@ def parse_layout(text: str) -> tuple[int, str]:
     m = _LAYOUT.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"expected <offset>:<type> after '@' (like 0:u16be), found {text!r}")
-    offset, kind = int(m.group(1)), m.group(2)
+    offset, kind = int(m.group(1)), m.group(2).lower()  # keywords are read in any case
     if offset > MAX_OFFSET:
         raise ValueError(f"offset {offset} is beyond any payload ({MAX_OFFSET} bytes)")
     if kind not in TYPES and _BIT.fullmatch(kind) is None:
