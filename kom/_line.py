@@ -32,6 +32,7 @@ from ._mqtt import Events, RawMessage, Session
 from ._outbox import Outbox
 from ._publish import render
 from ._station import Message, StationState
+from ._timemask import Zone
 from ._topic import check_topic
 
 log = logging.getLogger("kom.line")
@@ -786,7 +787,7 @@ class Line(Events):
             _complete(future, WriteResult(full, None, None, local=True))
             return
         if station.state is StationState.SIMULATION:
-            converted = self._convert(tag.type, value, full)
+            converted = self._convert(tag.type, value, full, station.config.time_zone)
             update = Update(
                 full,
                 converted,
@@ -802,7 +803,7 @@ class Line(Events):
             return
         if not tag.type.is_output:
             raise WriteError(f"{full}: {tag.type.value} is not an output type", full, "not-output")
-        converted = self._convert(tag.type, value, full)
+        converted = self._convert(tag.type, value, full, station.config.time_zone)
         if kind is Kind.OUT_TOPIC:
             station.output_values[tag_name] = converted
             _complete(future, WriteResult(full, None, None, local=True))
@@ -826,10 +827,13 @@ class Line(Events):
             raise WriteError(f"{full}: {problem}", full, "topic")
         self._publish(future, full, topic, payload)
 
-    def _convert(self, value_type: ValueType, value: object, full: str) -> Value:
+    def _convert(
+        self, value_type: ValueType, value: object, full: str, zone: Zone | None = None
+    ) -> Value:
+        """A written value as the tag's type; `zone` is the station's own, when it has one."""
         try:
             return parse_write_value(
-                value_type, value, self.config.time_mask, self.config.time_zone
+                value_type, value, self.config.time_mask, zone or self.config.time_zone
             )
         except ConversionError as exc:
             raise WriteError(f"{full}: {exc}", full, "rejected") from exc

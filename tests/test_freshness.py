@@ -513,3 +513,16 @@ address = "JA=v"
         seen = [(u.value, u.reason) for u in got.of("dev.v")]
         assert seen[:4] == [(1.5, None), (None, Reason.STALE), (2.5, None), (None, Reason.STALE)]
         assert kom.counters()["line"].stale >= 2
+
+
+def test_written_time_is_read_in_the_station_zone() -> None:
+    """A ToA write without an offset is read in the station's own time zone."""
+    cfg = loads(
+        '[line]\nhost = "b"\ntime_zone = "+01:00"\n'
+        '[[station]]\nname = "s"\naddress = "s"\nmode = "simulation"\ntime_zone = "-05:00"\n'
+        '[[station.tag]]\nname = "at"\ntype = "ToA"\npublish = { topic = "s/set" }\n'
+    )
+    batches: list[Batch] = []
+    line = Line(cfg.lines[0], cfg.stations, batches.append)
+    line.write("s", "at", "2026-11-22 10:00:00.000").result(5)
+    assert [u.value for b in batches for u in b.updates] == [at(5 * 3600)]
