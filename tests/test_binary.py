@@ -24,15 +24,11 @@ from kom._errors import ConfigError
 from kom._model import Reason, Value
 from kom._station import Message
 
+from .test_decode import core_of, values
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 T0 = datetime(2026, 11, 22, 10, 0, 0, 600_000, tzinfo=UTC)
-
-
-def core_of(text: str) -> LineCore:
-    """The core of the (only) line of a dedented configuration."""
-    cfg = loads(textwrap.dedent(text))
-    return LineCore(cfg.lines[0], cfg.stations_of(cfg.lines[0].name))
 
 
 def as_is(raw: object) -> Value:
@@ -42,8 +38,7 @@ def as_is(raw: object) -> Value:
 
 def results(core: LineCore, topic: str, payload: bytes) -> dict[str, Value | Reason | None]:
     """Each tag's value, or its reason when invalid, for one message."""
-    updates = core.process(Message(topic, payload, T0)).updates
-    return {u.tag.split(".", 1)[1]: u.value if u.valid else u.reason for u in updates}
+    return values(core.process(Message(topic, payload, T0)).updates)
 
 
 # --- the address -------------------------------------------------------------------------

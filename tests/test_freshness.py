@@ -18,12 +18,13 @@ from kom._core import LineCore
 from kom._errors import ConfigError
 from kom._freshness import StaleClock, time_bounds
 from kom._line import Batch, Line
-from kom._model import Update, Value
 from kom._mqtt import RawMessage
 from kom._station import Message, StationState
 
 from ._broker import Mosquitto
 from ._kom import Collector, Publisher, config, start
+from .test_decode import core_of
+from .test_decode import values as results
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -31,17 +32,6 @@ T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 def at(seconds: float) -> datetime:
     """The instant `seconds` after T0."""
     return T0 + timedelta(seconds=seconds)
-
-
-def core_of(text: str) -> LineCore:
-    """The core of the (only) line of a dedented configuration."""
-    cfg = loads(textwrap.dedent(text))
-    return LineCore(cfg.lines[0], cfg.stations_of(cfg.lines[0].name))
-
-
-def results(updates: list[Update]) -> dict[str, Value | Reason | None]:
-    """Each tag's value, or its reason when invalid."""
-    return {u.tag.split(".", 1)[1]: u.value if u.valid else u.reason for u in updates}
 
 
 # --- time_bounds ------------------------------------------------------------------------------
