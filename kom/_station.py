@@ -175,12 +175,12 @@ class Decoder:
                                     # SPEC §16: a time far from now is as bad as none.
                                     failure = (Reason.TIME, problem)
                                     ts, traw = received, _NO_TIME
-        if self._payload_slot >= 0:
-            # BIN=$ tags read the payload's bytes, one slot after the JSON values.
+        elif self._payload_slot >= 0:
+            # BIN=$ tags (text stations only) read the payload's own bytes (SPEC §15).
             if too_big is not None:
-                failure = failure or too_big
-            elif failure is None:
-                raws = [*raws, payload]
+                failure = too_big
+            else:
+                raws = (payload,)
         updates: list[Update] = []
         append = updates.append
         topic = msg.topic
@@ -429,8 +429,8 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
         paths.append(line.time_field)
     read_many = compile_many(paths) if paths else None
     payload_slot = -1
-    if whole:
-        payload_slot = len(paths)
+    if whole and not json:  # the configuration allows BIN=$ on text stations alone
+        payload_slot = 0  # no JSON values: the payload is the only one
         middle = [
             r._replace(slot=payload_slot) if r.kind is Kind.BINARY and r.slot < 0 else r
             for r in middle
