@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kom import Reason
-from kom._backoff import set_testing
 from kom._config import loads
 from kom._core import LineCore
 from kom._errors import ConfigError
@@ -465,14 +463,7 @@ def test_missing_time_warning(line: str, warned: bool, caplog: pytest.LogCapture
 # --- against a real broker ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
-
-
-@pytest.mark.usefixtures("_no_backoff")
+@pytest.mark.usefixtures("no_backoff")
 def test_stale_against_a_real_broker(broker: Mosquitto, topic_prefix: str) -> None:
     """A silent station's inputs turn `stale` once, and the next message restores them."""
     body = f"""
