@@ -1010,8 +1010,9 @@ def _read_encoding(t: _Table, address: Address | None, payload_type: str) -> str
     """A BIN= tag's `encoding` (SPEC §15), its default filled in; None for other tags."""
     binary = address.binary if address is not None else None
     if binary is None:
-        if "encoding" in t.data and address is not None:
-            t.error("encoding", f"encoding is for BIN= addresses, not {address.kind.value}")
+        if "encoding" in t.data:
+            found = address.kind.value if address is not None else "a tag without an address"
+            t.error("encoding", f"encoding is for BIN= addresses, not {found}")
         return None
     whole = binary.source is None
     if whole and payload_type != "text":

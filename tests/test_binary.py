@@ -321,6 +321,10 @@ def test_whole_payload_on_a_text_station() -> None:
         ('address = "BIN=d@0:u8"\nencoding = "raw"', "'raw' is for BIN=$"),
         ('address = "BIN=d@0:u8"\nencoding = "base32"', "expected one of 'base64', 'hex', 'raw'"),
         ('address = "JA=d"\nencoding = "hex"', "encoding is for BIN= addresses, not JA="),
+        (
+            'publish = { topic = "x" }\nencoding = "hex"',
+            "encoding is for BIN= addresses, not a tag without an address",
+        ),
     ],
 )
 def test_configuration_errors(tag: str, message: str) -> None:
@@ -334,7 +338,7 @@ def test_configuration_errors(tag: str, message: str) -> None:
     address = "up"
     [[station.tag]]
     name = "t"
-    type = "Ci"
+    type = "Co"
     {tag}
     """
     with pytest.raises(ConfigError) as info:
