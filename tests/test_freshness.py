@@ -6,6 +6,7 @@ import logging
 import textwrap
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -507,3 +508,12 @@ def test_written_time_is_read_in_the_station_zone() -> None:
     line = Line(cfg.lines[0], cfg.stations, batches.append)
     line.write("s", "at", "2026-11-22 10:00:00.000").result(5)
     assert [u.value for b in batches for u in b.updates] == [at(5 * 3600)]
+
+
+def test_time_bounds_change_without_reconnecting() -> None:
+    """A reload that changes only max_future / max_past keeps the line's session."""
+    from kom._client import _same_connection
+
+    line = loads('[line]\nhost = "b"\nmax_future = 60\n').lines[0]
+    assert _same_connection(line, attrs.evolve(line, max_future=5.0, max_past=3600.0))
+    assert not _same_connection(line, attrs.evolve(line, keep_alive=30))
