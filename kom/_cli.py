@@ -17,7 +17,8 @@ from pathlib import Path
 import attrs
 import orjson
 
-from ._config import Config, LineConfig, StationConfig, load
+from ._address import format_json_address
+from ._config import Config, LineConfig, StationConfig, TagConfig, load
 from ._errors import ConfigError, KomError, WriteError
 from ._model import Update
 from ._router import literal_prefix
@@ -211,7 +212,20 @@ def _print_line(line: LineConfig) -> None:
 
 def _print_station(station: StationConfig) -> None:
     will = f", will {station.will_topic!r}" if station.will_topic else ""
-    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}")
+    # SPEC §16 and the station's own time zone, when it has them.
+    times = [
+        f"{key.replace('_', ' ')} {value:g} s"
+        for key, value in (
+            ("stale_after", station.stale_after),
+            ("max_future", station.max_future),
+            ("max_past", station.max_past),
+        )
+        if value is not None
+    ]
+    if station.time_zone is not None:
+        times.append(f"time zone {station.time_zone.text}")
+    extra = "".join(f", {t}" for t in times)
+    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}{extra}")
     for tag in station.tags:
         where = (
             tag.address.text
@@ -220,6 +234,11 @@ def _print_station(station: StationConfig) -> None:
         )
         unit = f" [{tag.unit}]" if tag.unit else ""
         print(f"    {tag.name:<24} {tag.type.value:<5} {where}{unit}")
+        binary = tag.address.binary if tag.address else None
+        if binary is not None:  # SPEC §15: what a BIN= address reads, in words
+            print(
+                f"    {'':<24} {'':<5} = {binary.describe(tag.encoding or 'base64', _source(tag))}"
+            )
 
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
@@ -271,9 +290,46 @@ def cmd_route(args: argparse.Namespace) -> int:
     if processed.route.groups:
         print("  groups: " + ", ".join(f"{k}={v!r}" for k, v in processed.route.groups.items()))
     units = {f"{s.name}.{t.name}": t.unit for s in config.stations for t in s.tags}
+    notes = binary_notes(processed.station.config, payload) if processed.station else {}
     for u in processed.updates:
         print("  " + describe(u, units.get(u.tag)))
+        if u.tag in notes:
+            print(f"      read {notes[u.tag]}")
     return EXIT_OK
+
+
+def _source(tag: TagConfig) -> str:
+    """Where a BIN= tag's bytes come from, in words."""
+    binary = tag.address.binary if tag.address else None
+    if binary is None or binary.source is None:
+        return "the payload"
+    return f"the JSON field {format_json_address(binary.source)}"
+
+
+def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
+    """The bytes each BIN= tag of `station` reads from `payload`, by full tag name (SPEC §15)."""
+    from ._address import MISSING
+    from ._binary import trace
+
+    notes: dict[str, str] = {}
+    doc: object = MISSING
+    for tag in station.tags:
+        binary = tag.address.binary if tag.address else None
+        if binary is None or tag.address is None:
+            continue
+        if binary.source is None:
+            raw: object = payload
+        else:
+            if doc is MISSING:
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    return notes
+            raw = tag.address.read(doc) if tag.address.read else MISSING
+            if raw is MISSING:
+                continue
+        notes[f"{station.name}.{tag.name}"] = trace(binary, tag.encoding or "base64", raw)
+    return notes
 
 
 def describe(update: Update, unit: str | None = None) -> str:

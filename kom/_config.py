@@ -30,6 +30,7 @@ from ._address import (
     parse_json_address,
 )
 from ._advice import model_hint, regex_problem, type_hint
+from ._binary import ENCODINGS
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
@@ -123,6 +124,9 @@ class LineConfig:
     reconnect_max: float = 30.0
     outbox: str | None = None
     sparkplug_host_id: str | None = None  # SPEC §14: kom publishes its STATE as this host
+    #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
+    max_future: float | None = None
+    max_past: float | None = None
     #: ioBroker-style publishing (seeds/003), the defaults of every output tag of the line.
     publish_only_changes: bool = False
     publish_on_connect: bool = False
@@ -154,6 +158,8 @@ class TagConfig:
     processing: Processing = attrs.field(factory=Processing)
     publish: Publish | None = None
     default: Value = None
+    #: BIN= only: how the bytes are written (SPEC §15): base64, hex, or raw (BIN=$ only).
+    encoding: str | None = None
 
 
 @attrs.frozen
@@ -168,6 +174,12 @@ class StationConfig:
     payload_type: Literal["text", "json", "sparkplug_b"] | None = None
     sparkplug: str | None = None  # SPEC §14: "group/node" or "group/node/device"
     regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
+    #: SPEC §16: seconds without a message before the input tags turn `stale`.
+    stale_after: float | None = None
+    #: The line's, unless the station gives its own (SPEC §16, §2 time_zone).
+    max_future: float | None = None
+    max_past: float | None = None
+    time_zone: Zone | None = None
 
     def tag(self, name: str) -> TagConfig | None:
         for tag in self.tags:
@@ -243,22 +255,15 @@ LINE_KEYS = frozenset(
         "reconnect_max",
         "outbox",
         "sparkplug_host_id",
+        "max_future",
+        "max_past",
         "publish_only_changes",
         "publish_on_connect",
     }
 )
 STATION_KEYS = frozenset(
-    {
-        "name",
-        "line",
-        "address",
-        "will_topic",
-        "will_payload",
-        "mode",
-        "payload_type",
-        "tag",
-        "sparkplug",
-    }
+    {"name", "line", "address", "will_topic", "will_payload", "mode", "payload_type", "tag"}
+    | {"stale_after", "max_future", "max_past", "time_zone", "sparkplug"}
 )
 TAG_KEYS = frozenset(
     {
@@ -276,6 +281,7 @@ TAG_KEYS = frozenset(
         "limits",
         "deadband",
         "on_change",
+        "encoding",
     }
 )
 
@@ -386,6 +392,18 @@ def _non_negative(value: float) -> str | None:
     if math.isfinite(value) and value >= 0:
         return None
     return f"expected a finite number >= 0, found {value!r}"
+
+
+def _positive(value: float) -> str | None:
+    if math.isfinite(value) and value > 0:
+        return None
+    return f"expected a number of seconds > 0, found {value!r}"
+
+
+def _seconds(t: _Table, key: str) -> float | None:
+    """An optional duration in seconds, above zero (SPEC §16 keys: absent means off)."""
+    value = t.get(key, (int, float), None, _positive)
+    return None if value is None else float(value)
 
 
 def _nearest(key: str, keys: frozenset[str]) -> str | None:
@@ -617,6 +635,8 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
         sparkplug_host_id=host_id or None,
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
         publish_only_changes=t.get("publish_only_changes", bool, False),
         publish_on_connect=t.get("publish_on_connect", bool, False),
     )
@@ -792,7 +812,7 @@ class _Memo:
 
     def __init__(self) -> None:
         self.tags: dict[tuple[Any, ...], TagConfig] = {}
-        self.tables: dict[tuple[str, int, str], tuple[TagConfig, ...]] = {}
+        self.tables: dict[tuple[str, int, str, str], tuple[TagConfig, ...]] = {}
 
 
 def _read_station(
@@ -842,13 +862,15 @@ def _read_station(
             # nothing and leave its TOPIC= tags to take the blame.
             t.error("address", regex_problem(address, exc))
             address_ok = False
+    time_zone = _read_zone(t)
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
     if "sparkplug" in t.data:
         effective_payload = "sparkplug_b"
     elif effective_payload == "sparkplug_b":
         t.error("sparkplug", 'required on a sparkplug_b line: "group/node" or "group/node/device"')
-    table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
+    zone = time_zone or (line.time_zone if line else Zone.parse("local"))
+    table = (repr(raw_tags), id(line), effective_payload, zone.text) if raw_tags else None
     shared = memo.tables.get(table) if table is not None else None
     if shared is not None:
         tags = list(shared)
@@ -861,6 +883,7 @@ def _read_station(
             memo,
             payload_type=effective_payload,
             table=table,
+            zone=zone,
             address_ok=address_ok,
         )
     if name is None or address is None or (line is None and line_list):
@@ -876,7 +899,23 @@ def _read_station(
         payload_type=payload_type,
         sparkplug=sparkplug,
         regex=regex,
+        stale_after=_seconds(t, "stale_after"),
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
+        time_zone=time_zone,
     )
+
+
+def _read_zone(t: _Table) -> Zone | None:
+    """A station's own `time_zone` (overrides the line's), or None."""
+    text = t.get("time_zone", str, None)
+    if text is None:
+        return None
+    try:
+        return Zone.parse(text)
+    except TimeMaskError as exc:
+        t.error("time_zone", str(exc))
+        return None
 
 
 def _read_tags(
@@ -887,7 +926,8 @@ def _read_tags(
     memo: _Memo,
     *,
     payload_type: str,
-    table: tuple[str, int, str] | None,
+    table: tuple[str, int, str, str] | None,
+    zone: Zone,
     address_ok: bool = True,
 ) -> list[TagConfig]:
     """A station's tags, each read (or taken from `memo`), and checked together.
@@ -902,13 +942,18 @@ def _read_tags(
         if not isinstance(item, dict):
             t.errors.add(path, f"expected a table, found {_show(item)}")
             continue
-        key = _memo_key(item, line, payload_type)
+        key = _memo_key(item, line, payload_type, zone)
         shareable = shareable and key is not None
         tag = memo.tags.get(key) if key is not None else None
         if tag is None:
             before = len(t.errors.items)
             tag = _read_tag(
-                _Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type, address_ok
+                _Table(item, path, t.errors, TAG_KEYS),
+                line,
+                regex,
+                payload_type,
+                zone,
+                address_ok=address_ok,
             )
             if tag is None:
                 continue
@@ -924,7 +969,7 @@ def _read_tags(
 
 
 def _memo_key(
-    item: Mapping[str, Any], line: LineConfig | None, payload_type: str
+    item: Mapping[str, Any], line: LineConfig | None, payload_type: str, zone: Zone
 ) -> tuple[Any, ...] | None:
     """The key under which an error-free tag record is shared, or None when it cannot be.
 
@@ -940,7 +985,7 @@ def _memo_key(
     address = item.get("address")
     if isinstance(address, str) and address.lstrip().upper().startswith("TOPIC"):
         return None
-    return (values, id(line), payload_type)
+    return (values, id(line), payload_type, zone.text)
 
 
 def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
@@ -959,6 +1004,8 @@ def _read_tag(
     line: LineConfig | None,
     regex: re.Pattern[str] | None,
     payload_type: str,
+    zone: Zone,
+    *,
     address_ok: bool = True,
 ) -> TagConfig | None:
     name = t.get("name", str, check=_check_name)
@@ -999,9 +1046,9 @@ def _read_tag(
             and (regex is None or address.group not in regex.groupindex)
         ):
             t.error("address", f"the station address has no group named {address.group!r}")
+    encoding = _read_encoding(t, address, payload_type)
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
-    zone = line.time_zone if line else Zone.parse("local")
     default: Value = None
     raw_default = t.get("default", (str, int, float, bool), None)
     if raw_default is not None and value_type is not None:
@@ -1020,7 +1067,29 @@ def _read_tag(
         processing=processing,
         publish=publish,
         default=default,
+        encoding=encoding,
     )
+
+
+def _read_encoding(t: _Table, address: Address | None, payload_type: str) -> str | None:
+    """A BIN= tag's `encoding` (SPEC §15), its default filled in; None for other tags."""
+    binary = address.binary if address is not None else None
+    if binary is None:
+        if "encoding" in t.data:
+            found = address.kind.value if address is not None else "a tag without an address"
+            t.error("encoding", f"encoding is for BIN= addresses, not {found}")
+        return None
+    whole = binary.source is None
+    if whole and payload_type != "text":
+        t.error(
+            "address", 'BIN=$ reads the payload as bytes: give the station payload_type = "text"'
+        )
+    encoding: str = t.choice("encoding", "raw" if whole else "base64", ENCODINGS) or "base64"
+    if encoding == "raw" and not whole:
+        t.error(
+            "encoding", "'raw' is for BIN=$ (the payload itself); a JSON field is base64 or hex"
+        )
+    return encoding
 
 
 _PROCESSING_KEYS = frozenset({"invert", "scale", "min", "max", "limits", "deadband", "on_change"})

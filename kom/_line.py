@@ -34,6 +34,7 @@ from ._outputs import Message as OutputMessage
 from ._outputs import OutputMemory, on_connect, only_changes
 from ._publish import render
 from ._station import Message, StationState
+from ._timemask import Zone
 from ._topic import check_topic
 from .sparkplug._station import state_will
 
@@ -452,6 +453,8 @@ class Line(Events):
             if not alive:
                 break
             problem = self._check_timers(session, time.monotonic())
+            if self.core.staleness is not None:
+                self._check_stale()
             if problem is not None:
                 log.warning("line %s: %s; reconnecting", self.name, problem)
                 self.last_error = problem
@@ -538,6 +541,15 @@ class Line(Events):
                         return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
             self._expire_writes(now)
         return None
+
+    def _check_stale(self) -> None:
+        """SPEC §16: the inputs of stations quiet for their `stale_after` turn invalid."""
+        with self._lock:
+            updates = self.core.stale(self._clock())
+            if updates:
+                self._batch.extend(updates)
+        if updates:
+            self._flush()
 
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
@@ -817,7 +829,7 @@ class Line(Events):
             _complete(future, WriteResult(full, None, None, local=True))
             return
         if station.state is StationState.SIMULATION:
-            converted = self._convert(tag.type, value, full)
+            converted = self._convert(tag.type, value, full, station.config.time_zone)
             update = Update(
                 full,
                 converted,
@@ -833,7 +845,7 @@ class Line(Events):
             return
         if not tag.type.is_output:
             raise WriteError(f"{full}: {tag.type.value} is not an output type", full, "not-output")
-        converted = self._convert(tag.type, value, full)
+        converted = self._convert(tag.type, value, full, station.config.time_zone)
         if kind is Kind.OUT_TOPIC:
             station.output_values[tag_name] = converted
             _complete(future, WriteResult(full, None, None, local=True))
@@ -898,10 +910,13 @@ class Line(Events):
         if messages:
             log.info("line %s: published %d output value(s) on connect", self.name, len(messages))
 
-    def _convert(self, value_type: ValueType, value: object, full: str) -> Value:
+    def _convert(
+        self, value_type: ValueType, value: object, full: str, zone: Zone | None = None
+    ) -> Value:
+        """A written value as the tag's type; `zone` is the station's own, when it has one."""
         try:
             return parse_write_value(
-                value_type, value, self.config.time_mask, self.config.time_zone
+                value_type, value, self.config.time_mask, zone or self.config.time_zone
             )
         except ConversionError as exc:
             raise WriteError(f"{full}: {exc}", full, "rejected") from exc

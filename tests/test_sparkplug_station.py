@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -343,3 +343,21 @@ def test_counters_of_bad_payloads_and_commands() -> None:
     out = c.process(Message("spBv1.0/plant/NCMD/edge1", b"", T0))
     assert out.station is None
     assert c.counters.ignored == 1
+
+
+def test_time_bounds_and_staleness_apply_to_sparkplug_stations() -> None:
+    """max_past makes an old metric time invalid (time); a Sparkplug event keeps a station fresh."""
+    text = CONFIG.replace('name = "pump"\n', 'name = "pump"\nmax_past = 60\nstale_after = 5\n')
+    config = loads(text)
+    c = LineCore(config.lines[0], config.stations)
+    c.connected(1)
+    births(c)
+    old = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+    out = send(c, "DDATA", [Out(None, DataType.Float, 4.5, 10, timestamp=old)], 2, "pump1")
+    (u,) = out.updates
+    assert (u.tag, u.reason) == ("pump.pressure", Reason.TIME)
+    assert "behind the receive time" in (u.detail or "")
+    assert c.stale(T0 + timedelta(seconds=4)) == []
+    stale = c.stale(T0 + timedelta(seconds=6))
+    assert {x.tag for x in stale} >= {"pump.pressure"}
+    assert all(x.reason is Reason.STALE for x in stale)

@@ -23,6 +23,7 @@ from .._errors import ConversionError, WriteError
 from .._model import Quality, Reason, Update, Value, ValueType, new_record
 from .._router import Route, Rule
 from .._station import Decoder, Station, StationState, _Reader, _reader
+from .._timemask import TimeMask, Zone
 from ._host import Event, Host, Kind
 from ._host import Value as MetricReading
 from ._payload import DataType, MetricValue, PayloadError, from_millis, tag_value, to_millis
@@ -64,8 +65,10 @@ class SparkplugDecoder(Decoder):
             if address is None or address.kind is not AddressKind.SPB or tag.type.is_output:
                 continue
             assert address.metric is not None
-            base = _reader(tag, line, -1)
-            reader = base._replace(full=prefix + base.full, convert=_tag_converter(tag, line))
+            zone = station.time_zone or line.time_zone
+            base = _reader(tag, line, -1, zone)
+            convert = _tag_converter(tag, line.time_mask, zone)
+            reader = base._replace(full=prefix + base.full, convert=convert)
             self._metrics.setdefault(address.metric, []).append(reader)
             names.append(reader.full)
         self.input_tags = tuple(names)
@@ -77,15 +80,20 @@ class SparkplugDecoder(Decoder):
         """The updates of the station's tags named by these metrics, in the message's order."""
         updates: list[Update] = []
         append = updates.append
+        check = self._time_check
         for v in values:
             readers = self._metrics.get(v.name)
             if readers is None:
                 continue
+            # SPEC §16: a metric time far from the receive time is as bad as none.
+            too_far = check(v.ts, received) if check is not None else None
             for r in readers:
                 value: Value = None
                 reason: Reason | None = None
                 detail: str | None = None
-                if v.error is not None:
+                if too_far is not None:
+                    reason, detail = Reason.TIME, f"{r.full}: {too_far}"
+                elif v.error is not None:
                     reason, detail = Reason.PARSE, f"{r.full}: {v.error}"
                 elif v.is_null:
                     # Sparkplug 3.0.0 §6.4.6, is_null: the metric has no value now.
@@ -104,10 +112,9 @@ class SparkplugDecoder(Decoder):
         return updates
 
 
-def _tag_converter(tag: TagConfig, line: LineConfig) -> Callable[[object], Value]:
+def _tag_converter(tag: TagConfig, mask: TimeMask, zone: Zone) -> Callable[[object], Value]:
     """A metric value to the tag's type, as from JSON (lists, arrays, become JSON text in text
     tags); absolute times as a written value, which also takes a datetime (DateTime metrics)."""
-    mask, zone = line.time_mask, line.time_zone
     value_type = tag.type
     if value_type.kind != "abstime":
         return converter(value_type, mask, zone)
@@ -195,6 +202,8 @@ class SparkplugLine:
             for index in self._stations_of(event):
                 if first is None:
                     first = index
+                if core.staleness is not None:
+                    core.staleness.seen(index, msg.received)  # SPEC §16
                 updates.extend(self._apply(core, core.stations[index], event, msg))
         if first is None:
             # Nothing to hand out (a bad payload, an unborn node): still its station's message.
