@@ -214,7 +214,7 @@ class Line(Events):
         """New stations and tags on the same session (configuration reload, SPEC §2).
 
         A station whose configuration is unchanged keeps its state, held messages and
-        last values; changed topic filters go out as UNSUBSCRIBE/SUBSCRIBE.
+        last values; changed topic filters go out as SUBSCRIBE, then UNSUBSCRIBE.
         """
         core = LineCore(config, stations)
         with self._lock:
@@ -386,16 +386,20 @@ class Line(Events):
                 new = [f for f in wanted if f not in self._subscribed]
             else:
                 gone, new = [], list(wanted)
-            if gone:
-                mid = session.unsubscribe(gone)
-                self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
+            # The new filters first, then the old ones go: a message published between the
+            # two requests then matches a subscription either way (MQTT 3.1.1 §3.8.4, §3.10.4:
+            # the broker handles one client's packets in order). Overlapping filters may
+            # deliver a message twice meanwhile: at least once, never none.
             if new:
                 mid = session.subscribe(new, self.config.subscribe_qos)
                 self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+            if gone:
+                mid = session.unsubscribe(gone)
+                self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
             self._subscribed = wanted
 
     def change_filters(self, filters: Sequence[str]) -> None:
-        """New topic filters: UNSUBSCRIBE the old and SUBSCRIBE the new on the same session."""
+        """New topic filters: SUBSCRIBE the new, then UNSUBSCRIBE the old, on the same session."""
         with self._lock:
             self._wanted = tuple(filters)
             session = self._session

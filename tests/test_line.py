@@ -124,7 +124,7 @@ def test_a_silent_broker_is_detected_within_ping_interval_plus_reply_timeout(
 def test_filter_change_resubscribes_on_the_same_session(
     broker: Mosquitto, topic_prefix: str
 ) -> None:
-    """Reloading with other topic filters sends UNSUBSCRIBE/SUBSCRIBE without a new connection."""
+    """Reloading with other topic filters sends SUBSCRIBE/UNSUBSCRIBE without a new connection."""
     got = Collector()
     line = _line(broker, topic_prefix, topic_filter=f"{topic_prefix}/a/#")
     body = STATION.format(prefix=topic_prefix)
