@@ -17,7 +17,7 @@ import attrs
 import orjson
 
 from ._config import Config, LineConfig, StationConfig, load
-from ._errors import ConfigError, KomError, WriteError
+from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
 from ._router import literal_prefix
 
@@ -40,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SinkError as exc:
+        # A sink that cannot open (a full disk, a read-only directory): one line, exit 2
+        # before any line connects; a service manager restarts kom once it can write.
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KomError as exc:
