@@ -20,6 +20,7 @@ from ._config import Config, LineConfig, StationConfig, load
 from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
 from ._router import literal_prefix
+from ._topic import overlapping
 
 log = logging.getLogger("kom")
 
@@ -129,6 +130,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  routing (first rule that applies wins):")
         for row in routing_table(stations):
             print(f"    {row}")
+        for a, b in overlapping(list(line.topic_filters)):
+            print(
+                f"  warning: line {line.name}: topic filters {a!r} and {b!r} overlap: a broker "
+                "that sends a copy for each matching subscription makes kom store such a "
+                "message twice (not counted as a duplicate)"
+            )
     return EXIT_OK
 
 

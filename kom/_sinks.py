@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS updates (
     ts TEXT NOT NULL,
     received TEXT NOT NULL,
     topic TEXT,
-    detail TEXT
+    detail TEXT,
+    retained INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS updates_ts ON updates (ts);
 """
@@ -72,7 +73,8 @@ SQLITE_FULL = 13
 SQLITE_IOERR = 10
 
 
-_COLUMNS = "tag, value, quality, reason, ts, received, topic, detail"
+_COLUMNS = "tag, value, quality, reason, ts, received, topic, detail, retained"
+_WIDTH = 9  # parameters a row
 #: Rows a batch statement holds: a batch goes into the smallest that holds it, padded with
 #: rows of zeros that the statement leaves out. One statement a batch: Python's sqlite3 lets
 #: go of the interpreter lock for each step and must take it back after, and with the line's
@@ -80,7 +82,7 @@ _COLUMNS = "tag, value, quality, reason, ts, received, topic, detail"
 #: interval, 5 ms). A few fixed sizes, because preparing a statement of thousands of rows
 #: costs more than binding its rows (4,095 rows: 8 ms to prepare, 3 ms to bind and insert).
 _BUCKETS = tuple(2**k for k in range(4, 14))  # 16 .. 8,192 rows
-_PAD = (0,) * (8 * _BUCKETS[-1])
+_PAD = (0,) * (_WIDTH * _BUCKETS[-1])
 #: Python's sqlite3 binds exact str, int and float parameters directly; anything else (None,
 #: bool, str subclasses) first goes through its adapter lookup, which costs about 0.6 µs a
 #: parameter. So a missing reason or detail is bound as the integer 0, which the statement
@@ -92,10 +94,10 @@ _REASON_TEXT = {reason: reason.value for reason in Reason}
 
 def _insert_many(rows: int) -> str:
     """The statement that inserts up to `rows` rows, leaving out the padding (tag 0)."""
-    values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+    values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
     return (
         f"INSERT INTO updates ({_COLUMNS}) SELECT column1, column2, column3, "
-        "nullif(column4, 0), column5, column6, column7, nullif(column8, 0) "
+        "nullif(column4, 0), column5, column6, column7, nullif(column8, 0), column9 "
         f"FROM (VALUES {values}) WHERE column1 <> 0"
     )
 
@@ -111,7 +113,7 @@ class SqliteSink:
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
         # SQLite's own bound on parameters a statement (32,766 unless built otherwise).
-        most = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8
+        most = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _WIDTH
         self._buckets = [b for b in _BUCKETS if b <= most] or [1]
         self._statements = {b: _insert_many(b) for b in self._buckets}
         self._lock = threading.Lock()
@@ -133,6 +135,10 @@ class SqliteSink:
             db.execute(f"PRAGMA wal_autocheckpoint={max(1, WAL_BYTES // page)}")
             db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(updates)")}
+            if "retained" not in columns:
+                # A table made before the column existed: its rows were not marked.
+                db.execute("ALTER TABLE updates ADD COLUMN retained INTEGER NOT NULL DEFAULT 0")
             if tag_index:
                 db.execute(TAG_INDEX)
         except BaseException:
@@ -168,7 +174,7 @@ class SqliteSink:
         ts_key: object = None
         rx_key: object = None
         ts_text = rx_text = ""
-        for tag, raw, quality, reason, ts, received, topic, detail in updates:
+        for tag, raw, quality, reason, ts, received, topic, detail, retained in updates:
             # The updates of one message share their time objects: format each once.
             if ts is not ts_key:
                 ts_key, ts_text = ts, format_time(ts)
@@ -194,6 +200,7 @@ class SqliteSink:
                     rx_text,
                     topic,
                     _NONE if detail is None else detail,
+                    1 if retained else 0,
                 )
             )
         with self._lock:
@@ -246,7 +253,7 @@ class SqliteSink:
             log.debug("sink sqlite:%s: checkpoint failed: %s", self.path, exc)
 
     def _insert(self, params: list[object], rows: int) -> None:
-        """Insert the rows (8 parameters each) in one transaction."""
+        """Insert the rows (_WIDTH parameters each) in one transaction."""
         db = self._db
         top = self._buckets[-1]
         if rows <= top:
@@ -255,7 +262,8 @@ class SqliteSink:
         db.execute("BEGIN")
         try:
             for start in range(0, rows, top):
-                self._execute(params[8 * start : 8 * (start + top)], min(top, rows - start))
+                chunk = params[_WIDTH * start : _WIDTH * (start + top)]
+                self._execute(chunk, min(top, rows - start))
             db.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk can end the transaction).
@@ -267,7 +275,7 @@ class SqliteSink:
     def _execute(self, params: list[object], rows: int) -> None:
         """One statement for up to the largest bucket's rows, padded to its bucket."""
         size = next(b for b in self._buckets if b >= rows)
-        params.extend(_PAD[: 8 * (size - rows)])
+        params.extend(_PAD[: _WIDTH * (size - rows)])
         self._db.execute(self._statements[size], params)
 
     def close(self) -> None:
@@ -320,6 +328,7 @@ def record(update: Update) -> dict[str, object]:
         "ts": format_time(update.ts),
         "received": format_time(update.received),
         "topic": update.topic,
+        "retained": update.retained,
     }
 
 

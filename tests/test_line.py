@@ -134,6 +134,7 @@ def test_filter_change_resubscribes_on_the_same_session(
         assert broker.connections(client_id) == 1
         kom.reload(config(body, **{**line, "topic_filter": f"{topic_prefix}/b/#"}))
         broker.wait_for_log(f"{client_id} 1 {topic_prefix}/b/#")
+        broker.wait_for_log("Received UNSUBSCRIBE from " + client_id)  # sent after SUBSCRIBE
         pub.publish(f"{topic_prefix}/a/data", '{"v": 1}')
         pub.publish(f"{topic_prefix}/b/data", '{"v": 2}')
         got.wait(lambda us: any(u.tag == "dev.v" for u in us))
