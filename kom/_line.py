@@ -170,6 +170,7 @@ class Line(Events):
         self._early: dict[int, tuple[bool, str]] = {}
         self._requests: dict[int, tuple[str, float]] = {}  # SUBACK/UNSUBACK deadlines
         self._subscribed: tuple[str, ...] = ()
+        self._subscribing: dict[int, tuple[str, ...]] = {}  # filters by SUBSCRIBE mid
         self._wanted = tuple(f.text for f in config.topic_filters)
         # What a kept session holds from an earlier run (see _subscriptions).
         self._held = (
@@ -297,6 +298,7 @@ class Line(Events):
             self._arrivals.clear()
             self._settles.clear()
             self._requests.clear()
+            self._subscribing.clear()
             self._ping_sent = None
             released = self.core.connected(self.generation)
             if released:
@@ -399,6 +401,9 @@ class Line(Events):
             if new:
                 mid = session.subscribe(new, qos)
                 self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+                self._subscribing[mid] = tuple(new)
+            elif session_present and wanted:
+                log.info("line %s: the kept session holds %s", self.name, ", ".join(wanted))
             if gone:
                 mid = session.unsubscribe(gone)
                 self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
@@ -707,15 +712,14 @@ class Line(Events):
     def subscribed(self, mid: int, granted: list[int]) -> None:
         with self._lock:
             self._requests.pop(mid, None)
-        for f, code in zip(self._subscribed, granted, strict=False):
+            filters = self._subscribing.pop(mid, self._subscribed)
+        for f, code in zip(filters, granted, strict=False):
             if code >= 0x80:
                 log.error(
                     "line %s: the broker refused the subscription %r (code %d)", self.name, f, code
                 )
         self._keep_subscriptions(all(code < 0x80 for code in granted))
-        log.info(
-            "line %s: subscribed %s (granted %s)", self.name, ", ".join(self._subscribed), granted
-        )
+        log.info("line %s: subscribed %s (granted %s)", self.name, ", ".join(filters), granted)
 
     def unsubscribed(self, mid: int) -> None:
         with self._lock:

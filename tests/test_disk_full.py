@@ -122,7 +122,7 @@ def test_a_full_disk_holds_the_batch_reports_one_line_and_resumes_when_space_ret
         sink.write(updates(n, 1))  # raises if the sink stalls again
     writer.close()
     stored = rows(db)
-    figures = record(tally("disk full, 1 MiB freed (SQLite sink)", range(4010), stored))
+    figures = record(tally("16 disk full, 1 MiB freed (SQLite sink)", range(4010), stored))
     assert figures.lost == 0
     assert figures.duplicates == 0
     assert not (small_fs / "kom.db-wal").exists() or (
@@ -195,7 +195,7 @@ def test_kom_run_killed_while_the_disk_is_full_loses_nothing(
     full_lines = [line for line in err.decode().splitlines() if "disk full" in line]
     figures = record(
         tally(
-            "disk full, kom run SIGKILL, 1 MiB freed, restart (SQLite)",
+            "16 disk full, kom run SIGKILL, 1 MiB freed, restart (SQLite)",
             sent,
             stored,
             rows_at_full=at_full,

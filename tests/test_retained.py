@@ -21,6 +21,7 @@ from kom._subscriptions import Subscriptions, load, plan, save
 
 from ._broker import Mosquitto
 from ._kom import Collector, Publisher, config, start, text_station, wait_until
+from ._stream import record, tally
 
 RECEIVED = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 JSON_LINE = """
@@ -162,6 +163,17 @@ def test_restart_on_a_kept_session_does_not_store_retained_values_again(
     ]
     extra = [(u.value, u.retained) for u in second.of("extra.data") if u.valid]
     assert extra == [("extra kept", True)]
+    sent = ["kept", "live", "while away", "after", "extra kept"]
+    kept = [u for run in (first, second) for u in run.updates if u.valid]
+    stored = [u.value for u in kept if u.tag.endswith("data")]
+    record(
+        tally(
+            "15 retained values, restart on a kept session (MQTT 3.1.1)",
+            range(len(sent)),
+            [sent.index(v) for v in stored],
+            retained_stored=sum(u.retained for u in kept),
+        )
+    )
     # The first run's SUBSCRIBE, then one for the added filter alone.
     assert _subscribes(broker, client_id) == 2
     assert broker.log().count(f"{client_id} 1 {topic_prefix}/#") == 1

@@ -15,6 +15,7 @@ from kom._outbox import Outbox
 from ._broker import Mosquitto
 from ._kom import Publisher, config, start, text_station, wait_until
 from ._proxy import FaultProxy
+from ._stream import record, tally
 
 pytestmark = pytest.mark.broker
 
@@ -65,4 +66,12 @@ def test_a_write_that_timed_out_during_an_outage_never_arrives(
             wait_until(lambda: len(sub.messages()) >= 2, what="two writes at the subscriber")
             time.sleep(0.5)  # a late copy would come with or just after the others
         payloads = [m.payload for m in sub.messages(f"{topic_prefix}/out")]
+    record(
+        tally(
+            f"14 write timed out during an outage{' (outbox)' if outbox else ''}",
+            [1, 2],
+            [{b"doomed": 0, b"kept": 1, b"after": 2}[p] for p in payloads],
+            failed_then_sent=payloads.count(b"doomed"),
+        )
+    )
     assert payloads == [b"kept", b"after"]
