@@ -7,6 +7,7 @@ acknowledges QoS 1/2 messages to the broker after that: at-least-once into the h
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -289,14 +290,31 @@ class JsonlSink:
     def __init__(self, target: str) -> None:
         self.target = target
         self._file: IO[bytes]
+        self._problem: str | None = None
         if target == "-":
             self._file = sys.stdout.buffer
             self._owned = False
         else:
-            self._file = open(target, "ab")  # noqa: SIM115 - kept open for the sink's life
+            # Unbuffered: a failed write leaves nothing behind in a buffer (see write()).
+            try:
+                self._file = open(target, "ab", buffering=0)  # noqa: SIM115 - the sink's life
+            except OSError as exc:
+                raise self._error("cannot open", exc) from exc
             self._owned = True
         self._lock = threading.Lock()
         self.rows = 0
+
+    def _error(self, doing: str, exc: OSError) -> SinkError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = _free_bytes(Path(self.target))
+            why = f"disk full ({free // 1024} KiB free on its file system)"
+            return SinkError(f"sink jsonl:{self.target}: {doing}: {why}", self.target, "disk-full")
+        return SinkError(f"sink jsonl:{self.target}: {doing}: {exc}", self.target, "error")
+
+    def health(self) -> tuple[bool, str | None]:
+        """As SqliteSink.health: False and why after a failed batch, until one is written."""
+        problem = self._problem
+        return (problem is None, problem)
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.target!r}, rows={self.rows})"
@@ -304,11 +322,33 @@ class JsonlSink:
     def write(self, updates: Sequence[Update]) -> None:
         data = b"".join(orjson.dumps(record(u)) + b"\n" for u in updates)
         with self._lock:
-            self._file.write(data)
-            self._file.flush()
-            if self._owned:
-                os.fsync(self._file.fileno())
+            if not self._owned:
+                self._file.write(data)
+                self._file.flush()
+            else:
+                self._append(data)
             self.rows += len(updates)
+
+    def _append(self, data: bytes) -> None:
+        """Append and fsync the batch whole, or leave the file as it was and raise SinkError.
+
+        On a full disk a write stops part-way; the cut line is taken back, since the batch is
+        written again in full when it is retried (SinkWriter).
+        """
+        fd = self._file.fileno()
+        start = os.fstat(fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            error = self._error("write failed", exc)
+            self._problem = str(error)
+            raise error from exc
+        self._problem = None
 
     def close(self) -> None:
         with self._lock:

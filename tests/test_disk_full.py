@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kom import Quality, SinkError, Update
-from kom._sinks import WAL_BYTES, SinkWriter, SqliteSink
+from kom._sinks import WAL_BYTES, JsonlSink, SinkWriter, SqliteSink
 
 from . import _stream
 from ._stream import StreamPublisher, record, station, tally, wait_until
@@ -205,3 +206,31 @@ def test_kom_run_killed_while_the_disk_is_full_loses_nothing(
     assert at_full < 2500  # the disk did fill before the stream ended
     assert len(full_lines) == 1, full_lines
     assert code == 0
+
+
+def test_jsonl_sink_on_a_full_disk_takes_back_the_cut_line_and_resumes(small_fs: Path) -> None:
+    """A JSON-lines batch cut by a full disk is taken back, retried, and written whole once."""
+    target = small_fs / "kom.jsonl"
+    sink = JsonlSink(str(target))
+    writer = SinkWriter([sink])
+    writer(updates(0, 10))
+    fill(small_fs)
+    free_bytes(small_fs, 8192)  # room for part of the next batch, not all of it
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (writer(updates(10, 2000)), done.set()))
+    thread.start()
+    try:
+        wait_until(lambda: not writer.health()[0], 10, "the sink reports a problem")
+        assert "disk full" in str(writer.health()[1])
+        free_bytes(small_fs, 1024 * 1024)
+        thread.join(15)
+        assert done.is_set()
+    finally:
+        if thread.is_alive():
+            writer.close()
+        thread.join(5)
+    writer.close()
+    values = [json.loads(line)["value"] for line in target.read_text().splitlines()]
+    figures = record(tally("16 disk full, JSON lines, 1 MiB freed", range(2010), values))
+    assert figures.lost == 0
+    assert figures.duplicates == 0
