@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 import attrs
 import orjson
 
-from ._config import Config, LineConfig, StationConfig, load
+from ._address import format_json_address
+from ._config import Config, LineConfig, StationConfig, TagConfig, load
 from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
 from ._router import literal_prefix
@@ -25,6 +27,14 @@ from ._topic import overlapping
 log = logging.getLogger("kom")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: The reader of standard output went away (`kom check FILE | head -5`): the status a shell
+#: gives a program that SIGPIPE ended (128 + 13), without the signal itself, which would
+#: also end `kom run` when a broker's socket breaks.
+EXIT_PIPE = 141
+
+
+class UsageError(KomError, ValueError):
+    """A command-line argument was refused: one line on stderr, exit 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,11 +58,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         # before any line connects; a service manager restarts kom once it can write.
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"kom {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KomError as exc:
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null: the interpreter's last flush finds no reader either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="kom", description="MQTT client driver for SCADA systems and historians"
     )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    sub = p.add_subparsers(metavar="COMMAND")
+    sub = p.add_subparsers(metavar="COMMAND", dest="command")
 
     c = sub.add_parser("check", help="validate a configuration and print its routing table")
     c.add_argument("config")
@@ -100,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--id", default="netio-4All-25E0")
     n.add_argument("--mode", default="generic", choices=["generic", "flex"])
     n.add_argument("--outputs", type=int, default=4)
-    n.add_argument("--period", type=float, default=1.0)
+    n.add_argument(
+        "--period", type=float, default=1.0, help="update period in seconds; 0: on change only"
+    )
+    n.add_argument("--inputs", type=int, default=2, help="digital inputs with S0 counters (0..8)")
     n.add_argument("--duration", type=float)
     n.add_argument("--verbose", action="store_true")
     n.set_defaults(func=cmd_sim_netio)
@@ -117,7 +143,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ._advice import config_warnings
+
     config = load(args.config)
+    for warning in config_warnings(config):
+        print(f"kom: warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: OK — {len(config.lines)} line(s), {len(config.stations)} station(s), "
         f"{sum(len(s.tags) for s in config.stations)} tag(s)"
@@ -158,11 +188,34 @@ def _print_line(line: LineConfig) -> None:
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
+    options = [
+        name
+        for name, on in (
+            ("only changes", line.publish_only_changes),
+            ("current values on connect", line.publish_on_connect),
+        )
+        if on
+    ]
+    if options:
+        print(f"  outputs publish {' and '.join(options)}")
 
 
 def _print_station(station: StationConfig) -> None:
     will = f", will {station.will_topic!r}" if station.will_topic else ""
-    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}")
+    # SPEC §16 and the station's own time zone, when it has them.
+    times = [
+        f"{key.replace('_', ' ')} {value:g} s"
+        for key, value in (
+            ("stale_after", station.stale_after),
+            ("max_future", station.max_future),
+            ("max_past", station.max_past),
+        )
+        if value is not None
+    ]
+    if station.time_zone is not None:
+        times.append(f"time zone {station.time_zone.text}")
+    extra = "".join(f", {t}" for t in times)
+    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}{extra}")
     for tag in station.tags:
         where = (
             tag.address.text
@@ -171,6 +224,11 @@ def _print_station(station: StationConfig) -> None:
         )
         unit = f" [{tag.unit}]" if tag.unit else ""
         print(f"    {tag.name:<24} {tag.type.value:<5} {where}{unit}")
+        binary = tag.address.binary if tag.address else None
+        if binary is not None:  # SPEC §15: what a BIN= address reads, in words
+            print(
+                f"    {'':<24} {'':<5} = {binary.describe(tag.encoding or 'base64', _source(tag))}"
+            )
 
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
@@ -197,7 +255,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     from ._station import Message
 
     config = load(args.config)
-    line = config.line(args.line) if args.line else config.lines[0]
+    try:
+        line = config.line(args.line) if args.line else config.lines[0]
+    except KeyError:
+        names = ", ".join(repr(line.name) for line in config.lines)
+        raise UsageError(
+            f"--line {args.line!r}: no such line in {args.config} (lines: {names})"
+        ) from None
     core = LineCore(line, config.stations_of(line.name))
     core.connected(1)
     now = datetime.now(UTC)
@@ -213,9 +277,46 @@ def cmd_route(args: argparse.Namespace) -> int:
     if processed.route.groups:
         print("  groups: " + ", ".join(f"{k}={v!r}" for k, v in processed.route.groups.items()))
     units = {f"{s.name}.{t.name}": t.unit for s in config.stations for t in s.tags}
+    notes = binary_notes(processed.station.config, payload) if processed.station else {}
     for u in processed.updates:
         print("  " + describe(u, units.get(u.tag)))
+        if u.tag in notes:
+            print(f"      read {notes[u.tag]}")
     return EXIT_OK
+
+
+def _source(tag: TagConfig) -> str:
+    """Where a BIN= tag's bytes come from, in words."""
+    binary = tag.address.binary if tag.address else None
+    if binary is None or binary.source is None:
+        return "the payload"
+    return f"the JSON field {format_json_address(binary.source)}"
+
+
+def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
+    """The bytes each BIN= tag of `station` reads from `payload`, by full tag name (SPEC §15)."""
+    from ._address import MISSING
+    from ._binary import trace
+
+    notes: dict[str, str] = {}
+    doc: object = MISSING
+    for tag in station.tags:
+        binary = tag.address.binary if tag.address else None
+        if binary is None or tag.address is None:
+            continue
+        if binary.source is None:
+            raw: object = payload
+        else:
+            if doc is MISSING:
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    return notes
+            raw = tag.address.read(doc) if tag.address.read else MISSING
+            if raw is MISSING:
+                continue
+        notes[f"{station.name}.{tag.name}"] = trace(binary, tag.encoding or "base64", raw)
+    return notes
 
 
 def describe(update: Update, unit: str | None = None) -> str:
@@ -233,14 +334,23 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker, tune_gc
+    from ._client import Kom, tune_gc
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
     tune_gc()
     if args.broker:
-        config = override_broker(config, args.broker)
-    sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
+        config = with_broker(config, args.broker)
+    sinks = []
+    for url in args.sink or ["sqlite:kom.db"]:
+        try:
+            sinks.append(open_sink(url))
+        except (OSError, sqlite3.Error, ConfigError) as exc:
+            for sink in sinks:
+                sink.close()
+            if isinstance(exc, ConfigError):  # its one error already names the --sink
+                raise UsageError("; ".join(exc.errors)) from exc
+            raise UsageError(f"--sink {url!r}: cannot open it: {exc}") from exc
     writer = SinkWriter(sinks)
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
     # lets go of the interpreter lock while it inserts) and batches merge into transactions.
@@ -285,13 +395,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def with_broker(config: Config, broker: str) -> Config:
+    """`--broker HOST[:PORT]` in place of every line's host; a malformed one is a user error."""
+    from ._client import override_broker
+    from .sim import parse_broker
+
+    try:
+        parse_broker(broker)
+        return override_broker(config, broker)
+    except ValueError as exc:
+        raise UsageError(f"--broker {broker!r}: expected HOST[:PORT] or [IPv6]:PORT") from exc
+
+
 def _running(stop: threading.Event, deadline: float | None) -> bool:
     stop.wait(0.25)
     return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
-    from ._client import Kom, override_broker
+    from ._client import Kom
 
     if not flag.is_set():
         return
@@ -300,8 +422,8 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
     try:
         config = load(args.config)
         if args.broker:
-            config = override_broker(config, args.broker)
-    except ConfigError as exc:
+            config = with_broker(config, args.broker)
+    except (ConfigError, UsageError) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return
     kom.reload(config)
@@ -312,11 +434,11 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker
+    from ._client import Kom
 
     config = load(args.config)
     if args.broker:
-        config = override_broker(config, args.broker)
+        config = with_broker(config, args.broker)
     try:
         station, _tag = config.find_tag(args.tag)
     except KeyError:
@@ -384,6 +506,7 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
         mode=args.mode,
         outputs=args.outputs,
         period=args.period,
+        inputs=args.inputs,
         duration=args.duration,
         verbose=args.verbose,
     )

@@ -31,8 +31,11 @@ from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineErr
 from ._model import Quality, Update, Value, ValueType, new_record
 from ._mqtt import Events, RawMessage, Session
 from ._outbox import Outbox
+from ._outputs import Message as OutputMessage
+from ._outputs import OutputMemory, on_connect, only_changes
 from ._publish import render
 from ._station import Message, StationState
+from ._timemask import Zone
 from ._topic import check_topic
 
 log = logging.getLogger("kom.line")
@@ -73,6 +76,8 @@ class WriteResult:
     qos: int | None
     mid: int | None = None
     local: bool = False
+    #: Left out: the message repeated the tag's last one (publish only changes).
+    unchanged: bool = False
 
 
 class _PendingWrite(NamedTuple):
@@ -181,6 +186,7 @@ class Line(Events):
         self._missing_time_warned: set[str] = set()
         self._stamp = clock()  # the receive time of the messages of the last socket read
         self._stamped_reads = -1
+        self._outputs = OutputMemory()
         self.connected_event = threading.Event()
 
     def __repr__(self) -> str:
@@ -320,6 +326,7 @@ class Line(Events):
             )
         self._subscribe(session, connected.session_present)
         self._resend_recovered(session)
+        self._publish_on_connect()
         self.connected_event.set()
         started = time.monotonic()
         lost = self._serve(session)
@@ -456,6 +463,8 @@ class Line(Events):
             if not alive:
                 break
             problem = self._check_timers(session, time.monotonic())
+            if self.core.staleness is not None:
+                self._check_stale()
             if problem is not None:
                 log.warning("line %s: %s; reconnecting", self.name, problem)
                 self.last_error = problem
@@ -532,6 +541,15 @@ class Line(Events):
                         return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
             self._expire_writes(now)
         return None
+
+    def _check_stale(self) -> None:
+        """SPEC §16: the inputs of stations quiet for their `stale_after` turn invalid."""
+        with self._lock:
+            updates = self.core.stale(self._clock())
+            if updates:
+                self._batch.extend(updates)
+        if updates:
+            self._flush()
 
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
@@ -800,7 +818,7 @@ class Line(Events):
             _complete(future, WriteResult(full, None, None, local=True))
             return
         if station.state is StationState.SIMULATION:
-            converted = self._convert(tag.type, value, full)
+            converted = self._convert(tag.type, value, full, station.config.time_zone)
             update = Update(
                 full,
                 converted,
@@ -816,7 +834,7 @@ class Line(Events):
             return
         if not tag.type.is_output:
             raise WriteError(f"{full}: {tag.type.value} is not an output type", full, "not-output")
-        converted = self._convert(tag.type, value, full)
+        converted = self._convert(tag.type, value, full, station.config.time_zone)
         if kind is Kind.OUT_TOPIC:
             station.output_values[tag_name] = converted
             _complete(future, WriteResult(full, None, None, local=True))
@@ -838,12 +856,51 @@ class Line(Events):
         problem = check_topic(topic)
         if problem:
             raise WriteError(f"{full}: {problem}", full, "topic")
+        changes = only_changes(tag, self.config)
+        if (changes or on_connect(tag, self.config)) and not self._remember(
+            future, OutputMessage(full, topic, payload), changes
+        ):
+            return
         self._publish(future, full, topic, payload)
 
-    def _convert(self, value_type: ValueType, value: object, full: str) -> Value:
+    def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
+        """Note an output's message for its publishing options; False: leave it out (unchanged)."""
+        outputs = self._outputs
+        if changes and outputs.unchanged(message):
+            result = WriteResult(message.tag, message.topic, None, local=True, unchanged=True)
+            _complete(future, result)
+            return False
+        outputs.write(message)
+        if changes:
+
+            def forget_failed(done: Future[WriteResult]) -> None:
+                if done.exception() is not None:
+                    outputs.failed(message)
+
+            future.add_done_callback(forget_failed)
+        return True
+
+    def _publish_on_connect(self) -> None:
+        """Publish the current value of every output with `on_connect` (ioBroker, seeds/003)."""
+        with self._lock:
+            messages = self._outputs.on_connect(self.core.stations, self.config)
+        for message in messages:
+            future: Future[WriteResult] = Future()
+            future.add_done_callback(_log_on_connect_failure)
+            try:
+                self._publish(future, message.tag, message.topic, message.payload)
+            except WriteError as exc:
+                _fail(future, exc)
+        if messages:
+            log.info("line %s: published %d output value(s) on connect", self.name, len(messages))
+
+    def _convert(
+        self, value_type: ValueType, value: object, full: str, zone: Zone | None = None
+    ) -> Value:
+        """A written value as the tag's type; `zone` is the station's own, when it has one."""
         try:
             return parse_write_value(
-                value_type, value, self.config.time_mask, self.config.time_zone
+                value_type, value, self.config.time_mask, zone or self.config.time_zone
             )
         except ConversionError as exc:
             raise WriteError(f"{full}: {exc}", full, "rejected") from exc
@@ -978,6 +1035,12 @@ def _as_int(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _log_on_connect_failure(future: Future[WriteResult]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("publish on connect: %s", exc)
 
 
 def _complete(future: Future[WriteResult], result: WriteResult) -> None:

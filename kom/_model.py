@@ -78,6 +78,7 @@ class Reason(enum.StrEnum):
     LIMITS = "limits"
     WILL = "will"
     COMM = "comm"
+    STALE = "stale"
 
 
 #: Builds a NamedTuple record from the tuple of its fields, skipping NamedTuple's Python-level

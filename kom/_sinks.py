@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -285,7 +286,7 @@ class SqliteSink:
 
 
 class JsonlSink:
-    """One JSON object a line (SPEC §9), flushed (and fsynced for files) per batch."""
+    """One JSON object a line (SPEC §9), flushed (and fsynced for regular files) per batch."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -301,6 +302,9 @@ class JsonlSink:
             except OSError as exc:
                 raise self._error("cannot open", exc) from exc
             self._owned = True
+        # Only a regular file can be made durable: fsync on /dev/null, a pipe or a terminal
+        # fails with EINVAL, and a write retried for ever would hold back every acknowledgement.
+        self._sync = self._owned and stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         self._lock = threading.Lock()
         self.rows = 0
 
@@ -322,29 +326,31 @@ class JsonlSink:
     def write(self, updates: Sequence[Update]) -> None:
         data = b"".join(orjson.dumps(record(u)) + b"\n" for u in updates)
         with self._lock:
-            if not self._owned:
+            if self._owned:
+                self._append(data)
+            else:
                 self._file.write(data)
                 self._file.flush()
-            else:
-                self._append(data)
             self.rows += len(updates)
 
     def _append(self, data: bytes) -> None:
-        """Append and fsync the batch whole, or leave the file as it was and raise SinkError.
+        """Append (and fsync) the batch whole, or leave the file as it was and raise SinkError.
 
         On a full disk a write stops part-way; the cut line is taken back, since the batch is
         written again in full when it is retried (SinkWriter).
         """
         fd = self._file.fileno()
-        start = os.fstat(fd).st_size
+        start = os.fstat(fd).st_size if self._sync else None
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if self._sync:
+                os.fsync(fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
             error = self._error("write failed", exc)
             self._problem = str(error)
             raise error from exc

@@ -82,3 +82,13 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("KOM_STATE_DIR", None)
     else:
         os.environ["KOM_STATE_DIR"] = before
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Reconnect without back-off pauses for this test (`pytestmark = usefixtures(...)`)."""
+    from kom._backoff import set_testing
+
+    set_testing(True)
+    yield
+    set_testing(False)
