@@ -6,28 +6,18 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-
-from kom._backoff import set_testing
 
 from ._broker import Mosquitto
 from ._kom import Collector, Publisher, config, start, text_station, wait_until
 from ._stream import record, tally
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("no_backoff")]
 
 #: Reloads in the storm and messages a second meanwhile (the rate that showed the gap).
 RELOADS = 40
 RATE = 300
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def _requests(log: str, client_id: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kom import loads
-from kom._backoff import set_testing
 from kom._core import LineCore
 from kom._sinks import SqliteSink
 from kom._station import RETAINED_UNTIMED, Message
@@ -22,6 +20,8 @@ from kom._subscriptions import Subscriptions, load, plan, save
 from ._broker import Mosquitto
 from ._kom import Collector, Publisher, config, start, text_station, wait_until
 from ._stream import record, tally
+
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 RECEIVED = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 JSON_LINE = """
@@ -38,13 +38,6 @@ name = "v"
 type = "Ai"
 address = "JA=v"
 """
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def _decode(payload: bytes, retain: bool) -> list[object]:

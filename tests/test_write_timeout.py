@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kom import LineState, WriteError
-from kom._backoff import set_testing
 from kom._outbox import Outbox
 
 from ._broker import Mosquitto
@@ -17,14 +15,7 @@ from ._kom import Publisher, config, start, text_station, wait_until
 from ._proxy import FaultProxy
 from ._stream import record, tally
 
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("no_backoff")]
 
 
 @pytest.mark.parametrize("outbox", [False, True])
