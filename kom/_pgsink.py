@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from ._errors import ConfigError, KomError
+from ._errors import ConfigError, SinkError
 from ._model import Quality, Update
 
 log = logging.getLogger("kom.sink")
@@ -97,10 +97,6 @@ _I8 = struct.Struct(">iq").pack
 _NULLS_AFTER_NUM = _NULL * 3  # a number's row: value_bool, value_text, value_time NULL
 _AFTER_NUM = _NULLS_AFTER_NUM + _NULL  # ... and no detail
 _VALID_NO_REASON = _VALID + _NULL
-
-
-class SinkError(KomError, ConnectionError):
-    """The PostgreSQL sink could not store a batch; the message never holds a password."""
 
 
 @attrs.frozen
@@ -316,6 +312,7 @@ class PostgresSink:
         self._layout = "unknown"  # partitioned, hypertable or plain
         self.rows = 0
         self.reconnects = 0
+        self._problem: str | None = None
         if connect:
             # A database that is not up yet is no reason to stop: the first write connects
             # (and retries), and nothing is acknowledged before it is stored.
@@ -323,7 +320,7 @@ class PostgresSink:
                 with self._lock:
                     self._connection()
             except SinkError as exc:
-                log.error("sink %s: %s; retrying with the first batch", self.target.shown, exc)
+                log.error("%s; retrying with the first batch", exc)
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.target.shown!r}, rows={self.rows})"
@@ -349,12 +346,12 @@ class PostgresSink:
                 connect_timeout=10,
             )
         except psycopg.Error as exc:
-            raise SinkError(f"{self.target.shown}: {self._scrub(exc)}") from exc
+            raise self._error(exc) from exc
         try:
             self._prepare(conn)
         except psycopg.Error as exc:
             conn.close()
-            raise SinkError(f"{self.target.shown}: {self._scrub(exc)}") from exc
+            raise self._error(exc) from exc
         self._conn = conn
         self.reconnects += 1
         log.info("sink %s: connected (%s table %s)", self.target.shown, self._layout, self.table)
@@ -521,11 +518,12 @@ class PostgresSink:
                 conn.commit()
             except psycopg.Error as exc:
                 self._drop()
-                raise SinkError(f"{self.target.shown}: {self._scrub(exc)}") from exc
+                raise self._error(exc) from exc
             except BaseException:
                 self._drop()
                 raise
             self.rows += len(updates)
+            self._problem = None
 
     def _drop(self) -> None:
         """Forget the connection (its transaction, if any, is rolled back by the server)."""
@@ -535,6 +533,16 @@ class PostgresSink:
                 conn.close()
             except Exception as exc:  # already broken: nothing more to do with it
                 log.debug("sink %s: closing a broken connection: %s", self.target.shown, exc)
+
+    def _error(self, exc: BaseException) -> SinkError:
+        """The one-line SinkError for a failed call; it is also what health() reports."""
+        self._problem = f"sink {self.target.shown}: {self._scrub(exc)}"
+        return SinkError(self._problem, self.target.shown, "error")
+
+    def health(self) -> tuple[bool, str | None]:
+        """(True, None) while batches commit; (False, why) after one failed, until one commits."""
+        problem = self._problem
+        return (problem is None, problem)
 
     def _scrub(self, exc: BaseException) -> str:
         """The error's text, one line, never holding the URL's password."""

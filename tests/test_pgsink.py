@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
 
 import psycopg
 import pytest
@@ -299,13 +298,15 @@ def test_a_backend_terminated_mid_batch_loses_nothing_and_stores_nothing_twice(p
         blocker.rollback()
     done.join(30)
     assert not done.is_alive()
+    assert sink.health() == (True, None)  # the retry committed
     writer.close()
     assert writer.failures >= 1
     assert query(pg, "SELECT count(*), count(DISTINCT tag) FROM updates") == [(5001, 5001)]
 
 
 def test_a_write_to_no_server_raises_without_the_password(tmp_path: Path) -> None:
-    """With nothing listening, write() raises SinkError whose text never holds the password."""
+    """With nothing listening, write() raises SinkError (and health() says why) whose text
+    never holds the password."""
     port = free_port()
     sink = PostgresSink(f"postgresql://kom:pw-7f3a-secret@127.0.0.1:{port}/x", clock=lambda: T0)
     with pytest.raises(SinkError) as info:
@@ -314,6 +315,9 @@ def test_a_write_to_no_server_raises_without_the_password(tmp_path: Path) -> Non
     assert "***" in str(info.value)
     assert "refused" in str(info.value)
     assert "pw-7f3a" not in repr(sink)
+    ok, why = sink.health()
+    assert not ok
+    assert why == str(info.value)
 
 
 # -- kom run -----------------------------------------------------------------------------
@@ -435,7 +439,7 @@ def test_kom_run_loses_nothing_while_its_connection_is_cut_again_and_again(
     assert distinct == 5001
     text = (out + err).decode()
     assert secret not in text
-    assert "write failed, retrying" in text
+    assert "acknowledgements held, retrying" in text
 
 
 def test_kom_run_refuses_a_bad_instance_or_sink_in_one_line(tmp_path: Path) -> None:
@@ -448,7 +452,7 @@ def test_kom_run_refuses_a_bad_instance_or_sink_in_one_line(tmp_path: Path) -> N
     ):
         result = subprocess.run([*KOM, "run", str(cfg), *extra], capture_output=True, timeout=30)
         assert result.returncode == 2, result.stderr.decode()
-        assert len(result.stderr.decode().strip().splitlines()) == 2  # the head and the error
+        assert len(result.stderr.decode().strip().splitlines()) == 1
         assert "pw-x" not in result.stderr.decode()
 
 
@@ -460,28 +464,14 @@ def test_open_sink_knows_postgresql(pg: str) -> None:
     sink.close()
 
 
-class _Retained(NamedTuple):
-    """An update record with the `retained` field after `detail` (as the broker flags it)."""
-
-    tag: str
-    value: object
-    quality: Quality
-    reason: Reason | None
-    ts: datetime
-    received: datetime
-    topic: str | None
-    detail: str | None
-    retained: bool
-
-
-def test_the_retained_flag_and_a_detail_are_stored_when_the_record_has_them(pg: str) -> None:
-    """A record with a ninth field `retained` stores it; a valid value may carry a detail."""
+def test_the_retained_flag_and_a_detail_are_stored(pg: str) -> None:
+    """An update's `retained` flag is stored; a valid value may carry a detail."""
     sink = PostgresSink(pg, clock=lambda: T0)
     rx = T0 + timedelta(milliseconds=2)
     sink.write(
         [
-            _Retained("s.a", 1.0, Quality.VALID, None, T0, rx, "t/1", "scaled", True),  # type: ignore[list-item]
-            _Retained("s.b", 2.0, Quality.VALID, None, T0, rx, "t/1", None, False),  # type: ignore[list-item]
+            Update("s.a", 1.0, Quality.VALID, None, T0, rx, "t/1", "scaled", True),
+            Update("s.b", 2.0, Quality.VALID, None, T0, rx, "t/1", None, False),
         ]
     )
     sink.close()
