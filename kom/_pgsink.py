@@ -6,10 +6,10 @@ to the broker only once they are stored. A failed write closes the connection an
 the `SinkWriter` retries the whole batch on a new connection (nothing uncommitted is ever
 acknowledged; a COMMIT whose answer was lost may store a batch twice: at-least-once).
 
-The rows are encoded here, in PostgreSQL's binary COPY format (a pure function, `encode`),
-rather than by psycopg's `write_row`: the updates of one message share their tag names,
-topic and time objects, and encoding each of those once per batch is what makes the sink
-keep up with the line (see docs/historian.md for the measured figures).
+The rows are encoded here, in PostgreSQL's binary COPY format (`Encoder`, no I/O), rather
+than by psycopg's `write_row`: the updates of one message share their tag names, topic and
+time objects, and encoding each of those once is what makes the sink keep up with the line
+(docs/scale-out.md has the measured figures).
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ INDEX_SQL = "CREATE INDEX IF NOT EXISTS {index} ON {table} (tag, ts)"
 #: own, its rows are moved into it in the same transaction.
 AHEAD = 2
 LOOKBACK = 31
+
+CONNECT_DEFAULTS: dict[str, str | int | None] = {
+    "application_name": "kom",
+    "keepalives": 1,
+    "keepalives_idle": 20,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
+    "connect_timeout": 10,
+}
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")  # room for the `_pYYYYMMDD` suffix (63 max)
 DEFAULT_TABLE = "updates"
@@ -333,18 +342,13 @@ class PostgresSink:
         import psycopg
 
         try:
-            conn = psycopg.connect(
-                self.target.conninfo,
-                autocommit=False,
-                application_name="kom",
-                # A connection that died without a word (a cut cable) is noticed within about
-                # a minute instead of the kernel's two hours; the batch is then retried.
-                keepalives=1,
-                keepalives_idle=20,
-                keepalives_interval=5,
-                keepalives_count=4,
-                connect_timeout=10,
-            )
+            given = psycopg.conninfo.conninfo_to_dict(self.target.conninfo)
+            # Defaults for what the URL leaves out. A connection that died without a word (a
+            # cut cable) is noticed within about 40 s instead of the kernel's two hours; the
+            # batch is then retried.
+            defaults = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+            conninfo = psycopg.conninfo.make_conninfo(self.target.conninfo, **defaults)
+            conn = psycopg.connect(conninfo, autocommit=False)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         try:

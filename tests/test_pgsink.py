@@ -526,3 +526,12 @@ def test_a_partition_that_cannot_be_made_sends_its_rows_to_the_default(pg: str) 
     finally:
         query(pg, f"DROP OWNED BY {role}")
         query(pg, f"DROP ROLE {role}")
+
+
+def test_connection_options_in_the_url_win_over_the_sinks_defaults(pg: str) -> None:
+    """`application_name` (or any libpq option) given in the URL is used as given."""
+    sink = PostgresSink(pg + "?application_name=plant-historian", clock=lambda: T0)
+    assert query(
+        pg, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'plant-historian'"
+    ) == [(1,)]
+    sink.close()
