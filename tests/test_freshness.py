@@ -201,6 +201,20 @@ def test_no_stale_report_for_a_station_that_is_not_on() -> None:
     assert core.counters.stale == 0
 
 
+def test_a_station_switched_back_on_still_goes_stale() -> None:
+    """A station off when its count ran out goes stale once on again, stale_after after."""
+    core = core_of(STALE_LINE)
+    core.connected(1)
+    core.stale(at(0))
+    core.stations[0].move(StationState.OFF)
+    assert core.stale(at(31)) == []
+    core.stations[0].move(StationState.ON)
+    core.switched_on("a", at(40))
+    assert core.stale(at(69)) == []
+    assert {u.reason for u in core.stale(at(70))} == {Reason.STALE}
+    assert core.counters.stale == 1
+
+
 def test_a_line_without_stale_after_has_no_clock() -> None:
     """Without stale_after on any station, the line keeps no staleness clock at all."""
     core = core_of(STALE_LINE.replace("stale_after = 30", ""))
