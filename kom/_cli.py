@@ -186,6 +186,19 @@ def _print_line(line: LineConfig) -> None:
     ]
     if options:
         print(f"  outputs publish {' and '.join(options)}")
+    bounds = _time_bounds(line.max_future, line.max_past)
+    if bounds:  # SPEC §16: the stations' default, shown where they are set
+        print(f"  source times refused {' or '.join(bounds)}")
+
+
+def _time_bounds(max_future: float | None, max_past: float | None) -> list[str]:
+    """SPEC §16 in words: how far a source time may be from the receive time."""
+    out = []
+    if max_future is not None:
+        out.append(f"more than {max_future:g} s ahead (max_future)")
+    if max_past is not None:
+        out.append(f"more than {max_past:g} s behind (max_past)")
+    return out
 
 
 def _print_station(station: StationConfig) -> None:

@@ -458,9 +458,10 @@ def test_route_explains_the_bytes() -> None:
 
 
 def test_check_explains_the_addresses() -> None:
-    """`kom check` says in words which bytes each BIN= tag reads, and the station's stale_after."""
+    """`kom check` says in words which bytes each BIN= tag reads, stale_after and max_future."""
     out = _kom("check", "examples/lorawan-tts-v3.toml").stdout
     assert "stale after 3600 s" in out
+    assert "  source times refused more than 300 s ahead (max_future)\n" in out
     assert (
         "= bytes 0..1 of the JSON field uplink_message.frm_payload (written in base64): "
         "signed 16-bit integer, big-endian"
