@@ -218,11 +218,7 @@ def _print_station(station: StationConfig) -> None:
     extra = "".join(f", {t}" for t in times)
     print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}{extra}")
     for tag in station.tags:
-        where = (
-            tag.address.text
-            if tag.address
-            else f"publish {tag.publish.topic if tag.publish else ''}"
-        )
+        where = _tag_sources(tag)
         unit = f" [{tag.unit}]" if tag.unit else ""
         print(f"    {tag.name:<24} {tag.type.value:<5} {where}{unit}")
         binary = tag.address.binary if tag.address else None
@@ -230,6 +226,22 @@ def _print_station(station: StationConfig) -> None:
             print(
                 f"    {'':<24} {'':<5} = {binary.describe(tag.encoding or 'base64', _source(tag))}"
             )
+
+
+def _tag_sources(tag: TagConfig) -> str:
+    """What `kom check` shows of a tag: its address, its publish template and own options."""
+    parts = [tag.address.text] if tag.address else []
+    if tag.publish is not None:
+        own = [
+            f"{name} = {str(value).lower()}"
+            for name, value in (
+                ("only_changes", tag.publish.only_changes),
+                ("on_connect", tag.publish.on_connect),
+            )
+            if value is not None
+        ]
+        parts.append(f"publish {tag.publish.topic}" + (f" ({', '.join(own)})" if own else ""))
+    return ", ".join(parts)
 
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
@@ -481,7 +493,9 @@ def writer_config(config: Config, line_name: str) -> Config:
     """The configuration `kom write` connects with: one line, its own client id.
 
     Reusing the running driver's client id would knock that driver off the broker, so
-    the writer takes a derived id with a clean session and subscribes to nothing.
+    the writer takes a derived id with a clean session and subscribes to nothing. It
+    publishes the one value asked for: publish-on-connect, meant for the running driver,
+    would send every other output's default again.
     """
     line = config.line(line_name)
     line = attrs.evolve(
@@ -490,9 +504,20 @@ def writer_config(config: Config, line_name: str) -> Config:
         clean_session=True,
         topic_filters=(),
         will=None,
+        publish_on_connect=False,
     )
-    stations = tuple(s for s in config.stations if s.line == line_name)
+    stations = tuple(
+        attrs.evolve(s, tags=tuple(_not_on_connect(t) for t in s.tags))
+        for s in config.stations
+        if s.line == line_name
+    )
     return attrs.evolve(config, lines=(line,), stations=stations)
+
+
+def _not_on_connect(tag: TagConfig) -> TagConfig:
+    if tag.publish is None or not tag.publish.on_connect:
+        return tag
+    return attrs.evolve(tag, publish=attrs.evolve(tag.publish, on_connect=False))
 
 
 # -- sim, demo --------------------------------------------------------------------------
