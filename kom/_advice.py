@@ -8,6 +8,7 @@ Pure functions over texts and configuration records.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
@@ -55,6 +56,13 @@ MODEL_NAMES: dict[str, ModelName | tuple[ModelName, ...]] = {
         ModelName("Will Topic", "will", "line", "the line's will is `will.topic`"),
     ),
     "willpayload": ModelName("Station Will Payload (SWP)", "will_payload", "station"),
+    # `[station.will]`, by analogy with `[line.will]`: a station's will is two keys.
+    "will": ModelName(
+        "Station Will Topic (SWT)",
+        "will_topic",
+        "station",
+        "with `will_payload`; a `will` table is the line's own will",
+    ),
     "willmessage": ModelName("Will Message", "will", "line", "the line's will is `will.message`"),
     "willqos": ModelName("Will QoS", "will", "line", "the line's will is `will.qos`"),
     "willretain": ModelName("Will Retain", "will", "line", "the line's will is `will.retain`"),
@@ -98,9 +106,11 @@ def type_hint(text: str) -> str:
 def regex_problem(address: str, exc: re.error) -> str:
     """The error for a station address that looks like a regular expression but does not compile."""
     escaped = re.sub(r"([.^$*+?{}\[\]|()\\])", r"\\\1", address)
+    # As TOML writes it: a literal string keeps the backslashes as they are (a repr doubles them).
+    toml = f"'{escaped}'" if "'" not in escaped else json.dumps(escaped)
     return (
         f"{address!r} looks like a regular expression but does not compile ({exc}); "
-        f"for an exact topic with these characters escape them: {escaped!r}"
+        f"for an exact topic with these characters escape them: address = {toml}"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 
 import pytest
 
@@ -64,6 +65,7 @@ def station(address: str, *tags: str, extra: str = "") -> str:
         ('"Full Debug"', "line", "did you mean 'debug'?"),
         ('"Will Topic"', "station", "did you mean 'will_topic'?"),
         ('"Will Topic"', "line", "did you mean 'will'? it is the model's Will Topic"),
+        ("will", "station", "did you mean 'will_topic'? it is the model's Station Will Topic"),
     ],
 )
 def test_the_models_names_are_answered(key: str, table: str, expected: str) -> None:
@@ -130,9 +132,10 @@ def test_the_escaped_form_suggested_for_a_broken_address_matches_the_topic_itsel
     address = "plant/room(1/data"
     with pytest.raises(re.error) as info:
         re.compile(address)
-    suggestion = re.search(r"escape them: '(.*)'$", regex_problem(address, info.value))
+    suggestion = re.search(r"escape them: (address = .*)$", regex_problem(address, info.value))
     assert suggestion is not None
-    escaped = suggestion.group(1).replace("\\\\", "\\")
+    escaped = tomllib.loads(suggestion.group(1))["address"]
+    assert escaped == "plant/room\\(1/data"
     assert re.fullmatch(escaped, address)
     loads(station(escaped))
 
