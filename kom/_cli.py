@@ -310,6 +310,7 @@ def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
     """The bytes each BIN= tag of `station` reads from `payload`, by full tag name (SPEC §15)."""
     from ._address import MISSING
     from ._binary import trace
+    from ._lenient import loads as lenient_json
 
     notes: dict[str, str] = {}
     doc: object = MISSING
@@ -322,7 +323,7 @@ def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
         else:
             if doc is MISSING:
                 try:
-                    doc = orjson.loads(payload)
+                    doc = lenient_json(payload)
                 except orjson.JSONDecodeError:
                     return notes
             raw = tag.address.read(doc) if tag.address.read else MISSING
