@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import orjson
 
-from ._address import format_json_address
+from ._address import Kind, format_json_address
 from ._config import Config, LineConfig, StationConfig, TagConfig, load
 from ._errors import ConfigError, KomError, WriteError
 from ._model import Update
@@ -454,9 +454,13 @@ def cmd_write(args: argparse.Namespace) -> int:
     if args.broker:
         config = with_broker(config, args.broker)
     try:
-        station, _tag = config.find_tag(args.tag)
+        station, tag = config.find_tag(args.tag)
     except KeyError:
         print(f"kom write: no tag {args.tag!r} in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    refused = _not_writable(station, tag)
+    if refused:  # known from the file alone: said before connecting, as a user error
+        print(f"kom write: {args.tag}: {refused}", file=sys.stderr)
         return EXIT_CONFIG
     config = writer_config(config, station.line)
     with Kom(config, iterate=False) as kom:
@@ -488,6 +492,22 @@ def cmd_write(args: argparse.Namespace) -> int:
             f"{how.get(result.qos or 0, 'done')}"
         )
     return EXIT_OK
+
+
+def _not_writable(station: StationConfig, tag: TagConfig) -> str:
+    """Why a write of `tag` cannot publish whatever the broker does ("" when it may).
+
+    The same refusals as the line's, for a station that starts on or off (a simulated one
+    takes a write of any tag).
+    """
+    kind = tag.address.kind if tag.address is not None else None
+    if station.mode == "simulation" or kind is Kind.ACK_ID:
+        return ""
+    if not tag.type.is_output:
+        return f"{tag.type.value} is not an output type"
+    if tag.publish is None and kind not in (Kind.OUT_VALUE, Kind.OUT_TOPIC):
+        return "the tag has neither OUT_VALUE nor publish"
+    return ""
 
 
 def writer_config(config: Config, line_name: str) -> Config:
