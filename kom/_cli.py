@@ -86,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("route", help="explain where a topic goes and what its tags would read")
     r.add_argument("config")
     r.add_argument("topic")
-    r.add_argument("--payload", default="", help="the message payload (text)")
+    given = r.add_mutually_exclusive_group()
+    given.add_argument("--payload", default="", help="the message payload (text)")
+    given.add_argument(
+        "--payload-file", help="read the payload's bytes from this file (- for stdin): binary data"
+    )
     r.add_argument("--line", help="the line to route on (default: the first)")
     r.add_argument("--qos", type=int, default=0, choices=[0, 1, 2])
     r.add_argument("--json", action="store_true", help="print one JSON object")
@@ -278,7 +282,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     core = LineCore(line, config.stations_of(line.name))
     core.connected(1)
     now = datetime.now(UTC)
-    payload = args.payload.encode("utf-8", "surrogateescape")
+    payload = _payload(args)
     processed = core.process(Message(args.topic, payload, now, args.qos, 1 if args.qos else 0))
     station = processed.station.name if processed.station else None
     rule = processed.route.rule.value
@@ -304,6 +308,20 @@ def _source(tag: TagConfig) -> str:
     if binary is None or binary.source is None:
         return "the payload"
     return f"the JSON field {format_json_address(binary.source)}"
+
+
+def _payload(args: argparse.Namespace) -> bytes:
+    """The payload `kom route` routes: `--payload` text, or the bytes of `--payload-file`."""
+    if args.payload_file is None:
+        return bytes(args.payload.encode("utf-8", "surrogateescape"))
+    if args.payload_file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(args.payload_file).read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"--payload-file {args.payload_file!r}: cannot read it: {exc.strerror or exc}"
+        ) from exc
 
 
 def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:

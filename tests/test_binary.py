@@ -468,3 +468,17 @@ def test_check_explains_the_addresses() -> None:
         "signed 16-bit integer, big-endian"
     ) in out
     assert "= byte 5 of the JSON field uplink_message.frm_payload (written in base64): bit 0" in out
+
+
+def test_route_reads_a_binary_payload_from_a_file(tmp_path: Path) -> None:
+    """`kom route --payload-file` carries bytes a command line cannot (zero bytes) to BIN=$ tags."""
+    cfg = tmp_path / "raw.toml"
+    cfg.write_text(
+        '[line]\nhost = "h"\n[[station]]\nname = "s"\naddress = "raw/1"\n'
+        '[[station.tag]]\nname = "a"\ntype = "Ci"\naddress = "BIN=$@1:u16be"\n'
+    )
+    frame = tmp_path / "frame.bin"
+    frame.write_bytes(b"\x00\x01\x00\xfe")
+    out = _kom("route", str(cfg), "raw/1", "--payload-file", str(frame)).stdout.splitlines()
+    assert out[1].startswith("  s.a = 256  valid")
+    assert out[2] == "      read 01 00 at offset 1 of 4 bytes: 00 01 00 fe"

@@ -101,3 +101,12 @@ def test_write_of_a_tag_that_cannot_publish_is_refused_before_connecting(
     )
     line = _one_clear_line(_kom("write", str(cfg), tag, "1", "--timeout", "30"))
     assert line == f"kom write: {tag}: {why}"
+
+
+def test_route_with_a_payload_file_that_cannot_be_read_says_so() -> None:
+    """`kom route --payload-file` of a missing file is one line and exit 2."""
+    line = _one_clear_line(_kom("route", NETIO, "a/b", "--payload-file", "/nonexistent/frame.bin"))
+    assert line == (
+        "kom route: --payload-file '/nonexistent/frame.bin': cannot read it: "
+        "No such file or directory"
+    )
