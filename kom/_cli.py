@@ -478,7 +478,7 @@ def cmd_write(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     refused = _not_writable(station, tag)
     if refused:  # known from the file alone: said before connecting, as a user error
-        print(f"kom write: {args.tag}: {refused}", file=sys.stderr)
+        print(f"kom write: {args.tag}: {refused} [not-output]", file=sys.stderr)
         return EXIT_CONFIG
     config = writer_config(config, station.line)
     with Kom(config, iterate=False) as kom:
