@@ -176,7 +176,8 @@ def _print_line(line: LineConfig) -> None:
         f"ping {line.ping_interval:g} s, reply timeout {line.reply_timeout:g} s"
     )
     print(
-        f"  subscribe {', '.join(f.text for f in line.topic_filters)} (QoS {line.subscribe_qos}); "
+        f"  subscribe {', '.join(_filter_text(f.text) for f in line.topic_filters)} "
+        f"(QoS {line.subscribe_qos}); "
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
@@ -193,6 +194,11 @@ def _print_line(line: LineConfig) -> None:
     bounds = _time_bounds(line.max_future, line.max_past)
     if bounds:  # SPEC §16: the stations' default, shown where they are set
         print(f"  source times refused {' or '.join(bounds)}")
+
+
+def _filter_text(text: str) -> str:
+    """A filter as `kom check` lists it: quoted when a comma or blank would split it."""
+    return repr(text) if "," in text or text != text.strip() else text
 
 
 def _time_bounds(max_future: float | None, max_past: float | None) -> list[str]:

@@ -149,6 +149,16 @@ def test_a_filter_with_a_comma_stays_whole_in_a_list() -> None:
     assert line.topic_filters == (TopicFilter("a,b/#"),)
 
 
+def test_check_quotes_a_filter_that_has_a_comma(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kom check` lists ["a,b/#", "c"] so that it does not read as three filters."""
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('[line]\nhost = "h"\ntopic_filter = ["a,b/#", "c"]\n')
+    assert main(["check", str(cfg)]) == 0
+    assert "  subscribe 'a,b/#', c (QoS 1);" in capsys.readouterr().out
+
+
 def test_publish_options_are_read_per_line_and_per_tag() -> None:
     """Line keys give the defaults; `publish.only_changes` / `publish.on_connect` override them."""
     cfg = loads(
