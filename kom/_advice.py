@@ -124,4 +124,18 @@ def config_warnings(config: Config) -> list[str]:
                 f"{path}.tls.verify = false: the broker's certificate and host name are not "
                 "checked; anyone on the path can pose as the broker"
             )
+        if line.time_field is None:
+            # SPEC §16 bounds a source time; without a time field there is none to bound.
+            places = [(path, line.max_future, line.max_past)] + [
+                (f"station[{j}]", s.max_future, s.max_past)
+                for j, s in enumerate(config.stations, 1)
+                if s.line == line.name
+            ]
+            for where, future, past in places:
+                for key, value in (("max_future", future), ("max_past", past)):
+                    if value is not None:
+                        warnings.append(
+                            f"{where}.{key} has no effect: the line has no time_field, so "
+                            "values take the receive time and there is no source time to check"
+                        )
     return warnings

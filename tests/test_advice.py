@@ -166,3 +166,18 @@ def test_tls_without_verification_is_warned_about() -> None:
         "tls = { verify = false }\n"
     )
     assert [w.split(":")[0] for w in config_warnings(two)] == ["line[2].tls.verify = false"]
+
+
+def test_time_bounds_without_a_time_field_are_warned_about() -> None:
+    """max_future / max_past on a line without time_field check nothing, and kom check says so."""
+    text = station("a/b", extra="max_past = 60\n").replace(
+        'host = "broker"\n', 'host = "broker"\nmax_future = 300\n'
+    )
+    assert config_warnings(loads(text)) == [
+        "line.max_future has no effect: the line has no time_field, so values take the receive "
+        "time and there is no source time to check",
+        "station[1].max_past has no effect: the line has no time_field, so values take the "
+        "receive time and there is no source time to check",
+    ]
+    timed = text.replace('host = "broker"\n', 'host = "broker"\ntime_field = "t"\n')
+    assert config_warnings(loads(timed.replace("[line]", '[line]\npayload_type = "json"'))) == []
