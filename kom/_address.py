@@ -38,6 +38,7 @@ class Kind(enum.Enum):
     JSONPATH = "JP="
     TOPIC = "TOPIC="
     BINARY = "BIN="
+    SPB = "SPB="  # a Sparkplug B metric by its BIRTH name (SPEC §14), input or output
 
 
 #: The one type each fixed address allows (SPEC §4 "Addresses").
@@ -50,7 +51,7 @@ FIXED_TYPES = {
     Kind.OUT_VALUE: ValueType.TxtO,
 }
 
-KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, BIN=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, ACK_ID, OUT_TOPIC, OUT_VALUE"
 
 Step = str | int
 Reader = Callable[[Any], Any]
@@ -67,6 +68,7 @@ class Address:
     read: Reader | None = attrs.field(default=None, eq=False, repr=False)
     #: For BIN=: the field's place, offset and type; `steps` are then the text field's.
     binary: BinaryField | None = None
+    metric: str | None = None  # SPB=: the Sparkplug metric name, as written
 
     @property
     def is_json(self) -> bool:
@@ -265,6 +267,12 @@ def parse_address(text: str) -> Address:
     """
     stripped = text.strip()
     upper = stripped.upper()
+    if upper.startswith(Kind.SPB.value):
+        # Metric names are case-sensitive and may hold '/', '.' and blanks inside (§6.4.3).
+        metric = stripped[len(Kind.SPB.value) :].strip()
+        if not metric:
+            raise AddressSyntaxError("SPB= takes a Sparkplug metric name, found nothing")
+        return Address(stripped, Kind.SPB, metric=metric)
     for kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC, Kind.BINARY):
         if upper.startswith(kind.value):
             body = stripped[len(kind.value) :].strip()

@@ -1,4 +1,4 @@
-"""The command line: check, route, run, write, sim netio, demo (SPEC §9)."""
+"""The command line: check, route, run, write, sim, discover, demo (SPEC §9, §14)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import orjson
 
 from ._address import Kind, format_json_address
 from ._config import Config, LineConfig, StationConfig, TagConfig, load
-from ._errors import ConfigError, KomError, WriteError
+from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
 from ._router import literal_prefix
+from ._topic import TopicFilter, overlapping
 
 log = logging.getLogger("kom")
 
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SinkError as exc:
+        # A sink that cannot open (a full disk, a read-only directory): one line, exit 2
+        # before any line connects; a service manager restarts kom once it can write.
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except UsageError as exc:
@@ -128,11 +134,30 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--duration", type=float)
     n.add_argument("--verbose", action="store_true")
     n.set_defaults(func=cmd_sim_netio)
+    spb = simsub.add_parser("sparkplug", help="a simulated Sparkplug B edge node with two devices")
+    spb.add_argument("--broker", default="127.0.0.1:1883")
+    spb.add_argument("--group", default="plant")
+    spb.add_argument("--node", default="edge1")
+    spb.add_argument("--period", type=float, default=1.0)
+    spb.add_argument("--duration", type=float)
+    spb.add_argument("--verbose", action="store_true")
+    spb.set_defaults(func=cmd_sim_sparkplug)
+
+    disc = sub.add_parser(
+        "discover", help="list the Sparkplug B nodes, devices and metrics seen in BIRTHs"
+    )
+    disc.add_argument("config")
+    disc.add_argument("--seconds", type=float, default=10.0, help="how long to listen")
+    disc.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
+    disc.set_defaults(func=cmd_discover)
 
     d = sub.add_parser("demo", help="broker + simulated NETIO + kom into SQLite, on this machine")
     d.add_argument("--duration", type=float, default=20.0)
     d.add_argument("--db", default="kom-demo.db")
     d.add_argument("--plain", action="store_true", help="print lines instead of the live table")
+    d.add_argument(
+        "--sparkplug", action="store_true", help="a Sparkplug B edge node instead of the NETIO"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -158,6 +183,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  routing (first rule that applies wins):")
         for row in routing_table(stations):
             print(f"    {row}")
+        for a, b in overlapping(list(line.topic_filters)):
+            print(
+                f"  warning: line {line.name}: topic filters {a!r} and {b!r} overlap: a broker "
+                "that sends a copy for each matching subscription makes kom store such a "
+                "message twice (not counted as a duplicate)"
+            )
     return EXIT_OK
 
 
@@ -181,6 +212,8 @@ def _print_line(line: LineConfig) -> None:
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
+    if line.sparkplug_host_id:
+        print(f"  sparkplug host application {line.sparkplug_host_id!r} (STATE, SPEC §14)")
     options = [
         name
         for name, on in (
@@ -256,7 +289,10 @@ def _tag_sources(tag: TagConfig) -> str:
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
     """The routing rules of one line's stations in the order SPEC §3 applies them."""
-    rows = [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
+    # SPEC §14: spBv1.0/ messages go by group, node and device, before the rules of §3.
+    rows = [f"spb    {s.sparkplug!r} -> {s.name}" for s in stations if s.sparkplug]
+    stations = [s for s in stations if not s.sparkplug]
+    rows += [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
     rows += [f"all    '#' -> {s.name}" for s in stations if s.address == "#"]
     rows += [f"exact  {s.address!r} -> {s.name}" for s in stations if s.address not in ("#", ".*")]
     regexes = sorted(
@@ -529,7 +565,7 @@ def _not_writable(station: StationConfig, tag: TagConfig) -> str:
         return ""
     if not tag.type.is_output:
         return f"{tag.type.value} is not an output type"
-    if tag.publish is None and kind not in (Kind.OUT_VALUE, Kind.OUT_TOPIC):
+    if tag.publish is None and kind not in (Kind.OUT_VALUE, Kind.OUT_TOPIC, Kind.SPB):
         return "the tag has neither OUT_VALUE nor publish"
     return ""
 
@@ -550,6 +586,7 @@ def writer_config(config: Config, line_name: str) -> Config:
         topic_filters=(),
         will=None,
         publish_on_connect=False,
+        sparkplug_host_id=None,  # the running host's STATE is not the writer's to change
     )
     stations = tuple(
         attrs.evolve(s, tags=tuple(_not_on_connect(t) for t in s.tags))
@@ -583,7 +620,80 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sim_sparkplug(args: argparse.Namespace) -> int:
+    from .sparkplug._sim import run_sparkplug
+
+    return run_sparkplug(
+        args.broker,
+        group=args.group,
+        node=args.node,
+        period=args.period,
+        duration=args.duration,
+        verbose=args.verbose,
+    )
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """SPEC §14 `kom discover`: listen, then print what the BIRTHs declared."""
+    from ._client import Kom, override_broker
+    from .sparkplug._discover import fragment, listing
+
+    if not args.seconds > 0:
+        print(f"kom discover: --seconds must be above 0, found {args.seconds:g}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = load(args.config)
+    if args.broker:
+        config = override_broker(config, args.broker)
+    config = discover_config(config)
+    kom = Kom(config, iterate=False)
+    try:
+        kom.start()
+        if not kom.wait_connected(min(args.seconds, 10.0)):
+            errors = "; ".join(f"{n}: {ln.last_error}" for n, ln in kom.lines.items())
+            print(f"kom discover: not connected ({errors})", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"kom discover: listening for {args.seconds:g} s ...", file=sys.stderr, flush=True)
+        time.sleep(args.seconds)
+    finally:
+        kom.close()
+    for name, line in kom.lines.items():
+        sparkplug = line.core.sparkplug
+        if sparkplug is None:
+            continue
+        text = listing(sparkplug.host)
+        print(f"# line {name}: " + ("nothing seen" if not text else "seen in BIRTHs"))
+        if text:
+            print("\n".join(f"# {row}" for row in text.splitlines()))
+            print()
+            print(fragment(sparkplug.host))
+    return EXIT_OK
+
+
+def discover_config(config: Config) -> Config:
+    """The configuration `kom discover` listens with: every line on `spBv1.0/#`, no stations,
+    a client id of its own and a clean session (a running kom keeps its own session)."""
+    lines = tuple(
+        attrs.evolve(
+            line,
+            client_id=f"{line.client_id or 'kom'}-discover-{os.getpid()}",
+            clean_session=True,
+            topic_filters=(TopicFilter("spBv1.0/#"),),
+            payload_type="sparkplug_b",
+            will=None,
+            sparkplug_host_id=None,
+        )
+        for line in config.lines
+    )
+    return attrs.evolve(config, lines=lines, stations=())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.sparkplug:
+        from ._demo import run_sparkplug_demo
+
+        return run_sparkplug_demo(
+            duration=args.duration, db=Path(args.db), plain=args.plain or not sys.stdout.isatty()
+        )
     from ._demo import run_demo
 
     return run_demo(

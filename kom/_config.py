@@ -37,6 +37,8 @@ from ._model import Value, ValueType
 from ._processing import Processing
 from ._timemask import TimeMask, Zone
 from ._topic import TopicFilter, check_topic
+from .sparkplug._topic import check_id as _check_sparkplug_id
+from .sparkplug._topic import state_topic
 
 T = TypeVar("T")
 
@@ -110,7 +112,7 @@ class LineConfig:
     publish_qos: int = 0
     publish_retain: bool = False
     will: Will | None = None
-    payload_type: Literal["text", "json"] = "text"
+    payload_type: Literal["text", "json", "sparkplug_b"] = "text"
     time_field: tuple[Step, ...] | None = None
     time_mask: TimeMask = attrs.field(factory=lambda: TimeMask.parse(DEFAULT_MASK))
     time_zone: Zone = attrs.field(factory=lambda: Zone.parse("local"))
@@ -121,6 +123,7 @@ class LineConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     outbox: str | None = None
+    sparkplug_host_id: str | None = None  # SPEC §14: kom publishes its STATE as this host
     #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
     max_future: float | None = None
     max_past: float | None = None
@@ -168,7 +171,8 @@ class StationConfig:
     will_topic: str | None = None
     will_payload: bytes | None = None
     mode: Mode = "on"
-    payload_type: Literal["text", "json"] | None = None
+    payload_type: Literal["text", "json", "sparkplug_b"] | None = None
+    sparkplug: str | None = None  # SPEC §14: "group/node" or "group/node/device"
     regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
     #: SPEC §16: seconds without a message before the input tags turn `stale`.
     stale_after: float | None = None
@@ -250,6 +254,7 @@ LINE_KEYS = frozenset(
         "reconnect_min",
         "reconnect_max",
         "outbox",
+        "sparkplug_host_id",
         "max_future",
         "max_past",
         "publish_only_changes",
@@ -258,7 +263,7 @@ LINE_KEYS = frozenset(
 )
 STATION_KEYS = frozenset(
     {"name", "line", "address", "will_topic", "will_payload", "mode", "payload_type", "tag"}
-    | {"stale_after", "max_future", "max_past", "time_zone"}
+    | {"stale_after", "max_future", "max_past", "time_zone", "sparkplug"}
 )
 TAG_KEYS = frozenset(
     {
@@ -514,9 +519,26 @@ def from_dict(
         by_address.setdefault((station.line, station.address), station.name)
         stations.append(station)
 
+    explicit = {table.get("name", "line") for _, table in line_tables if "topic_filter" in table}
+    lines = [_sparkplug_filters(line, stations, line.name in explicit) for line in lines]
     if errors.items:
         raise ConfigError(errors.items, source=source)
     return Config(lines=tuple(lines), stations=tuple(stations), source=source)
+
+
+def _sparkplug_filters(
+    line: LineConfig, stations: Sequence[StationConfig], explicit: bool
+) -> LineConfig:
+    """SPEC §14 "kom subscribes to what it needs": a line without `topic_filter` whose stations
+    are all Sparkplug stations subscribes to their edge nodes' topics only."""
+    own = [s for s in stations if s.line == line.name]
+    if explicit or not own or not all(s.sparkplug for s in own):
+        return line
+    nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
+    filters = tuple(
+        TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
+    )
+    return attrs.evolve(line, topic_filters=filters)
 
 
 def _derive_client_id(line_name: str, identity: str) -> str:
@@ -575,6 +597,12 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
     outbox = t.get("outbox", str, None)
     if outbox:
         outbox = str((base / outbox).resolve())
+    host_id = t.get("sparkplug_host_id", str, None, _check_sparkplug_id)
+    if host_id and will is not None:
+        t.error(
+            "will",
+            f"sparkplug_host_id makes the will ({state_topic(host_id)} offline): leave will out",
+        )
     return LineConfig(
         name=name,
         endpoints=endpoints,
@@ -595,7 +623,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         publish_qos=t.integer("publish_qos", 0, 0, 2),
         publish_retain=t.get("publish_retain", bool, False),
         will=will,
-        payload_type=t.choice("payload_type", "text", ("text", "json")),
+        payload_type=t.choice("payload_type", "text", ("text", "json", "sparkplug_b")),
         time_field=time_field,
         time_mask=mask or TimeMask.parse(DEFAULT_MASK),
         time_zone=zone or Zone.parse("local"),
@@ -606,6 +634,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_min=reconnect_min if reconnect_min is not None else 0.5,
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
+        sparkplug_host_id=host_id or None,
         max_future=_seconds(t, "max_future"),
         max_past=_seconds(t, "max_past"),
         publish_only_changes=t.get("publish_only_changes", bool, False),
@@ -617,6 +646,17 @@ def _check_name(value: str) -> str | None:
     if NAME.fullmatch(value):
         return None
     return f"a name matches [A-Za-z_][A-Za-z0-9_-]*, found {value!r}"
+
+
+def _check_sparkplug_key(value: str) -> str | None:
+    parts = value.split("/")
+    if len(parts) not in (2, 3):
+        return f'expected "group/node" or "group/node/device", found {value!r}'
+    for part in parts:
+        problem = _check_sparkplug_id(part)
+        if problem:
+            return problem
+    return None
 
 
 def _check_will_topic(value: str) -> str | None:
@@ -782,7 +822,16 @@ def _read_station(
     memo: _Memo,
 ) -> StationConfig | None:
     name = t.get("name", str, check=_check_name)
-    address = t.get("address", str, check=lambda v: None if v else "may not be empty")
+    sparkplug = t.get("sparkplug", str, None, _check_sparkplug_key)
+    if "sparkplug" in t.data:
+        # SPEC §14: the node or device is the station's address.
+        if "address" in t.data:
+            t.error(
+                "address", "a Sparkplug station is chosen by its sparkplug key: leave address out"
+            )
+        address = f"sparkplug:{sparkplug}" if sparkplug else None
+    else:
+        address = t.get("address", str, check=lambda v: None if v else "may not be empty")
     line_name = t.get("line", str, None)
     line: LineConfig | None = None
     if line_name is None:
@@ -798,9 +847,11 @@ def _read_station(
     will_payload = t.get("will_payload", str, None)
     mode = t.choice("mode", "on", MODES)
     payload_type = t.get("payload_type", str, None)
-    if payload_type not in (None, "text", "json"):
-        t.error("payload_type", f"expected 'text' or 'json', found {payload_type!r}")
+    if payload_type not in (None, "text", "json", "sparkplug_b"):
+        t.error("payload_type", f"expected 'text', 'json' or 'sparkplug_b', found {payload_type!r}")
         payload_type = None
+    if sparkplug and payload_type not in (None, "sparkplug_b"):
+        t.error("payload_type", f"a Sparkplug station reads 'sparkplug_b', found {payload_type!r}")
     regex: re.Pattern[str] | None = None
     address_ok = True
     if address and address not in ("#", ".*") and not _REGEX_META.isdisjoint(address):
@@ -814,6 +865,10 @@ def _read_station(
     time_zone = _read_zone(t)
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
+    if "sparkplug" in t.data:
+        effective_payload = "sparkplug_b"
+    elif effective_payload == "sparkplug_b":
+        t.error("sparkplug", 'required on a sparkplug_b line: "group/node" or "group/node/device"')
     zone = time_zone or (line.time_zone if line else Zone.parse("local"))
     table = (repr(raw_tags), id(line), effective_payload, zone.text) if raw_tags else None
     shared = memo.tables.get(table) if table is not None else None
@@ -842,6 +897,7 @@ def _read_station(
         will_payload=will_payload.encode() if will_payload else None,
         mode=mode,
         payload_type=payload_type,
+        sparkplug=sparkplug,
         regex=regex,
         stale_after=_seconds(t, "stale_after"),
         max_future=_seconds(t, "max_future"),
@@ -934,6 +990,8 @@ def _memo_key(
 
 def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
     kinds = [tag.address.kind for tag in tags if tag.address is not None]
+    if Kind.SPB in kinds and Kind.ACK_ID in kinds:
+        t.error("tag", "a Sparkplug station has no ACK_ID (its messages are settled when decoded)")
     for kind in (Kind.ACK_ID, Kind.OUT_TOPIC, Kind.OUT_VALUE, Kind.IN_ID):
         if kinds.count(kind) > 1:
             t.error("tag", f"at most one tag with address {kind.value}")
@@ -974,6 +1032,13 @@ def _read_tag(
             t.error("address", problem)
         if address.is_json and payload_type != "json":
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
+        if (address.kind is Kind.SPB) != (payload_type == "sparkplug_b"):
+            t.error(
+                "address",
+                "SPB= is for Sparkplug stations, which use only SPB= (SPEC §14)"
+                if address.kind is Kind.SPB
+                else f"a Sparkplug station's tags use SPB= addresses, found {address.text!r}",
+            )
         # A station address that does not compile is reported at its own key path.
         if (
             address.kind is Kind.TOPIC

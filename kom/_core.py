@@ -17,6 +17,7 @@ from ._freshness import StaleClock
 from ._model import Update, new_record
 from ._router import Route, Router, Rule
 from ._station import Delivery, Message, Station, StationState
+from .sparkplug._station import SparkplugLine
 
 
 @attrs.define
@@ -81,6 +82,10 @@ class LineCore:
         self._index()
         self.counters = Counters()
         self.station_counters = StationCounters()
+        #: SPEC §14: the Sparkplug host part of the line (None on lines without Sparkplug).
+        self.sparkplug: SparkplugLine | None = None
+        if SparkplugLine.wanted(line, stations):
+            self.sparkplug = SparkplugLine(line, self.stations)
         watched = {i: s.stale_after for i, s in enumerate(stations) if s.stale_after}
         #: SPEC §16: the stations with `stale_after`, or None when no station has it.
         self.staleness = StaleClock(watched) if watched else None
@@ -113,6 +118,8 @@ class LineCore:
                 station.move(StationState.ON)
         self._index()
         self.counters = old.counters
+        if self.sparkplug is not None and old.sparkplug is not None:
+            self.sparkplug.carry_over(old.sparkplug)
 
     def holding_too_much(self) -> bool:
         """Whether an ACK_ID station holds max_held messages (the line stops reading)."""
@@ -120,7 +127,13 @@ class LineCore:
 
     @property
     def wants_connection(self) -> bool:
-        """SPEC §2 forced disconnection: only while some station is neither off nor simulated."""
+        """SPEC §2 forced disconnection: only while some station is neither off nor simulated.
+
+        A Sparkplug line without stations (a host application alone, `kom discover`) stays
+        connected (SPEC §14).
+        """
+        if not self.stations and self.sparkplug is not None:
+            return True
         return any(s.active for s in self.stations)
 
     def process(self, msg: Message) -> Processed:
@@ -130,6 +143,8 @@ class LineCore:
         counters.last_message = msg.received
         if msg.dup:
             counters.duplicates += 1
+        if self.sparkplug is not None and msg.topic.startswith("spBv1.0/"):
+            return self.sparkplug.process(self, msg)
         router = self.router
         if router.has_wills:
             hit = router.will(msg.topic, msg.payload)
@@ -220,6 +235,8 @@ class LineCore:
         so the next held one must not wait behind it (nor be overtaken by new ones).
         """
         updates: list[Update] = []
+        if self.sparkplug is not None:
+            self.sparkplug.connected()
         if self.staleness is not None:
             self.staleness.restart()
         for station in self.stations:

@@ -154,7 +154,10 @@ def test_line_key_accepted(toml: str, attribute: str, expected: object) -> None:
         ("debug = 0", "line.debug: expected true or false, found 0"),
         ('transport = "udp"', "line.transport: expected one of 'tcp', 'websockets', found 'udp'"),
         ('protocol = "3.1"', "line.protocol: expected '3.1.1' or '5', found '3.1'"),
-        ('payload_type = "xml"', "line.payload_type: expected one of 'text', 'json', found 'xml'"),
+        (
+            'payload_type = "xml"',
+            "line.payload_type: expected one of 'text', 'json', 'sparkplug_b', found 'xml'",
+        ),
         ('topic_filter = "a/#/b"', "line.topic_filter: '#' must be a whole last level"),
         ('topic_filter = ["ok", "a+"]', "line.topic_filter[2]: '+' must be a whole level"),
         ('topic_filter = ["ok", 5]', "line.topic_filter[2]: expected a string, found 5"),
@@ -594,8 +597,8 @@ def test_every_error_collected() -> None:
     paths = sorted(e.split(": ", 1)[0] for e in error.errors)
     assert paths == ["line.keep_alive", "station[2].mode", "station[2].tag[3].address"]
     assert (
-        "station[2].tag[3].address: unknown address 'JX=foo' "
-        "(expected IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, BIN=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
+        "station[2].tag[3].address: unknown address 'JX=foo' (expected IN_TOPIC, IN_DATA, "
+        "IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
     ) in error.errors
     assert str(error).startswith("stations.toml: 3 configuration errors\n")
     assert all(f"\n  {e}" in str(error) for e in error.errors)
