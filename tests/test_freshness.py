@@ -299,6 +299,13 @@ def test_time_sanity(line: str, station: str, time: str, valid: bool) -> None:
             "[[station]]\nmax_future = nan",
             "station[1].max_future: expected a number of seconds > 0",
         ),
+        # Beyond any date Python can hold: refused here, not an OverflowError in the line.
+        ("[line]\nmax_future = 1e300", "line.max_future: expected at most 1000000000 seconds"),
+        ("[line]\nmax_past = inf", "line.max_past: expected a number of seconds > 0"),
+        (
+            "[[station]]\nstale_after = 1e12",
+            "station[1].stale_after: expected at most 1000000000 seconds (about 31 years)",
+        ),
     ],
 )
 def test_configuration_errors(text: str, message: str) -> None:
