@@ -124,6 +124,8 @@ class LineConfig:
     reconnect_max: float = 30.0
     outbox: str | None = None
     sparkplug_host_id: str | None = None  # SPEC §14: kom publishes its STATE as this host
+    #: SPEC §14: rebirth requests to one edge node at most this often (seconds; 0: no limit).
+    sparkplug_rebirth_interval: float = 5.0
     #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
     max_future: float | None = None
     max_past: float | None = None
@@ -255,6 +257,7 @@ LINE_KEYS = frozenset(
         "reconnect_max",
         "outbox",
         "sparkplug_host_id",
+        "sparkplug_rebirth_interval",
         "max_future",
         "max_past",
         "publish_only_changes",
@@ -532,12 +535,20 @@ def _sparkplug_filters(
     """SPEC §14 "kom subscribes to what it needs": a line without `topic_filter` whose stations
     are all Sparkplug stations subscribes to their edge nodes' topics only."""
     own = [s for s in stations if s.line == line.name]
-    if explicit or not own or not all(s.sparkplug for s in own):
+    filters = line.topic_filters
+    if not explicit and own and all(s.sparkplug for s in own):
+        nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
+        filters = tuple(
+            TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
+        )
+    if line.sparkplug_host_id:
+        # Sparkplug 3.0.0 §4.2.3.1 (tck-id-host-topic-phid-birth-sub-required): a host
+        # application subscribes to its own STATE topic, to answer an offline on it.
+        own_state = state_topic(line.sparkplug_host_id)
+        if not any(f.matches(own_state) for f in filters):
+            filters = (*filters, TopicFilter(own_state))
+    if filters == line.topic_filters:
         return line
-    nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
-    filters = tuple(
-        TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
-    )
     return attrs.evolve(line, topic_filters=filters)
 
 
@@ -635,6 +646,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
         sparkplug_host_id=host_id or None,
+        sparkplug_rebirth_interval=t.number("sparkplug_rebirth_interval", 5.0, 0, 3600),
         max_future=_seconds(t, "max_future"),
         max_past=_seconds(t, "max_past"),
         publish_only_changes=t.get("publish_only_changes", bool, False),

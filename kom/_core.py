@@ -38,6 +38,12 @@ class Counters:
     reconnects: int = 0
     pauses: int = 0
     connect_failures: int = 0
+    #: SPEC §14, Sparkplug B: rebirth requests sent, and what made kom distrust a node's
+    #: messages (sequence gaps, aliases no BIRTH declared, NDEATHs of another bdSeq).
+    rebirths: int = 0
+    seq_gaps: int = 0
+    unknown_aliases: int = 0
+    stale_deaths: int = 0
     last_message: datetime | None = None
 
     def as_dict(self) -> dict[str, object]:

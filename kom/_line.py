@@ -225,7 +225,7 @@ class Line(Events):
         A station whose configuration is unchanged keeps its state, held messages and
         last values; changed topic filters go out as UNSUBSCRIBE/SUBSCRIBE.
         """
-        config = state_will(config, self._clock())
+        config = state_will(config, self._clock(), self.config.will)
         core = LineCore(config, stations)
         with self._lock:
             core.carry_over(self.core, connected=self.state is LineState.CONNECTED)

@@ -114,6 +114,58 @@ def test_rebirth_after_a_sequence_gap(broker: Mosquitto, running: tuple[Kom, Col
         assert sim.model.rebirths == 1  # one gap, one request
 
 
+def test_rebirth_is_counted_on_the_line_and_station(
+    broker: Mosquitto, running: tuple[Kom, Collector]
+) -> None:
+    """A seq gap and the rebirth it causes show in Kom.counters() for the line and station."""
+    kom, collector = running
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "pump1.speed")) >= 1)
+        sim.skip_seq(3)
+        wait_until(lambda: sim.model.rebirths >= 1, 5, "rebirth")
+        counters = kom.counters()
+        assert counters["line"].seq_gaps >= 1
+        assert counters["line"].rebirths == 1
+        assert sum(counters[f"line/{s}"].rebirths for s in ("edge1", "pump1", "tank1")) == 1
+
+
+def test_own_state_offline_is_answered(broker: Mosquitto, running: tuple[Kom, Collector]) -> None:
+    """Someone publishing kom's STATE as offline (retained) is answered at once with online, so
+    the retained STATE says online again (Sparkplug 3.0.0 §5.3)."""
+    kom, _collector = running
+    with Publisher(broker.port) as spy:
+        spy.subscribe("spBv1.0/STATE/kom")
+        wait_until(lambda: bool(spy.messages("spBv1.0/STATE/kom")), 5, "online STATE")
+        stamp = orjson.loads(spy.messages("spBv1.0/STATE/kom")[0].payload)["timestamp"]
+        spy.publish("spBv1.0/STATE/kom", orjson.dumps({"online": False, "timestamp": 1}), 1, True)
+        wait_until(lambda: len(spy.messages("spBv1.0/STATE/kom")) >= 3, 5, "STATE online again")
+        last = orjson.loads(spy.messages("spBv1.0/STATE/kom")[-1].payload)
+        assert last == {"online": True, "timestamp": stamp}
+    with Publisher(broker.port) as late:  # the retained copy a new subscriber gets
+        late.subscribe("spBv1.0/STATE/kom")
+        wait_until(lambda: bool(late.messages("spBv1.0/STATE/kom")), 5, "retained STATE")
+        assert orjson.loads(late.messages("spBv1.0/STATE/kom")[0].payload)["online"] is True
+    line = kom.lines["line"]
+    assert line.core.sparkplug is not None
+    assert line.core.sparkplug.state_republished == 1
+
+
+def test_reload_keeps_the_host_connected(broker: Mosquitto, running: tuple[Kom, Collector]) -> None:
+    """Reloading the same file on a host application keeps its line, session and nodes."""
+    kom, collector = running
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "pump1.speed")) >= 1)
+        line = kom.lines["line"]
+        kom.reload(loads(profile(broker, line.config.client_id)))
+        assert kom.lines["line"] is line
+        seen = len(valid(collector, "pump1.pressure"))
+        collector.wait(lambda us: len(valid(collector, "pump1.pressure")) >= seen + 2)
+        assert kom.counters()["line"].reconnects == 0
+        assert sim.model.rebirths == 0  # the reloaded core kept the nodes' births
+
+
 def test_kom_started_after_the_births_asks_for_them(broker: Mosquitto, tmp_path: Path) -> None:
     """A host that missed the BIRTHs requests a rebirth on the first DATA it sees."""
     with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:

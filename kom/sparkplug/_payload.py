@@ -123,6 +123,9 @@ class Metric(NamedTuple):
     is_null: bool = False
     historical: bool = False
     transient: bool = False
+    #: §6.4.9.1 "Quality Codes": the metric's `Quality` property (0 bad, 192 good, 500 stale),
+    #: None when the metric has none.
+    quality: int | None = None
 
     def value(self, datatype: int | None = None) -> MetricValue:
         """The value under `datatype` (default the metric's own); None when null or unset."""
@@ -203,6 +206,7 @@ def _metric(m: Any, times: dict[int, datetime | None]) -> Metric:
     alias = m.alias
     if not alias and not m.HasField("alias"):
         alias = None
+    quality = _quality(m.properties) if m.HasField("properties") else None
     return new_record(
         Metric,
         (
@@ -214,8 +218,30 @@ def _metric(m: Any, times: dict[int, datetime | None]) -> Metric:
             m.is_null,
             m.is_historical,
             m.is_transient,
+            quality,
         ),
     )
+
+
+#: §6.4.9.1 "Quality Codes": the property key and the code of a good value.
+QUALITY_KEY = "Quality"
+QUALITY_GOOD = 192
+QUALITY_STALE = 500
+QUALITY_NAMES = {0: "bad", 192: "good", 500: "stale"}
+
+
+def _quality(properties: Any) -> int | None:
+    """The `Quality` property of a metric's PropertySet (§6.4.9.1: type Int32, an int_value
+    of 0, 192 or 500), or None when it has none (or a null one). Any other key is not read."""
+    for key, value in zip(properties.keys, properties.values, strict=False):
+        if key != QUALITY_KEY or value.is_null:
+            continue
+        field = value.WhichOneof("value")
+        if field in ("int_value", "long_value"):
+            code = typed_value(getattr(value, field), value.type or DataType.Int32)
+            return code if type(code) is int else None
+        return None
+    return None
 
 
 def typed_value(raw: Any, datatype: int) -> MetricValue:
@@ -365,6 +391,7 @@ class Out(NamedTuple):
     value: MetricValue
     alias: int | None = None
     timestamp: datetime | None = None
+    quality: int | None = None  # §6.4.9.1: sent as the metric's `Quality` property
 
 
 def encode(metrics: Iterable[Out], timestamp: datetime | None, seq: int | None = None) -> bytes:
@@ -386,6 +413,11 @@ def encode(metrics: Iterable[Out], timestamp: datetime | None, seq: int | None =
             # §6.4.6: the datatype goes with a metric's definition (BIRTH, or a command by
             # name); DATA and commands by alias leave it out, the BIRTH gave it.
             m.datatype = out.datatype
+        if out.quality is not None:
+            m.properties.keys.append(QUALITY_KEY)
+            prop = m.properties.values.add()
+            prop.type = DataType.Int32
+            prop.int_value = out.quality & 0xFFFFFFFF
         if out.value is None:
             m.is_null = True
             continue
