@@ -195,7 +195,7 @@ def test_discover_lists_metrics_and_a_ready_fragment(broker: Mosquitto, tmp_path
     assert "# group plant\n# node plant/edge1: 4 metrics\n" in out
     assert "# device plant/edge1/pump1: 4 metrics" in out
     assert "#   Pressure  Double alias 10" in out
-    assert "#   Node Control/Rebirth  Boolean alias 1" in out
+    assert "#   Node Control/Rebirth  Boolean\n" in out  # no alias (§5.17)
     fragment = out[out.index("[[station]]") :]
     loaded = loads(f'[line]\nhost = "h"\n{fragment}')
     assert [s.sparkplug for s in loaded.stations] == [

@@ -122,7 +122,7 @@ def test_seq_gap_requests_a_rebirth(seqs: list[int], rebirths: int) -> None:
 
 
 def test_seq_wraps_at_256() -> None:
-    """After 255 comes 0 (§7.4), not a gap."""
+    """After 255 comes 0 (§6.4.5), not a gap."""
     host = Host()
     born(host)
     host.nodes[G, N].seq = 254

@@ -13,7 +13,8 @@ from kom._client import _same_connection
 from kom._core import LineCore
 from kom._model import Quality, Reason
 from kom._station import Message
-from kom.sparkplug._payload import DataType, Out, encode
+from kom.sparkplug._payload import DataType, Out, decode, encode
+from kom.sparkplug._sim import EdgeNode
 from kom.sparkplug._station import state_will
 
 from .test_sparkplug_station import CONFIG, T0, births, core, send
@@ -198,3 +199,32 @@ def test_reload_with_a_host_id_needs_no_reconnection() -> None:
     assert not _same_connection(running, other)
     changed = loads(CONFIG.replace("[line]\n", "[line]\nsparkplug_rebirth_interval = 9\n", 1))
     assert _same_connection(running, changed.lines[0])
+
+
+def test_simulator_births_follow_the_rebirth_and_bdseq_rules() -> None:
+    """The simulated NBIRTH has `Node Control/Rebirth` = false as a Boolean without an alias
+    (§5.17) and bdSeq as an Int64 equal to its NDEATH's (§5.4); every other metric an alias."""
+    node = EdgeNode()
+    (topic, nbirth), *dbirths = node.births(T0)
+    assert topic == "spBv1.0/plant/NBIRTH/edge1"
+    metrics = {m.name: m for m in decode(nbirth).metrics}
+    rebirth = metrics["Node Control/Rebirth"]
+    assert (rebirth.alias, rebirth.datatype, rebirth.value()) == (None, DataType.Boolean, False)
+    assert metrics["bdSeq"].datatype == DataType.Int64
+    (death,) = decode(node.death()[1]).metrics
+    assert (death.name, death.datatype, death.value()) == ("bdSeq", DataType.Int64, 0)
+    others = [m for _, p in dbirths for m in decode(p).metrics]
+    others += [m for m in metrics.values() if m.name != "Node Control/Rebirth"]
+    assert all(m.alias is not None for m in others)
+
+
+def test_own_offline_of_a_clean_stop_is_not_answered() -> None:
+    """Once kom publishes its offline STATE to stop, the copy it receives is not answered."""
+    c = core()
+    assert c.sparkplug is not None
+    c.sparkplug.outgoing.clear()
+    offline = c.sparkplug.offline()
+    assert offline is not None
+    topic, payload = offline
+    c.process(Message(topic, payload, T0))
+    assert c.sparkplug.outgoing == []

@@ -315,7 +315,8 @@ class Host:
         return values, unknown
 
     def _rebirth(self, node: Node, now: datetime) -> tuple[str, bytes] | None:
-        """An NCMD asking for a rebirth, unless one went to this node lately."""
+        """An NCMD asking for a rebirth (§5.17 "Commands"; §5.9: what a host does when the
+        order of a node's messages breaks), unless one went to this node lately."""
         last = node.rebirth_at
         if last is not None and (now - last).total_seconds() < self.rebirth_interval:
             return None

@@ -27,7 +27,7 @@ class PayloadError(ValueError):
 
 
 class DataType(enum.IntEnum):
-    """Sparkplug 3.0.0 §6.4 "Datatypes": the metric datatype codes."""
+    """Sparkplug 3.0.0 §6.4.16 "Data Types": the metric datatype codes."""
 
     Unknown = 0
     Int8 = 1
@@ -91,7 +91,7 @@ _UNSIGNED: dict[int, int] = {
     DataType.UInt32: 32,
     DataType.UInt64: 64,
 }
-#: §6.4, array datatypes: element formats of the packed array types (little-endian).
+#: §6.4.17 "Datatype Details", arrays: element formats of the packed array types (little-endian).
 _ARRAY_FORMATS: dict[int, str] = {
     DataType.Int8Array: "b",
     DataType.Int16Array: "h",
@@ -245,7 +245,7 @@ def _quality(properties: Any) -> int | None:
 
 
 def typed_value(raw: Any, datatype: int) -> MetricValue:
-    """A oneof field's value read as `datatype` (§6.4 "Datatypes").
+    """A oneof field's value read as `datatype` (§6.4.16 "Data Types", §6.4.17 "Datatype Details").
 
     Signed integers arrive in two's complement in the unsigned fields (an Int8 of -1 as 255
     or as 4294967295, both seen in the wild: the low bits decide); DateTime is milliseconds
@@ -285,8 +285,8 @@ def shortest_float32(x: float) -> float:
 
 def _unpack_array(raw: bytes, datatype: int) -> list[Any]:
     if datatype == DataType.BooleanArray:
-        # §6.4, BooleanArray: a 4-byte little-endian count, then the booleans packed into bits, the
-        # most significant bit of each byte first.
+        # §6.4.17, BooleanArray: a 4-byte little-endian count, then the booleans packed into
+        # bits, the most significant bit of each byte first.
         if len(raw) < 4:
             raise PayloadError("a BooleanArray shorter than its 4-byte count")
         (count,) = struct.unpack_from("<I", raw)
@@ -317,7 +317,7 @@ def _dataset_cell(cell: Any) -> Any:
 
 
 def dataset_json(ds: Any) -> str:
-    """A DataSet (§6.4 "DataSet") as compact JSON text: columns, type names and rows of values."""
+    """A DataSet (§6.4.11 "DataSet") as compact JSON text: columns, type names and rows."""
     types = [_type_name(t) for t in ds.types]
     rows = []
     for row in ds.rows:
@@ -333,7 +333,7 @@ def dataset_json(ds: Any) -> str:
 
 
 def template_json(t: Any) -> str:
-    """A Template (§6.4 "Template") as compact JSON: reference, version, parameters, metrics."""
+    """A Template (§6.4.14 "Template") as compact JSON: reference, version, parameters, metrics."""
     metrics = {}
     for m in t.metrics:
         metric = _metric(m, {})
@@ -478,7 +478,7 @@ def _number(value: MetricValue) -> float:
 
 
 def pack_array(datatype: int, values: Sequence[Any]) -> bytes:
-    """§6.4, array datatypes: an array metric's bytes_value."""
+    """§6.4.17 "Datatype Details", arrays: an array metric's bytes_value."""
     if datatype == DataType.BooleanArray:
         packed = bytearray((len(values) + 7) // 8)
         for i, v in enumerate(values):

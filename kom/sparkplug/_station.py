@@ -172,6 +172,7 @@ class SparkplugLine:
         self._logged: set[tuple[str, Problem]] = set()
         self.state_stamp = state_stamp(line.will) if self.host_id else None
         self.state_republished = 0  # STATE online sent again on an offline of kom's own
+        self.stopping = False  # a clean stop published the offline STATE itself
 
     @staticmethod
     def wanted(line: LineConfig, stations: Sequence[StationConfig]) -> bool:
@@ -194,16 +195,21 @@ class SparkplugLine:
             self.state_stamp = old.state_stamp
 
     def connected(self) -> None:
-        """Host application session establishment (Sparkplug 3.0.0 chapter 5): once subscribed,
+        """Host application session establishment (Sparkplug 3.0.0 §5.3, §4.2.3.1): once subscribed,
         the STATE online (retained, QoS 1)."""
+        self.stopping = False
         if self.host_id is not None and self.state_stamp is not None:
             payload = orjson.dumps({"online": True, "timestamp": self.state_stamp})
             self.outgoing.append((state_topic(self.host_id), payload, 1, True))
 
     def offline(self) -> tuple[str, bytes] | None:
-        """The STATE offline a clean stop publishes (the will's payload), or None."""
+        """The STATE offline a clean stop publishes (the will's payload), or None.
+
+        From then on an offline on kom's own STATE topic is its own and is not answered.
+        """
         if self.host_id is None or self.state_stamp is None:
             return None
+        self.stopping = True
         payload = orjson.dumps({"online": False, "timestamp": self.state_stamp})
         return state_topic(self.host_id), payload
 
@@ -289,7 +295,9 @@ class SparkplugLine:
         an earlier connection): the online STATE kom publishes after subscribing replaces
         it already, so it is not answered twice.
         """
-        if self.host_id is None or msg.retain or msg.topic != state_topic(self.host_id):
+        if self.stopping or self.host_id is None or msg.retain:
+            return
+        if msg.topic != state_topic(self.host_id):
             return
         try:
             online = orjson.loads(msg.payload).get("online")
@@ -305,7 +313,7 @@ class SparkplugLine:
         found = list(self.by_key.get(event.key, ()))
         if event.kind is Kind.DEATH and event.key.count("/") == 1:
             # An NDEATH's events list the node's born devices too; stations of devices that
-            # never were born still lose their node (chapter 5: the devices die with it).
+            # never were born still lose their node (§5.5: the devices die with it).
             prefix = event.key + "/"
             found += [i for k, v in self.by_key.items() if k.startswith(prefix) for i in v]
         return sorted(set(found))
