@@ -273,8 +273,8 @@ class SparkplugLine:
                 continue
             self._logged.add((node, found.kind))
             text = found.text if found.text.startswith(PREFIX) else f"{name}: {found.text}"
-            more = f"counted in {field}" if found.kind in _COUNTED else "counted"
-            self._problem(f"{text} ({more}; logged once until the node's next NBIRTH)")
+            more = "" if found.kind is Problem.UNBORN else f"counted in {field}; "
+            self._problem(f"{text} ({more}logged once until the node's next NBIRTH)")
         if outcome.rebirth is not None:
             self.outgoing.append((*outcome.rebirth, 0, False))
             for c in counted:
