@@ -228,3 +228,17 @@ def test_own_offline_of_a_clean_stop_is_not_answered() -> None:
     topic, payload = offline
     c.process(Message(topic, payload, T0))
     assert c.sparkplug.outgoing == []
+
+
+def test_ddeath_marks_the_device_at_its_payload_time() -> None:
+    """A DDEATH invalidates the device's tags (reason will) at the DDEATH's own timestamp (§5.7);
+    they are received when they arrive."""
+    c = core()
+    births(c)
+    died = T0 - timedelta(seconds=30)
+    topic = "spBv1.0/plant/DDEATH/edge1/pump1"
+    received = T0 + timedelta(seconds=1)
+    out = c.process(Message(topic, encode([], died, 2), received))
+    assert {u.tag for u in out.updates} == {"pump.pressure", "pump.started", "pump.mode"}
+    assert {(u.reason, u.ts, u.received) for u in out.updates} == {(Reason.WILL, died, received)}
+    assert c.counters.seq_gaps == 0

@@ -65,6 +65,9 @@ class Event(NamedTuple):
     kind: Kind
     key: str  # group/node or group/node/device (a station's `sparkplug` key)
     values: list[Value]
+    #: A DDEATH's payload time: §5.7 has the device's metrics marked stale at that time
+    #: (an NDEATH, a will sent by the broker, is marked at the host's receive time, §5.5).
+    ts: datetime | None = None
 
 
 class Declared(NamedTuple):
@@ -200,7 +203,7 @@ class Host:
             return Outcome([], self._rebirth(node, now), problems)
         elif kind == "DDEATH":
             state.born = False
-            events = [Event(Kind.DEATH, topic.key, [])]
+            events = [Event(Kind.DEATH, topic.key, [], payload.timestamp)]
         else:
             values, unknown = self._resolve(node, device, payload, now, problems)
             want_rebirth = want_rebirth or unknown

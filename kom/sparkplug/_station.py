@@ -331,7 +331,10 @@ class SparkplugLine:
                 return []
             counters.wills += 1
             core.counters.wills += 1
-            return station.will(msg.received)
+            updates = station.will(msg.received)
+            if event.ts is not None:
+                updates = [u._replace(ts=event.ts) for u in updates]
+            return updates
         if station.state is not StationState.ON:
             station.move(StationState.ON)  # a BIRTH clears a will error; data means we're up
         counters.routed += 1
