@@ -19,10 +19,10 @@ import orjson
 
 from ._address import format_json_address
 from ._config import Config, LineConfig, StationConfig, TagConfig, load
-from ._errors import ConfigError, KomError, WriteError
+from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
 from ._router import literal_prefix
-from ._topic import TopicFilter
+from ._topic import TopicFilter, overlapping
 
 log = logging.getLogger("kom")
 
@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SinkError as exc:
+        # A sink that cannot open (a full disk, a read-only directory): one line, exit 2
+        # before any line connects; a service manager restarts kom once it can write.
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except UsageError as exc:
@@ -174,6 +179,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  routing (first rule that applies wins):")
         for row in routing_table(stations):
             print(f"    {row}")
+        for a, b in overlapping(list(line.topic_filters)):
+            print(
+                f"  warning: line {line.name}: topic filters {a!r} and {b!r} overlap: a broker "
+                "that sends a copy for each matching subscription makes kom store such a "
+                "message twice (not counted as a duplicate)"
+            )
     return EXIT_OK
 
 

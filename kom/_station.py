@@ -200,6 +200,8 @@ class Decoder:
         self._decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw)
         for r in self._last:
             self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
+        if msg.retain:
+            return _retained(updates, ts is received)
         return updates
 
     def _slow(  # noqa: PLR0917 - called from generated code, positionally
@@ -274,7 +276,9 @@ class Decoder:
         else:
             quality = INVALID
             self.invalid += 1
-        append(new_record(Update, (r.full, value, quality, reason, ts, received, topic, detail)))
+        append(
+            new_record(Update, (r.full, value, quality, reason, ts, received, topic, detail, False))
+        )
 
     def invalidate(self, reason: Reason, now: datetime, detail: str | None = None) -> list[Update]:
         """Every input tag `invalid` with `reason` (will, comm)."""
@@ -282,6 +286,26 @@ class Decoder:
         return [
             Update(name, None, INVALID, reason, now, now, None, detail) for name in self.input_tags
         ]
+
+
+#: The detail of a retained value whose payload had no time of its own.
+RETAINED_UNTIMED = "retained value without a source time: ts is when kom received it"
+
+
+def _retained(updates: list[Update], untimed: bool) -> list[Update]:
+    """The updates of a retained message, marked `retained` (SPEC §9).
+
+    A retained message is the broker's last stored value, sent because kom subscribed, not
+    a reading that just happened. With a time in the payload, `ts` is that time; without
+    one, `ts` stays the receive time (kom knows no better) and the detail says so, so that
+    no reader takes it for a fresh measurement.
+    """
+    return [
+        u._replace(retained=True, detail=RETAINED_UNTIMED)
+        if untimed and u.detail is None
+        else u._replace(retained=True)
+        for u in updates
+    ]
 
 
 #: Inline checks for raw values that need no conversion, by kind (SPEC §4 table): a finite
@@ -363,7 +387,7 @@ def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
             continue
         body.append(f"    raw = raws[{slot}]")
         for n, (test, value) in enumerate(fast):
-            update = f"(N{i}, {value}, VALID, None, ts, received, topic, None)"
+            update = f"(N{i}, {value}, VALID, None, ts, received, topic, None, False)"
             body += [
                 f"    {'if' if n == 0 else 'elif'} {test}:",
                 f"        append(new(Update, {update}))",

@@ -213,8 +213,8 @@ def test_birth_and_data_fill_spb_tags() -> None:
     }
     own = datetime(2026, 12, 1, 7, 59, tzinfo=UTC)
     out = send(c, "DDATA", [Out(None, DataType.Float, 4.5, 10, timestamp=own)], 2, "pump1")
-    assert [(u.tag, u.value, u.ts, u.received) for u in out.updates] == [
-        ("pump.pressure", 4.5, own, T0)
+    assert [(u.tag, u.value, u.ts, u.received, u.retained) for u in out.updates] == [
+        ("pump.pressure", 4.5, own, T0, False)
     ]
 
 

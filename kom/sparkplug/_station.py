@@ -122,7 +122,17 @@ class SparkplugDecoder(Decoder):
                         reason, detail = Reason.TYPE, f"{r.full}: {exc}"
                     else:
                         if r.processing is None:  # the common case, without _emit's call
-                            update = (r.full, value, VALID, None, v.ts, received, topic, None)
+                            update = (
+                                r.full,
+                                value,
+                                VALID,
+                                None,
+                                v.ts,
+                                received,
+                                topic,
+                                None,
+                                False,
+                            )
                             append(new_record(Update, update))
                             continue
                 self._emit(append, r, value, reason, detail, v.ts, received, topic)
