@@ -625,7 +625,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         protocol=protocol,  # type: ignore[arg-type]
         username=username,
         password=password,
-        clean_session=t.get("clean_session", bool, False),
+        clean_session=_clean_session(t, host_id),
         keep_alive=t.integer("keep_alive", 0, 0, 65535),
         ping_interval=t.number("ping_interval", 60, 0, 3600),
         reply_timeout=t.number("reply_timeout", 20, 0, 3600),
@@ -652,6 +652,19 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         publish_only_changes=t.get("publish_only_changes", bool, False),
         publish_on_connect=t.get("publish_on_connect", bool, False),
     )
+
+
+def _clean_session(t: _Table, host_id: str | None) -> bool:
+    """`clean_session`, true by default on a Sparkplug host application: Sparkplug 3.0.0 §5.3
+    (tck-id-message-flow-phid-sparkplug-clean-session-311/-50) requires a clean session."""
+    clean: bool = t.get("clean_session", bool, bool(host_id))
+    if host_id and clean is False:
+        t.error(
+            "clean_session",
+            "a Sparkplug host application (sparkplug_host_id) uses a clean session "
+            "(Sparkplug 3.0.0 §5.3): leave clean_session out or set it to true",
+        )
+    return clean
 
 
 def _check_name(value: str) -> str | None:

@@ -242,3 +242,13 @@ def test_ddeath_marks_the_device_at_its_payload_time() -> None:
     assert {u.tag for u in out.updates} == {"pump.pressure", "pump.started", "pump.mode"}
     assert {(u.reason, u.ts, u.received) for u in out.updates} == {(Reason.WILL, died, received)}
     assert c.counters.seq_gaps == 0
+
+
+def test_host_application_uses_a_clean_session() -> None:
+    """§5.3: a line with a host id has a clean session by default and refuses a persistent one."""
+    assert loads(CONFIG).lines[0].effective_clean_session
+    without = loads(CONFIG.replace('sparkplug_host_id = "scada1"\n', ""))
+    assert not without.lines[0].effective_clean_session
+    with pytest.raises(ConfigError) as info:
+        loads(CONFIG.replace("[line]\n", "[line]\nclean_session = false\n", 1))
+    assert "line.clean_session: a Sparkplug host application" in str(info.value)
