@@ -228,8 +228,11 @@ class LineCore:
                 updates.extend(station.lost(now))
         return updates
 
-    def connected(self, generation: int) -> list[Update]:
+    def connected(self, generation: int, now: datetime | None = None) -> list[Update]:
         """A new connection: stations leave communication error (values stay invalid).
+
+        `now` (the line's clock) stamps the rebirth requests a Sparkplug host sends to the
+        edge nodes it knew before the connection was lost.
 
         Returns the updates of held QoS 0 messages that may now go out: the message an
         ACK_ID station was processing is redelivered by the broker when it was QoS 1/2,
@@ -238,6 +241,8 @@ class LineCore:
         updates: list[Update] = []
         if self.sparkplug is not None:
             self.sparkplug.connected()
+            if now is not None:
+                self.sparkplug.reconnected(self, now)
         if self.staleness is not None:
             self.staleness.restart()
         for station in self.stations:

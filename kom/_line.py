@@ -310,7 +310,7 @@ class Line(Events):
             self._requests.clear()
             self._subscribing.clear()
             self._ping_sent = None
-            released = self.core.connected(self.generation)
+            released = self.core.connected(self.generation, self._clock())
             if released:
                 self._batch.extend(released)
             if self.state is not LineState.CONNECTING:

@@ -166,6 +166,24 @@ def test_reload_keeps_the_host_connected(broker: Mosquitto, running: tuple[Kom, 
         assert sim.model.rebirths == 0  # the reloaded core kept the nodes' births
 
 
+def test_reconnected_host_gets_every_value_again(
+    broker: Mosquitto, running: tuple[Kom, Collector]
+) -> None:
+    """When kom's connection drops and comes back, the edge node is asked for a rebirth, so a
+    metric that never changes (Speed) is valid again, not left in comm."""
+    kom, collector = running
+    # A quiet node (no DATA for 60 s): no seq gap can make kom ask, only its reconnection.
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=60) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "pump1.speed")) >= 1)
+        # Another client with kom's client id: the broker closes kom's session.
+        with Publisher(broker.port, client_id=kom.lines["line"].config.client_id):
+            collector.wait(lambda us: collector.of("pump1.speed")[-1].reason is Reason.COMM)
+        wait_until(lambda: sim.model.rebirths >= 1, 10, "rebirth after kom's reconnection")
+        collector.wait(lambda us: collector.of("pump1.speed")[-1].valid)
+        assert kom.counters()["line"].rebirths >= 1
+
+
 def test_kom_started_after_the_births_asks_for_them(broker: Mosquitto, tmp_path: Path) -> None:
     """A host that missed the BIRTHs requests a rebirth on the first DATA it sees."""
     with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:

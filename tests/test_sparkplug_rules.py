@@ -252,3 +252,23 @@ def test_host_application_uses_a_clean_session() -> None:
     with pytest.raises(ConfigError) as info:
         loads(CONFIG.replace("[line]\n", "[line]\nclean_session = false\n", 1))
     assert "line.clean_session: a Sparkplug host application" in str(info.value)
+
+
+def test_reconnection_asks_known_nodes_for_a_rebirth() -> None:
+    """After kom's own connection comes back, each edge node it knew born is asked for a
+    rebirth (its tags went comm; report by exception would leave quiet ones so)."""
+    c = core()
+    births(c)
+    assert c.sparkplug is not None
+    c.sparkplug.outgoing.clear()
+    c.lost(T0)
+    c.connected(2, T0 + timedelta(seconds=10))
+    topics = [t for t, *_ in c.sparkplug.outgoing]
+    assert topics == ["spBv1.0/STATE/scada1", "spBv1.0/plant/NCMD/edge1"]
+    assert (c.counters.rebirths, c.station_counters["node"].rebirths) == (1, 1)
+    assert "kom reconnected" in c.sparkplug.problems[-1]
+    # A node that died meanwhile is not asked; the first connection asks nobody.
+    send(c, "NDEATH", [Out("bdSeq", DataType.UInt64, 1)], None)
+    c.sparkplug.outgoing.clear()
+    c.connected(3, T0 + timedelta(seconds=20))
+    assert [t for t, *_ in c.sparkplug.outgoing] == ["spBv1.0/STATE/scada1"]

@@ -327,6 +327,16 @@ class Host:
         node.rebirths += 1
         return rebirth_command(node.group, node.name, now)
 
+    def rebirth_all(self, now: datetime) -> list[tuple[Node, tuple[str, bytes]]]:
+        """Rebirth requests to every born node (the rate limit applies): after kom's own
+        connection was lost, what the nodes reported meanwhile is unknown."""
+        requests = []
+        for node in self.nodes.values():
+            request = self._rebirth(node, now) if node.born else None
+            if request is not None:
+                requests.append((node, request))
+        return requests
+
     def command(
         self,
         key: Sequence[str],

@@ -212,6 +212,21 @@ class SparkplugLine:
             payload = orjson.dumps({"online": True, "timestamp": self.state_stamp})
             self.outgoing.append((state_topic(self.host_id), payload, 1, True))
 
+    def reconnected(self, core: LineCore, now: datetime) -> None:
+        """kom's connection is back: its stations' tags went `comm`, and with report by
+        exception a metric that did not change since would stay so. Every edge node known
+        to be born is asked for a rebirth (counted on the node's stations), so that its
+        BIRTHs give every value again."""
+        for node, request in self.host.rebirth_all(now):
+            key = station_key(node.group, node.name)
+            self.outgoing.append((*request, 0, False))
+            core.counters.rebirths += 1
+            for i in self.by_key.get(key, ()):
+                core.station_counters[core.stations[i].name].rebirths += 1
+            self._problem(
+                f"asking {key} for a rebirth (NCMD Node Control/Rebirth): kom reconnected"
+            )
+
     def offline(self) -> tuple[str, bytes] | None:
         """The STATE offline a clean stop publishes (the will's payload), or None.
 
