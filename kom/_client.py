@@ -355,5 +355,9 @@ def _same_connection(old: LineConfig, new: LineConfig) -> bool:
     keep = ("topic_filters", "payload_type", "time_field", "time_mask", "time_zone",
             "ignore_missing_time", "debug", "max_payload", "max_held", "publish_qos",
             "publish_retain", "subscribe_qos",
-            "max_future", "max_past")  # fmt: skip
+            "max_future", "max_past", "sparkplug_rebirth_interval")  # fmt: skip
+    if old.sparkplug_host_id and new.will is None:
+        # A running line's will is the STATE will kom made for sparkplug_host_id (a file
+        # cannot give both): the same host id is the same will.
+        old = attrs.evolve(old, will=None)
     return attrs.evolve(old, **{k: getattr(new, k) for k in keep}) == new

@@ -124,6 +124,8 @@ class LineConfig:
     reconnect_max: float = 30.0
     outbox: str | None = None
     sparkplug_host_id: str | None = None  # SPEC §14: kom publishes its STATE as this host
+    #: SPEC §14: rebirth requests to one edge node at most this often (seconds; 0: no limit).
+    sparkplug_rebirth_interval: float = 5.0
     #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
     max_future: float | None = None
     max_past: float | None = None
@@ -255,6 +257,7 @@ LINE_KEYS = frozenset(
         "reconnect_max",
         "outbox",
         "sparkplug_host_id",
+        "sparkplug_rebirth_interval",
         "max_future",
         "max_past",
         "publish_only_changes",
@@ -394,9 +397,16 @@ def _non_negative(value: float) -> str | None:
     return f"expected a finite number >= 0, found {value!r}"
 
 
+#: The longest `stale_after`, `max_future` or `max_past` (about 31 years): a longer one could
+#: not be added to a date (Python's datetime ends in 9999), and means "off" anyway.
+MAX_SECONDS = 1e9
+
+
 def _positive(value: float) -> str | None:
-    if math.isfinite(value) and value > 0:
+    if math.isfinite(value) and 0 < value <= MAX_SECONDS:
         return None
+    if math.isfinite(value) and value > 0:
+        return f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), found {value!r}"
     return f"expected a number of seconds > 0, found {value!r}"
 
 
@@ -532,12 +542,20 @@ def _sparkplug_filters(
     """SPEC §14 "kom subscribes to what it needs": a line without `topic_filter` whose stations
     are all Sparkplug stations subscribes to their edge nodes' topics only."""
     own = [s for s in stations if s.line == line.name]
-    if explicit or not own or not all(s.sparkplug for s in own):
+    filters = line.topic_filters
+    if not explicit and own and all(s.sparkplug for s in own):
+        nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
+        filters = tuple(
+            TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
+        )
+    if line.sparkplug_host_id:
+        # Sparkplug 3.0.0 §4.2.3.1 (tck-id-host-topic-phid-birth-sub-required): a host
+        # application subscribes to its own STATE topic, to answer an offline on it.
+        own_state = state_topic(line.sparkplug_host_id)
+        if not any(f.matches(own_state) for f in filters):
+            filters = (*filters, TopicFilter(own_state))
+    if filters == line.topic_filters:
         return line
-    nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
-    filters = tuple(
-        TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
-    )
     return attrs.evolve(line, topic_filters=filters)
 
 
@@ -614,7 +632,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         protocol=protocol,  # type: ignore[arg-type]
         username=username,
         password=password,
-        clean_session=t.get("clean_session", bool, False),
+        clean_session=_clean_session(t, host_id),
         keep_alive=t.integer("keep_alive", 0, 0, 65535),
         ping_interval=t.number("ping_interval", 60, 0, 3600),
         reply_timeout=t.number("reply_timeout", 20, 0, 3600),
@@ -635,11 +653,25 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
         sparkplug_host_id=host_id or None,
+        sparkplug_rebirth_interval=t.number("sparkplug_rebirth_interval", 5.0, 0, 3600),
         max_future=_seconds(t, "max_future"),
         max_past=_seconds(t, "max_past"),
         publish_only_changes=t.get("publish_only_changes", bool, False),
         publish_on_connect=t.get("publish_on_connect", bool, False),
     )
+
+
+def _clean_session(t: _Table, host_id: str | None) -> bool:
+    """`clean_session`, true by default on a Sparkplug host application: Sparkplug 3.0.0 §5.3
+    (tck-id-message-flow-phid-sparkplug-clean-session-311/-50) requires a clean session."""
+    clean: bool = t.get("clean_session", bool, bool(host_id))
+    if host_id and clean is False:
+        t.error(
+            "clean_session",
+            "a Sparkplug host application (sparkplug_host_id) uses a clean session "
+            "(Sparkplug 3.0.0 §5.3): leave clean_session out or set it to true",
+        )
+    return clean
 
 
 def _check_name(value: str) -> str | None:

@@ -38,6 +38,12 @@ class Counters:
     reconnects: int = 0
     pauses: int = 0
     connect_failures: int = 0
+    #: SPEC §14, Sparkplug B: rebirth requests sent, and what made kom distrust a node's
+    #: messages (sequence gaps, aliases no BIRTH declared, NDEATHs of another bdSeq).
+    rebirths: int = 0
+    seq_gaps: int = 0
+    unknown_aliases: int = 0
+    stale_deaths: int = 0
     last_message: datetime | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -210,6 +216,11 @@ class LineCore:
                 self.station_counters[station.name].stale += 1
         return updates
 
+    def switched_on(self, name: str, now: datetime) -> None:
+        """A station was switched on: its `stale_after` count starts now (SPEC §16)."""
+        if self.staleness is not None:
+            self.staleness.seen(self.stations.index(self.by_name[name]), now)
+
     def lost(self, now: datetime) -> list[Update]:
         """The connection is gone: active stations in communication error, inputs invalid."""
         updates: list[Update] = []
@@ -222,8 +233,11 @@ class LineCore:
                 updates.extend(station.lost(now))
         return updates
 
-    def connected(self, generation: int) -> list[Update]:
+    def connected(self, generation: int, now: datetime | None = None) -> list[Update]:
         """A new connection: stations leave communication error (values stay invalid).
+
+        `now` (the line's clock) stamps the rebirth requests a Sparkplug host sends to the
+        edge nodes it knew before the connection was lost.
 
         Returns the updates of held QoS 0 messages that may now go out: the message an
         ACK_ID station was processing is redelivered by the broker when it was QoS 1/2,
@@ -232,6 +246,8 @@ class LineCore:
         updates: list[Update] = []
         if self.sparkplug is not None:
             self.sparkplug.connected()
+            if now is not None:
+                self.sparkplug.reconnected(self, now)
         if self.staleness is not None:
             self.staleness.restart()
         for station in self.stations:

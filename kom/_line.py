@@ -231,7 +231,7 @@ class Line(Events):
         A station whose configuration is unchanged keeps its state, held messages and
         last values; changed topic filters go out as SUBSCRIBE, then UNSUBSCRIBE.
         """
-        config = state_will(config, self._clock())
+        config = state_will(config, self._clock(), self.config.will)
         core = LineCore(config, stations)
         with self._lock:
             core.carry_over(self.core, connected=self.state is LineState.CONNECTED)
@@ -310,7 +310,7 @@ class Line(Events):
             self._requests.clear()
             self._subscribing.clear()
             self._ping_sent = None
-            released = self.core.connected(self.generation)
+            released = self.core.connected(self.generation, self._clock())
             if released:
                 self._batch.extend(released)
             if self.state is not LineState.CONNECTING:
@@ -820,6 +820,8 @@ class Line(Events):
                 target = StationState.COMM
             if station.state is not target and not (target is StationState.ON and station.active):
                 station.move(target)
+                if target is StationState.ON:
+                    self.core.switched_on(station_name, self._clock())
         self._wake.set()
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:

@@ -79,6 +79,7 @@ class Reason(enum.StrEnum):
     WILL = "will"
     COMM = "comm"
     STALE = "stale"
+    QUALITY = "quality"  # the source itself reports the value bad (Sparkplug B Quality property)
 
 
 #: Builds a NamedTuple record from the tuple of its fields, skipping NamedTuple's Python-level

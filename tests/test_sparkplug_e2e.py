@@ -114,6 +114,76 @@ def test_rebirth_after_a_sequence_gap(broker: Mosquitto, running: tuple[Kom, Col
         assert sim.model.rebirths == 1  # one gap, one request
 
 
+def test_rebirth_is_counted_on_the_line_and_station(
+    broker: Mosquitto, running: tuple[Kom, Collector]
+) -> None:
+    """A seq gap and the rebirth it causes show in Kom.counters() for the line and station."""
+    kom, collector = running
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "pump1.speed")) >= 1)
+        sim.skip_seq(3)
+        wait_until(lambda: sim.model.rebirths >= 1, 5, "rebirth")
+        counters = kom.counters()
+        assert counters["line"].seq_gaps >= 1
+        assert counters["line"].rebirths == 1
+        assert sum(counters[f"line/{s}"].rebirths for s in ("edge1", "pump1", "tank1")) == 1
+
+
+def test_own_state_offline_is_answered(broker: Mosquitto, running: tuple[Kom, Collector]) -> None:
+    """Someone publishing kom's STATE as offline (retained) is answered at once with online, so
+    the retained STATE says online again (Sparkplug 3.0.0 §5.3)."""
+    kom, _collector = running
+    with Publisher(broker.port) as spy:
+        spy.subscribe("spBv1.0/STATE/kom")
+        wait_until(lambda: bool(spy.messages("spBv1.0/STATE/kom")), 5, "online STATE")
+        stamp = orjson.loads(spy.messages("spBv1.0/STATE/kom")[0].payload)["timestamp"]
+        spy.publish("spBv1.0/STATE/kom", orjson.dumps({"online": False, "timestamp": 1}), 1, True)
+        wait_until(lambda: len(spy.messages("spBv1.0/STATE/kom")) >= 3, 5, "STATE online again")
+        last = orjson.loads(spy.messages("spBv1.0/STATE/kom")[-1].payload)
+        assert last == {"online": True, "timestamp": stamp}
+    with Publisher(broker.port) as late:  # the retained copy a new subscriber gets
+        late.subscribe("spBv1.0/STATE/kom")
+        wait_until(lambda: bool(late.messages("spBv1.0/STATE/kom")), 5, "retained STATE")
+        assert orjson.loads(late.messages("spBv1.0/STATE/kom")[0].payload)["online"] is True
+    line = kom.lines["line"]
+    assert line.core.sparkplug is not None
+    assert line.core.sparkplug.state_republished == 1
+
+
+def test_reload_keeps_the_host_connected(broker: Mosquitto, running: tuple[Kom, Collector]) -> None:
+    """Reloading the same file on a host application keeps its line, session and nodes."""
+    kom, collector = running
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "pump1.speed")) >= 1)
+        line = kom.lines["line"]
+        kom.reload(loads(profile(broker, line.config.client_id)))
+        assert kom.lines["line"] is line
+        seen = len(valid(collector, "pump1.pressure"))
+        collector.wait(lambda us: len(valid(collector, "pump1.pressure")) >= seen + 2)
+        assert kom.counters()["line"].reconnects == 0
+        assert sim.model.rebirths == 0  # the reloaded core kept the nodes' births
+
+
+def test_reconnected_host_gets_every_value_again(
+    broker: Mosquitto, running: tuple[Kom, Collector]
+) -> None:
+    """When kom's connection drops and comes back, the edge node is asked for a rebirth, so a
+    metric that never changes (Speed) is valid again, not left in comm."""
+    kom, collector = running
+    # A quiet node (no DATA for 60 s): no seq gap can make kom ask, only its reconnection.
+    with EdgeNodeSimulator("127.0.0.1", broker.port, period=60) as sim:
+        assert sim.wait_connected(5)
+        collector.wait(lambda us: len(valid(collector, "pump1.speed")) >= 1)
+        # Another client with kom's client id: the broker closes kom's session.
+        with Publisher(broker.port, client_id=kom.lines["line"].config.client_id):
+            collector.wait(lambda us: collector.of("pump1.speed")[-1].reason is Reason.COMM)
+        wait_until(lambda: sim.model.rebirths >= 1, 10, "rebirth after kom's reconnection")
+        collector.wait(lambda us: collector.of("pump1.speed")[-1].valid)
+        assert kom.counters()["line"].rebirths >= 1
+
+
 def test_kom_started_after_the_births_asks_for_them(broker: Mosquitto, tmp_path: Path) -> None:
     """A host that missed the BIRTHs requests a rebirth on the first DATA it sees."""
     with EdgeNodeSimulator("127.0.0.1", broker.port, period=0.2) as sim:
@@ -143,7 +213,7 @@ def test_discover_lists_metrics_and_a_ready_fragment(broker: Mosquitto, tmp_path
     assert "# group plant\n# node plant/edge1: 4 metrics\n" in out
     assert "# device plant/edge1/pump1: 4 metrics" in out
     assert "#   Pressure  Double alias 10" in out
-    assert "#   Node Control/Rebirth  Boolean alias 1" in out
+    assert "#   Node Control/Rebirth  Boolean\n" in out  # no alias (§5.17)
     fragment = out[out.index("[[station]]") :]
     loaded = loads(f'[line]\nhost = "h"\n{fragment}')
     assert [s.sparkplug for s in loaded.stations] == [

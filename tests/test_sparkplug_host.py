@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kom.sparkplug._host import REBIRTH_METRIC, Host, Kind, Outcome
+from kom.sparkplug._host import REBIRTH_METRIC, Host, Kind, Outcome, Problem
 from kom.sparkplug._payload import DataType, Out, decode, encode
 from kom.sparkplug._topic import parse_topic
 
@@ -122,7 +122,7 @@ def test_seq_gap_requests_a_rebirth(seqs: list[int], rebirths: int) -> None:
 
 
 def test_seq_wraps_at_256() -> None:
-    """After 255 comes 0 (§7.4), not a gap."""
+    """After 255 comes 0 (§6.4.5), not a gap."""
     host = Host()
     born(host)
     host.nodes[G, N].seq = 254
@@ -149,7 +149,8 @@ def test_unknown_alias_requests_a_rebirth_and_is_skipped() -> None:
     )
     assert [v.name for v in out.events[0].values] == ["Level"]
     assert out.rebirth is not None
-    assert "alias 99" in out.problems[0]
+    assert out.problems[0].kind is Problem.UNKNOWN_ALIAS
+    assert "alias 99" in out.problems[0].text
 
 
 def test_node_alias_is_not_a_device_alias() -> None:
@@ -202,7 +203,8 @@ def test_ndeath_of_an_older_session_is_ignored() -> None:
     assert out.events == []
     assert host.nodes[G, N].born
     assert host.stale_deaths == 1
-    assert "bdSeq 4" in out.problems[0]
+    assert out.problems[0].kind is Problem.STALE_DEATH
+    assert "bdSeq 4" in out.problems[0].text
 
 
 def test_ddeath_then_dbirth() -> None:

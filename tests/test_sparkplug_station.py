@@ -97,10 +97,14 @@ def births(c: LineCore) -> None:
 
 
 def test_config_derives_filters_and_addresses() -> None:
-    """Sparkplug stations are chosen by key; a line of them subscribes to their nodes only."""
+    """Sparkplug stations are chosen by key; a line of them subscribes to their nodes and to
+    its host's own STATE topic only."""
     config = loads(CONFIG)
     line = config.lines[0]
-    assert [f.text for f in line.topic_filters] == ["spBv1.0/plant/+/edge1/#"]
+    assert [f.text for f in line.topic_filters] == [
+        "spBv1.0/plant/+/edge1/#",
+        "spBv1.0/STATE/scada1",
+    ]
     assert line.sparkplug_host_id == "scada1"
     assert [s.sparkplug for s in config.stations] == ["plant/edge1", "plant/edge1/pump1"]
     assert config.stations[1].tags[0].address is not None
@@ -260,7 +264,12 @@ def test_seq_gap_queues_a_rebirth_ncmd_and_keeps_the_data() -> None:
     assert [(m.name, m.value()) for m in decode(payload).metrics] == [
         ("Node Control/Rebirth", True)
     ]
-    assert c.sparkplug.problems[-1] == "spBv1.0/plant/DDATA/edge1/pump1: seq 7 after 1"
+    gap, request = c.sparkplug.problems[-2:]
+    assert gap.startswith("spBv1.0/plant/DDATA/edge1/pump1: seq 7 after 1 (counted in seq_gaps")
+    assert request == (
+        "asking plant/edge1 for a rebirth (NCMD Node Control/Rebirth): "
+        "spBv1.0/plant/DDATA/edge1/pump1: seq 7 after 1"
+    )
 
 
 def test_state_online_repeats_the_will_timestamp() -> None:

@@ -56,6 +56,7 @@ class Value(NamedTuple):
     is_null: bool
     datatype: int
     error: str | None = None  # why the value could not be read (the tag: invalid, parse)
+    quality: int | None = None  # §6.4.9.1: the metric's Quality property, when it has one
 
 
 class Event(NamedTuple):
@@ -64,6 +65,9 @@ class Event(NamedTuple):
     kind: Kind
     key: str  # group/node or group/node/device (a station's `sparkplug` key)
     values: list[Value]
+    #: A DDEATH's payload time: §5.7 has the device's metrics marked stale at that time
+    #: (an NDEATH, a will sent by the broker, is marked at the host's receive time, §5.5).
+    ts: datetime | None = None
 
 
 class Declared(NamedTuple):
@@ -74,12 +78,32 @@ class Declared(NamedTuple):
     alias: int | None
 
 
+class Problem(enum.Enum):
+    """Why a message of an edge node cannot be trusted as it is (each is counted)."""
+
+    SEQ_GAP = "seq_gaps"  # §6.4.5: a seq other than the previous + 1 (mod 256), or none
+    UNKNOWN_ALIAS = "unknown_aliases"  # §6.4.6: an alias no BIRTH declared
+    UNBORN = "unborn"  # DATA or DBIRTH from a node or device without its BIRTH
+    STALE_DEATH = "stale_deaths"  # an NDEATH whose bdSeq is not the NBIRTH's (§5.4)
+    PAYLOAD = "decode_errors"  # not a Sparkplug B payload
+
+
+class Found(NamedTuple):
+    """One problem of a message: its kind and what exactly was seen."""
+
+    kind: Problem
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class Outcome(NamedTuple):
     """The result of one message: events, a rebirth request (topic, payload), problems."""
 
     events: list[Event]
     rebirth: tuple[str, bytes] | None = None
-    problems: list[str] = []  # noqa: RUF012 - never mutated: a NamedTuple default
+    problems: list[Found] = []  # noqa: RUF012 - never mutated: a NamedTuple default
     ignored: bool = False
 
 
@@ -147,15 +171,17 @@ class Host:
             payload = decode(data)
         except PayloadError as exc:
             self.decode_errors += 1
-            return Outcome([], problems=[f"{topic}: {exc}"])
+            return Outcome([], problems=[Found(Problem.PAYLOAD, f"{topic}: {exc}")])
         node = self.node(topic.group, topic.node)
         if kind == "NBIRTH":
             return self._node_birth(node, payload, now)
         if kind == "NDEATH":
             return self._node_death(node, payload)
-        problems: list[str] = []
+        problems: list[Found] = []
         if not node.born:
-            problems.append(f"{topic}: the edge node was never born (no NBIRTH seen)")
+            problems.append(
+                Found(Problem.UNBORN, f"{topic}: the edge node was never born (no NBIRTH seen)")
+            )
             return Outcome([], self._rebirth(node, now), problems)
         want_rebirth = self._check_seq(node, topic, payload, problems)
         device = topic.device
@@ -171,11 +197,13 @@ class Host:
             values = self._declare(node, device, state.metrics, payload, now, problems)
             events = [Event(Kind.BIRTH, topic.key, values)]
         elif state is None or not state.born:
-            problems.append(f"{topic}: the device was never born (no DBIRTH seen)")
+            problems.append(
+                Found(Problem.UNBORN, f"{topic}: the device was never born (no DBIRTH seen)")
+            )
             return Outcome([], self._rebirth(node, now), problems)
         elif kind == "DDEATH":
             state.born = False
-            events = [Event(Kind.DEATH, topic.key, [])]
+            events = [Event(Kind.DEATH, topic.key, [], payload.timestamp)]
         else:
             values, unknown = self._resolve(node, device, payload, now, problems)
             want_rebirth = want_rebirth or unknown
@@ -184,7 +212,7 @@ class Host:
 
     def _node_birth(self, node: Node, payload: Payload, now: datetime) -> Outcome:
         """A new session of the node: everything it said before is forgotten."""
-        problems: list[str] = []
+        problems: list[Found] = []
         node.born = True
         node.births += 1
         node.seq = payload.seq
@@ -213,7 +241,8 @@ class Host:
                 if not node.born
                 else f"bdSeq {bd_seq!r} is not the NBIRTH's {node.bd_seq}"
             )
-            return Outcome([], problems=[f"NDEATH of {node.group}/{node.name} ignored: {why}"])
+            text = f"NDEATH of {node.group}/{node.name} ignored: {why}"
+            return Outcome([], problems=[Found(Problem.STALE_DEATH, text)])
         node.born = False
         node.deaths += 1
         events = [Event(Kind.DEATH, station_key(node.group, node.name), [])]
@@ -223,15 +252,17 @@ class Host:
                 events.append(Event(Kind.DEATH, station_key(node.group, node.name, name), []))
         return Outcome(events)
 
-    def _check_seq(self, node: Node, topic: SpTopic, payload: Payload, problems: list[str]) -> bool:
+    def _check_seq(
+        self, node: Node, topic: SpTopic, payload: Payload, problems: list[Found]
+    ) -> bool:
         """§6.4.5 "Payload": each message after the NBIRTH carries the last seq + 1 (mod 256)."""
         previous = node.seq
         node.seq = payload.seq
         if payload.seq is None:
-            problems.append(f"{topic}: no sequence number")
+            problems.append(Found(Problem.SEQ_GAP, f"{topic}: no sequence number"))
             return True
         if previous is not None and payload.seq != (previous + 1) % 256:
-            problems.append(f"{topic}: seq {payload.seq} after {previous}")
+            problems.append(Found(Problem.SEQ_GAP, f"{topic}: seq {payload.seq} after {previous}"))
             return True
         return False
 
@@ -242,14 +273,15 @@ class Host:
         declared: dict[str, Declared],
         payload: Payload,
         now: datetime,
-        problems: list[str],
+        problems: list[Found],
     ) -> list[Value]:
         """A BIRTH's metrics: each declares its name, datatype and alias, and has a value."""
         values: list[Value] = []
         default_ts = payload.timestamp or now
         for m in payload.metrics:
             if m.name is None:
-                problems.append(f"a BIRTH metric without a name (alias {m.alias}) ignored")
+                text = f"a BIRTH metric without a name (alias {m.alias}) ignored"
+                problems.append(Found(Problem.PAYLOAD, text))
                 continue
             declared[m.name] = Declared(m.name, m.datatype, m.alias)
             if m.alias is not None:
@@ -263,7 +295,7 @@ class Host:
         device: str | None,
         payload: Payload,
         now: datetime,
-        problems: list[str],
+        problems: list[Found],
     ) -> tuple[list[Value], bool]:
         """A DATA message's metrics by their BIRTH names; True when an alias is unknown."""
         values: list[Value] = []
@@ -275,7 +307,8 @@ class Host:
             if name is None:
                 found = node.aliases.get(m.alias) if m.alias is not None else None
                 if found is None or found[0] != device:
-                    problems.append(f"alias {m.alias} was not declared in a BIRTH")
+                    text = f"alias {m.alias} was not declared in a BIRTH"
+                    problems.append(Found(Problem.UNKNOWN_ALIAS, text))
                     unknown = True
                     continue
                 name = found[1]
@@ -285,13 +318,24 @@ class Host:
         return values, unknown
 
     def _rebirth(self, node: Node, now: datetime) -> tuple[str, bytes] | None:
-        """An NCMD asking for a rebirth, unless one went to this node lately."""
+        """An NCMD asking for a rebirth (§5.17 "Commands"; §5.9: what a host does when the
+        order of a node's messages breaks), unless one went to this node lately."""
         last = node.rebirth_at
         if last is not None and (now - last).total_seconds() < self.rebirth_interval:
             return None
         node.rebirth_at = now
         node.rebirths += 1
         return rebirth_command(node.group, node.name, now)
+
+    def rebirth_all(self, now: datetime) -> list[tuple[Node, tuple[str, bytes]]]:
+        """Rebirth requests to every born node (the rate limit applies): after kom's own
+        connection was lost, what the nodes reported meanwhile is unknown."""
+        requests = []
+        for node in self.nodes.values():
+            request = self._rebirth(node, now) if node.born else None
+            if request is not None:
+                requests.append((node, request))
+        return requests
 
     def command(
         self,
@@ -326,7 +370,9 @@ def rebirth_command(group: str, node: str, now: datetime) -> tuple[str, bytes]:
     return f"{PREFIX}{group}/NCMD/{node}", payload
 
 
-def _value(m: Metric, name: str, datatype: int, default_ts: datetime, problems: list[str]) -> Value:
+def _value(
+    m: Metric, name: str, datatype: int, default_ts: datetime, problems: list[Found]
+) -> Value:
     """The metric's value under `datatype`, stamped with its own time or the payload's.
 
     Runs for every metric: the record is built from its tuple (NamedTuple's own __new__ is
@@ -335,10 +381,10 @@ def _value(m: Metric, name: str, datatype: int, default_ts: datetime, problems: 
     ts = m.timestamp or default_ts
     raw = m.raw
     if m.is_null or raw is None:
-        return new_record(Value, (name, None, ts, True, datatype, None))
+        return new_record(Value, (name, None, ts, True, datatype, None, m.quality))
     try:
         value = typed_value(raw, datatype)
     except PayloadError as exc:
-        problems.append(f"{name}: {exc}")
-        return new_record(Value, (name, None, ts, True, datatype, str(exc)))
-    return new_record(Value, (name, value, ts, value is None, datatype, None))
+        problems.append(Found(Problem.PAYLOAD, f"{name}: {exc}"))
+        return new_record(Value, (name, None, ts, True, datatype, str(exc), m.quality))
+    return new_record(Value, (name, value, ts, value is None, datatype, None, m.quality))

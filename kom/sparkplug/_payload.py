@@ -27,7 +27,7 @@ class PayloadError(ValueError):
 
 
 class DataType(enum.IntEnum):
-    """Sparkplug 3.0.0 §6.4 "Datatypes": the metric datatype codes."""
+    """Sparkplug 3.0.0 §6.4.16 "Data Types": the metric datatype codes."""
 
     Unknown = 0
     Int8 = 1
@@ -91,7 +91,7 @@ _UNSIGNED: dict[int, int] = {
     DataType.UInt32: 32,
     DataType.UInt64: 64,
 }
-#: §6.4, array datatypes: element formats of the packed array types (little-endian).
+#: §6.4.17 "Datatype Details", arrays: element formats of the packed array types (little-endian).
 _ARRAY_FORMATS: dict[int, str] = {
     DataType.Int8Array: "b",
     DataType.Int16Array: "h",
@@ -123,6 +123,9 @@ class Metric(NamedTuple):
     is_null: bool = False
     historical: bool = False
     transient: bool = False
+    #: §6.4.9.1 "Quality Codes": the metric's `Quality` property (0 bad, 192 good, 500 stale),
+    #: None when the metric has none.
+    quality: int | None = None
 
     def value(self, datatype: int | None = None) -> MetricValue:
         """The value under `datatype` (default the metric's own); None when null or unset."""
@@ -203,6 +206,7 @@ def _metric(m: Any, times: dict[int, datetime | None]) -> Metric:
     alias = m.alias
     if not alias and not m.HasField("alias"):
         alias = None
+    quality = _quality(m.properties) if m.HasField("properties") else None
     return new_record(
         Metric,
         (
@@ -214,12 +218,34 @@ def _metric(m: Any, times: dict[int, datetime | None]) -> Metric:
             m.is_null,
             m.is_historical,
             m.is_transient,
+            quality,
         ),
     )
 
 
+#: §6.4.9.1 "Quality Codes": the property key and the code of a good value.
+QUALITY_KEY = "Quality"
+QUALITY_GOOD = 192
+QUALITY_STALE = 500
+QUALITY_NAMES = {0: "bad", 192: "good", 500: "stale"}
+
+
+def _quality(properties: Any) -> int | None:
+    """The `Quality` property of a metric's PropertySet (§6.4.9.1: type Int32, an int_value
+    of 0, 192 or 500), or None when it has none (or a null one). Any other key is not read."""
+    for key, value in zip(properties.keys, properties.values, strict=False):
+        if key != QUALITY_KEY or value.is_null:
+            continue
+        field = value.WhichOneof("value")
+        if field in ("int_value", "long_value"):
+            code = typed_value(getattr(value, field), value.type or DataType.Int32)
+            return code if type(code) is int else None
+        return None
+    return None
+
+
 def typed_value(raw: Any, datatype: int) -> MetricValue:
-    """A oneof field's value read as `datatype` (§6.4 "Datatypes").
+    """A oneof field's value read as `datatype` (§6.4.16 "Data Types", §6.4.17 "Datatype Details").
 
     Signed integers arrive in two's complement in the unsigned fields (an Int8 of -1 as 255
     or as 4294967295, both seen in the wild: the low bits decide); DateTime is milliseconds
@@ -259,8 +285,8 @@ def shortest_float32(x: float) -> float:
 
 def _unpack_array(raw: bytes, datatype: int) -> list[Any]:
     if datatype == DataType.BooleanArray:
-        # §6.4, BooleanArray: a 4-byte little-endian count, then the booleans packed into bits, the
-        # most significant bit of each byte first.
+        # §6.4.17, BooleanArray: a 4-byte little-endian count, then the booleans packed into
+        # bits, the most significant bit of each byte first.
         if len(raw) < 4:
             raise PayloadError("a BooleanArray shorter than its 4-byte count")
         (count,) = struct.unpack_from("<I", raw)
@@ -291,7 +317,7 @@ def _dataset_cell(cell: Any) -> Any:
 
 
 def dataset_json(ds: Any) -> str:
-    """A DataSet (§6.4 "DataSet") as compact JSON text: columns, type names and rows of values."""
+    """A DataSet (§6.4.11 "DataSet") as compact JSON text: columns, type names and rows."""
     types = [_type_name(t) for t in ds.types]
     rows = []
     for row in ds.rows:
@@ -307,7 +333,7 @@ def dataset_json(ds: Any) -> str:
 
 
 def template_json(t: Any) -> str:
-    """A Template (§6.4 "Template") as compact JSON: reference, version, parameters, metrics."""
+    """A Template (§6.4.14 "Template") as compact JSON: reference, version, parameters, metrics."""
     metrics = {}
     for m in t.metrics:
         metric = _metric(m, {})
@@ -365,6 +391,7 @@ class Out(NamedTuple):
     value: MetricValue
     alias: int | None = None
     timestamp: datetime | None = None
+    quality: int | None = None  # §6.4.9.1: sent as the metric's `Quality` property
 
 
 def encode(metrics: Iterable[Out], timestamp: datetime | None, seq: int | None = None) -> bytes:
@@ -386,6 +413,11 @@ def encode(metrics: Iterable[Out], timestamp: datetime | None, seq: int | None =
             # §6.4.6: the datatype goes with a metric's definition (BIRTH, or a command by
             # name); DATA and commands by alias leave it out, the BIRTH gave it.
             m.datatype = out.datatype
+        if out.quality is not None:
+            m.properties.keys.append(QUALITY_KEY)
+            prop = m.properties.values.add()
+            prop.type = DataType.Int32
+            prop.int_value = out.quality & 0xFFFFFFFF
         if out.value is None:
             m.is_null = True
             continue
@@ -446,7 +478,7 @@ def _number(value: MetricValue) -> float:
 
 
 def pack_array(datatype: int, values: Sequence[Any]) -> bytes:
-    """§6.4, array datatypes: an array metric's bytes_value."""
+    """§6.4.17 "Datatype Details", arrays: an array metric's bytes_value."""
     if datatype == DataType.BooleanArray:
         packed = bytearray((len(values) + 7) // 8)
         for i, v in enumerate(values):

@@ -45,15 +45,17 @@ class Point(NamedTuple):
     """A simulated metric: datatype, alias, writable, and how it moves (None: stays)."""
 
     datatype: DataType
-    alias: int
+    alias: int | None
     writable: bool = False
     step: float | None = None
 
 
 #: The node's own metrics and its two devices' (names as an integrator would see them).
 NODE_POINTS = {
-    BDSEQ_METRIC: Point(DataType.UInt64, 0),
-    REBIRTH_METRIC: Point(DataType.Boolean, 1, writable=True),
+    # §5.4: bdSeq is an Int64; §5.17: with aliases, `Node Control/Rebirth` has none (a host
+    # asks for a rebirth by name, before it knows any alias).
+    BDSEQ_METRIC: Point(DataType.Int64, 0),
+    REBIRTH_METRIC: Point(DataType.Boolean, None, writable=True),
     "Properties/Firmware": Point(DataType.String, 2),
     "Uptime": Point(DataType.Int64, 3, step=1.0),
 }
@@ -110,7 +112,7 @@ class EdgeNode:
 
     def death(self) -> tuple[str, bytes]:
         """The NDEATH (the will): bdSeq only, no seq."""
-        payload = encode([Out(BDSEQ_METRIC, DataType.UInt64, self.bd_seq)], None)
+        payload = encode([Out(BDSEQ_METRIC, DataType.Int64, self.bd_seq)], None)
         return self.topic("NDEATH"), payload
 
     def births(self, now: datetime) -> list[tuple[str, bytes]]:
@@ -178,7 +180,7 @@ class EdgeNode:
             log.warning("%s: bad command on %s: %s", self.node, topic, exc)
             return []
         points = self.points(device)
-        by_alias = {p.alias: n for n, p in points.items()}
+        by_alias = {p.alias: n for n, p in points.items() if p.alias is not None}
         changed: dict[str, MetricValue] = {}
         for m in payload.metrics:
             name = m.name if m.name is not None else by_alias.get(m.alias or -1)

@@ -24,10 +24,20 @@ from .._model import Quality, Reason, Update, Value, ValueType, new_record
 from .._router import Route, Rule
 from .._station import Decoder, Station, StationState, _Reader, _reader
 from .._timemask import TimeMask, Zone
-from ._host import Event, Host, Kind
+from ._host import Event, Host, Kind, Outcome, Problem
 from ._host import Value as MetricReading
-from ._payload import DataType, MetricValue, PayloadError, from_millis, tag_value, to_millis
-from ._topic import PREFIX, parse_topic, state_topic
+from ._payload import (
+    QUALITY_GOOD,
+    QUALITY_NAMES,
+    QUALITY_STALE,
+    DataType,
+    MetricValue,
+    PayloadError,
+    from_millis,
+    tag_value,
+    to_millis,
+)
+from ._topic import PREFIX, SpTopic, parse_topic, state_topic, station_key
 
 if TYPE_CHECKING:
     from .._core import Counters, LineCore, Processed
@@ -98,6 +108,13 @@ class SparkplugDecoder(Decoder):
                 elif v.is_null:
                     # Sparkplug 3.0.0 §6.4.6, is_null: the metric has no value now.
                     reason, detail = Reason.MISSING, f"{r.full}: metric {v.name!r} is null"
+                elif v.quality is not None and v.quality != QUALITY_GOOD:
+                    # §6.4.9.1 "Quality Codes": the edge node says the value is not good (0
+                    # bad, 500 stale). The source's verdict, not a decode error: not counted.
+                    invalid = self.invalid
+                    self._emit(append, r, None, *_source_quality(r.full, v), v.ts, received, topic)
+                    self.invalid = invalid
+                    continue
                 else:
                     try:
                         value = r.convert(tag_value(v.value))
@@ -122,6 +139,14 @@ class SparkplugDecoder(Decoder):
         return updates
 
 
+def _source_quality(full: str, v: MetricReading) -> tuple[Reason, str]:
+    """The reason and detail of a metric whose Quality property is not good (§6.4.9.1)."""
+    code = v.quality
+    name = QUALITY_NAMES.get(code, "unknown") if code is not None else "unknown"
+    reason = Reason.STALE if code == QUALITY_STALE else Reason.QUALITY
+    return reason, f"{full}: metric {v.name!r} has Quality {code} ({name}) at the edge node"
+
+
 def _tag_converter(tag: TagConfig, mask: TimeMask, zone: Zone) -> Callable[[object], Value]:
     """A metric value to the tag's type, as from JSON (lists, arrays, become JSON text in text
     tags); absolute times as a written value, which also takes a datetime (DateTime metrics)."""
@@ -139,7 +164,7 @@ class SparkplugLine:
     """The Sparkplug part of one line's core: the Host, stations by key, messages to send."""
 
     def __init__(self, line: LineConfig, stations: Sequence[Station]) -> None:
-        self.host = Host()
+        self.host = Host(line.sparkplug_rebirth_interval)
         self.host_id = line.sparkplug_host_id
         self.by_key: dict[str, list[int]] = {}
         for index, station in enumerate(stations):
@@ -153,7 +178,11 @@ class SparkplugLine:
         #: Problems seen (seq gaps, unknown aliases, bad payloads, stale deaths) for the line to
         #: log, taken by the line like `outgoing`; bounded when nobody takes them.
         self.problems: list[str] = []
+        #: (node key, problem) already logged: each kind once per node until its next NBIRTH.
+        self._logged: set[tuple[str, Problem]] = set()
         self.state_stamp = state_stamp(line.will) if self.host_id else None
+        self.state_republished = 0  # STATE online sent again on an offline of kom's own
+        self.stopping = False  # a clean stop published the offline STATE itself
 
     @staticmethod
     def wanted(line: LineConfig, stations: Sequence[StationConfig]) -> bool:
@@ -164,21 +193,48 @@ class SparkplugLine:
         )
 
     def carry_over(self, old: SparkplugLine) -> None:
-        """A reload keeps what the nodes said (their BIRTHs do not come again by themselves)."""
+        """A reload keeps what the nodes said (their BIRTHs do not come again by themselves)
+        and what was logged; the rebirth interval is the new configuration's."""
+        interval = self.host.rebirth_interval
         self.host = old.host
-        self.state_stamp = old.state_stamp
+        self.host.rebirth_interval = interval
+        self._logged = old._logged
+        self.state_republished = old.state_republished
+        if old.host_id == self.host_id:
+            # The connection's will carries the old timestamp until the next CONNECT.
+            self.state_stamp = old.state_stamp
 
     def connected(self) -> None:
-        """Host application session establishment (Sparkplug 3.0.0 chapter 5): once subscribed,
+        """Host application session establishment (Sparkplug 3.0.0 §5.3, §4.2.3.1): once subscribed,
         the STATE online (retained, QoS 1)."""
+        self.stopping = False
         if self.host_id is not None and self.state_stamp is not None:
             payload = orjson.dumps({"online": True, "timestamp": self.state_stamp})
             self.outgoing.append((state_topic(self.host_id), payload, 1, True))
 
+    def reconnected(self, core: LineCore, now: datetime) -> None:
+        """kom's connection is back: its stations' tags went `comm`, and with report by
+        exception a metric that did not change since would stay so. Every edge node known
+        to be born is asked for a rebirth (counted on the node's stations), so that its
+        BIRTHs give every value again."""
+        for node, request in self.host.rebirth_all(now):
+            key = station_key(node.group, node.name)
+            self.outgoing.append((*request, 0, False))
+            core.counters.rebirths += 1
+            for i in self.by_key.get(key, ()):
+                core.station_counters[core.stations[i].name].rebirths += 1
+            self._problem(
+                f"asking {key} for a rebirth (NCMD Node Control/Rebirth): kom reconnected"
+            )
+
     def offline(self) -> tuple[str, bytes] | None:
-        """The STATE offline a clean stop publishes (the will's payload), or None."""
+        """The STATE offline a clean stop publishes (the will's payload), or None.
+
+        From then on an offline on kom's own STATE topic is its own and is not answered.
+        """
         if self.host_id is None or self.state_stamp is None:
             return None
+        self.stopping = True
         payload = orjson.dumps({"online": False, "timestamp": self.state_stamp})
         return state_topic(self.host_id), payload
 
@@ -190,6 +246,7 @@ class SparkplugLine:
         counters = core.counters
         if topic is None:  # STATE of host applications, or not Sparkplug at all
             counters.ignored += 1
+            self._own_state(msg)
             return Processed([], True, None, _UNROUTED)
         errors = self.host.decode_errors
         outcome = self.host.receive(topic, msg.payload, msg.received)
@@ -199,13 +256,10 @@ class SparkplugLine:
         if outcome.ignored:  # NCMD/DCMD: other hosts' commands
             counters.ignored += 1
             return Processed([], True, None, _UNROUTED)
-        if outcome.problems:
-            self.problems.extend(
-                p if p.startswith(PREFIX) else f"{msg.topic}: {p}" for p in outcome.problems
-            )
-            del self.problems[:-100]
-        if outcome.rebirth is not None:
-            self.outgoing.append((*outcome.rebirth, 0, False))
+        if topic.type == "NBIRTH" and outcome.events:
+            self._logged = {k for k in self._logged if k[0] != topic.key}  # a new session
+        if outcome.problems or outcome.rebirth is not None:
+            self._report(core, topic, msg.topic, outcome)
         updates: list[Update] = []
         first: int | None = None
         for event in outcome.events:
@@ -228,11 +282,63 @@ class SparkplugLine:
         counters.routed += 1
         return Processed(updates, True, core.stations[first], Route(first, _RULE, {}))
 
+    def _report(self, core: LineCore, topic: SpTopic, name: str, outcome: Outcome) -> None:
+        """Count the message's problems and its rebirth request on the line and on the stations
+        of its device (or node); log each kind of problem once per node until its next NBIRTH,
+        and every rebirth request with its cause."""
+        node = station_key(topic.group, topic.node)
+        indexes = self.by_key.get(topic.key) or self.by_key.get(node, [])
+        counted = [core.counters, *(core.station_counters[core.stations[i].name] for i in indexes)]
+        for found in outcome.problems:
+            field = found.kind.value
+            if found.kind in _COUNTED:
+                for c in counted:
+                    setattr(c, field, getattr(c, field) + 1)
+            if (node, found.kind) in self._logged:
+                continue
+            self._logged.add((node, found.kind))
+            text = found.text if found.text.startswith(PREFIX) else f"{name}: {found.text}"
+            more = "" if found.kind is Problem.UNBORN else f"counted in {field}; "
+            self._problem(f"{text} ({more}logged once until the node's next NBIRTH)")
+        if outcome.rebirth is not None:
+            self.outgoing.append((*outcome.rebirth, 0, False))
+            for c in counted:
+                c.rebirths += 1
+            cause = "; ".join(f.text for f in outcome.problems) or "unknown"
+            self._problem(f"asking {node} for a rebirth (NCMD Node Control/Rebirth): {cause}")
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(text)
+        del self.problems[:-100]  # bounded when nobody takes them
+
+    def _own_state(self, msg: Any) -> None:
+        """Sparkplug 3.0.0 §5.3 (tck-id-message-flow-hid-sparkplug-state-message-delivered): a
+        STATE offline on kom's own topic while it is connected is answered at once with the
+        online STATE again, with the timestamp of the connection's will.
+
+        A retained message is the one the broker hands over with the SUBSCRIBE (the will of
+        an earlier connection): the online STATE kom publishes after subscribing replaces
+        it already, so it is not answered twice.
+        """
+        if self.stopping or self.host_id is None or msg.retain:
+            return
+        if msg.topic != state_topic(self.host_id):
+            return
+        try:
+            online = orjson.loads(msg.payload).get("online")
+        except (orjson.JSONDecodeError, AttributeError):
+            online = None
+        if online is not False:
+            return
+        self.connected()
+        self.state_republished += 1
+        self._problem(f"{msg.topic}: STATE offline while kom is connected: online published again")
+
     def _stations_of(self, event: Event) -> list[int]:
         found = list(self.by_key.get(event.key, ()))
         if event.kind is Kind.DEATH and event.key.count("/") == 1:
             # An NDEATH's events list the node's born devices too; stations of devices that
-            # never were born still lose their node (chapter 5: the devices die with it).
+            # never were born still lose their node (§5.5: the devices die with it).
             prefix = event.key + "/"
             found += [i for k, v in self.by_key.items() if k.startswith(prefix) for i in v]
         return sorted(set(found))
@@ -250,7 +356,10 @@ class SparkplugLine:
                 return []
             counters.wills += 1
             core.counters.wills += 1
-            return station.will(msg.received)
+            updates = station.will(msg.received)
+            if event.ts is not None:
+                updates = [u._replace(ts=event.ts) for u in updates]
+            return updates
         if station.state is not StationState.ON:
             station.move(StationState.ON)  # a BIRTH clears a will error; data means we're up
         counters.routed += 1
@@ -288,13 +397,19 @@ def _metric_value(value: Value) -> MetricValue:
     return value
 
 
-def state_will(line: LineConfig, now: datetime) -> LineConfig:
-    """SPEC §14: the line's will is the host's STATE offline (Sparkplug 3.0.0 §5.x: JSON
-    `{"online": false, "timestamp": T}`, retained, QoS 1); the online STATE repeats T."""
+def state_will(line: LineConfig, now: datetime, running: Will | None = None) -> LineConfig:
+    """SPEC §14: the line's will is the host's STATE offline (Sparkplug 3.0.0 §4.2.3.2: JSON
+    `{"online": false, "timestamp": T}`, retained, QoS 1); the online STATE repeats T.
+
+    `running` is the will of the line before a reload: when it is the STATE will of the same
+    host id it is kept, so that the next CONNECT's will and the online STATE agree on T.
+    """
     import attrs
 
     if not line.sparkplug_host_id or line.will is not None:
         return line
+    if running is not None and running.topic == state_topic(line.sparkplug_host_id):
+        return attrs.evolve(line, will=running)
     payload = orjson.dumps({"online": False, "timestamp": to_millis(now)})
     will = Will(topic=state_topic(line.sparkplug_host_id), message=payload, qos=1, retain=True)
     return attrs.evolve(line, will=will)
@@ -311,5 +426,7 @@ def state_stamp(will: Will | None) -> int | None:
     return stamp if isinstance(stamp, int) and from_millis(stamp) is not None else None
 
 
+#: The problems counted under their own name (bad payloads count as decode_errors already).
+_COUNTED = frozenset({Problem.SEQ_GAP, Problem.UNKNOWN_ALIAS, Problem.STALE_DEATH})
 _RULE = Rule.SPARKPLUG
 _UNROUTED = Route(None, Rule.UNROUTED, {})

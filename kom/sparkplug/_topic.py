@@ -48,12 +48,12 @@ def parse_topic(topic: str) -> SpTopic | None:
 
 
 def state_topic(host_id: str) -> str:
-    """Sparkplug 3.0.0 chapter 4, host application STATE: `spBv1.0/STATE/<host id>`."""
+    """Sparkplug 3.0.0 §4.2.3, host application STATE: `spBv1.0/STATE/<host id>`."""
     return f"{PREFIX}STATE/{host_id}"
 
 
 def check_id(text: str) -> str | None:
-    """Why `text` cannot be a group, node, device or host id (chapter 4), or None."""
+    """Why `text` cannot be a group, node, device or host id (§4.1.2-§4.1.5), or None."""
     if not text:
         return "may not be empty"
     bad = [c for c in "/+#" if c in text]
