@@ -29,11 +29,9 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ._logs import configure
+
+    configure(args.log_level, args.log_format, sys.stderr)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_CONFIG
@@ -54,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="kom", description="MQTT client driver for SCADA systems and historians"
     )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
+    )
     sub = p.add_subparsers(metavar="COMMAND")
 
     c = sub.add_parser("check", help="validate a configuration and print its routing table")
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
     run.add_argument("--watch", action="store_true", help="show a live table of tags")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--http", metavar="HOST:PORT", help="serve /metrics, /health, /api/tags and a status page"
+    )
     run.set_defaults(func=cmd_run)
 
     w = sub.add_parser("write", help="write one output tag and wait for its completion")
@@ -103,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=20.0)
     d.add_argument("--db", default="kom-demo.db")
     d.add_argument("--plain", action="store_true", help="print lines instead of the live table")
+    d.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8765",
+        help="the status page's address (default 127.0.0.1:8765, another free port if taken; "
+        "'off' for none)",
+    )
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -233,6 +244,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
     # lets go of the interpreter lock while it inserts) and batches merge into transactions.
     kom = Kom(config, writer, iterate=False, inline=False)
+    status = None
+    if args.http:
+        from .http import serve
+
+        status = serve(kom, writer, args.http)
+        log.warning("kom run: status page on %s (/metrics, /health, /api/tags)", status.url)
     stop = threading.Event()
     reload_requested = threading.Event()
 
@@ -269,6 +286,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         kom.close()
         writer.close()
+        if status is not None:
+            status.close()
     log.warning("kom run: stopped; %d updates written", writer.updates)
     return EXIT_OK
 
@@ -381,7 +400,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     return run_demo(
-        duration=args.duration, db=Path(args.db), plain=args.plain or not sys.stdout.isatty()
+        duration=args.duration,
+        db=Path(args.db),
+        plain=args.plain or not sys.stdout.isatty(),
+        http=None if args.http == "off" else args.http,
     )
 
 

@@ -16,10 +16,12 @@ import attrs
 
 from ._client import Kom, override_broker, tune_gc
 from ._config import load
-from ._errors import KomError, WriteError
+from ._errors import ConfigError, KomError, WriteError
 from ._localbroker import LocalBroker
 from ._sinks import SinkWriter, SqliteSink
 from ._watch import LiveView
+from .http import StatusServer
+from .http._state import TREND_SECONDS
 
 PROFILE = "netio-4all.toml"
 DEVICE_ID = "netio-4All-25E0"
@@ -34,7 +36,7 @@ def profile_path() -> Path:
     raise KomError(f"cannot find examples/{PROFILE}; run kom demo from the kom checkout")
 
 
-def run_demo(duration: float, db: Path, plain: bool) -> int:
+def run_demo(duration: float, db: Path, plain: bool, http: str | None = None) -> int:
     from .sim import NetioSimulator
 
     config = load(profile_path())
@@ -56,6 +58,10 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
     kom = Kom(config, writer, iterate=False, inline=False)  # as kom run does
     view = LiveView(kom, title=f"kom demo — NETIO 4All on {broker.address} → {db}")
     kom.add_callback(view)
+    status = _offer_page(kom, writer, http, duration) if http else None
+    if status is not None:
+        print(f"kom demo: the status page is on {status.url} while the demo runs", file=out)
+        view.note(f"status page: {status.url}")
     sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE_ID, period=1.0)
     writes_ok = 0
     switched_at = duration * 0.4
@@ -112,6 +118,8 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
         kom.close()
         writer.close()
         broker.close()
+        if status is not None:
+            status.close()
     counters = kom.counters().get("line")
     rows = _count_rows(db)
     print(
@@ -120,6 +128,22 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
         file=out,
     )
     return 0 if writer.updates else 1
+
+
+def _offer_page(kom: Kom, writer: SinkWriter, http: str, duration: float) -> StatusServer:
+    """The status page (SPEC §13) for the demo, its trends as long as the demo runs.
+
+    When the address is taken (another demo, another program), any free port will do.
+    """
+    from .http import parse_address, serve
+
+    trend = max(TREND_SECONDS, duration)
+    try:
+        return serve(kom, writer, http, trend_seconds=trend)
+    except ConfigError:
+        host, _port = parse_address(http)
+        anywhere = f"[{host}]:0" if ":" in host else f"{host}:0"
+        return serve(kom, writer, anywhere, trend_seconds=trend)
 
 
 def _plain_status(view: LiveView, out: object) -> None:

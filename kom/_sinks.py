@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Protocol
@@ -20,6 +21,7 @@ import orjson
 from ._convert import format_time, format_value
 from ._errors import ConfigError
 from ._model import Quality, Reason, Update
+from ._sinkhealth import HealthMark, SinkHealth, SinkStats, marks_health
 
 log = logging.getLogger("kom.sink")
 VALID = Quality.VALID
@@ -105,10 +107,16 @@ class SqliteSink:
         self._statements = {b: _insert_many(b) for b in self._buckets}
         self._lock = threading.Lock()
         self.rows = 0
+        self._health = HealthMark()
 
     def __repr__(self) -> str:
         return f"SqliteSink({str(self.path)!r}, rows={self.rows})"
 
+    def health(self) -> SinkHealth:
+        """Committing, or the last write's error (SQLite's `database or disk is full`)."""
+        return self._health.report(f"sqlite:{self.path}", self.rows)
+
+    @marks_health
     def write(self, updates: Sequence[Update]) -> None:
         if not updates:
             return
@@ -190,10 +198,16 @@ class JsonlSink:
             self._owned = True
         self._lock = threading.Lock()
         self.rows = 0
+        self._health = HealthMark()
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.target!r}, rows={self.rows})"
 
+    def health(self) -> SinkHealth:
+        """Committing, or the last write's error (`[Errno 28] No space left on device`)."""
+        return self._health.report(f"jsonl:{self.target}", self.rows)
+
+    @marks_health
     def write(self, updates: Sequence[Update]) -> None:
         data = b"".join(orjson.dumps(record(u)) + b"\n" for u in updates)
         with self._lock:
@@ -251,21 +265,30 @@ class SinkWriter:
         self.updates = 0
         self.failures = 0
         self._closed = threading.Event()
+        #: Per sink, in the order of `sinks`: rows, failures, commit latency (SPEC §13 metrics).
+        self.stats = [SinkStats.of(sink, i) for i, sink in enumerate(self.sinks)]
 
     def __call__(self, updates: Sequence[Update]) -> None:
-        for sink in self.sinks:
+        for sink, stats in zip(self.sinks, self.stats, strict=True):
             delay = 0.1
             while True:
+                started = time.perf_counter()
                 try:
                     sink.write(updates)
+                    stats.committed(len(updates), time.perf_counter() - started)
                     break
                 except Exception as exc:
                     self.failures += 1
+                    stats.failed(exc)
                     log.error("sink %r: write failed, retrying in %.1f s: %s", sink, delay, exc)
                     if self._closed.wait(delay):
                         raise
                     delay = min(delay * 2, 5.0)
         self.updates += len(updates)
+
+    def health(self) -> list[SinkHealth]:
+        """Every sink's state (its own `health()` where it has one), in the order of `sinks`."""
+        return [stats.health(sink) for sink, stats in zip(self.sinks, self.stats, strict=True)]
 
     def close(self) -> None:
         self._closed.set()
