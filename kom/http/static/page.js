@@ -33,8 +33,18 @@ function since(epoch, now) {
   return when.toLocaleTimeString() + " (" + age(now - epoch) + ")";
 }
 
+// A tag's name may break after its dots and underscores (narrow screens), not inside words.
+function breakable(name) {
+  const out = document.createDocumentFragment();
+  for (const part of name.split(/(?<=[._])/)) out.append(part, el("wbr"));
+  return out;
+}
+
 function show(value) {
   if (value == null) return "—";
+  if (typeof value === "string" && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.0+)?Z$/.test(value)) {
+    return value.replace("T", " ").replace(/\.0+Z$/, "Z"); // a time: breakable at the space
+  }
   if (typeof value === "number") {
     if (Number.isInteger(value)) return value.toLocaleString();
     return value.toLocaleString(undefined, { maximumFractionDigits: 3 });
@@ -118,19 +128,21 @@ function renderTags(doc) {
     let row = tagRows.get(t.tag);
     if (!row) {
       row = el("tr", { "data-tag": t.tag },
-        el("td", {}, t.tag), el("td", { class: "num value" }), el("td"), el("td"), el("td", { class: "num" }));
+        el("td", {}, breakable(t.tag)), el("td", { class: "num value" }, el("span"), el("span", { class: "unit" })),
+        el("td"), el("td", { class: "num" }));
       row.addEventListener("click", () => select(t.tag));
       tagRows.set(t.tag, row);
     }
-    const [, valueCell, unitCell, qualityCell, ageCell] = row.children;
+    const [, valueCell, qualityCell, ageCell] = row.children;
+    const [valueText, unitText] = valueCell.children;
     const text = show(t.value);
-    if (valueCell.textContent !== text) {
-      valueCell.textContent = text;
+    if (valueText.textContent !== text) {
+      valueText.textContent = text;
       valueCell.classList.remove("changed");
       void valueCell.offsetWidth; // restart the flash
       valueCell.classList.add("changed");
     }
-    unitCell.textContent = t.unit;
+    unitText.textContent = t.value == null ? "" : t.unit;
     qualityCell.textContent = t.quality === "valid" ? "valid" : "invalid: " + t.reason;
     qualityCell.className = t.quality === "valid" ? "" : "invalid";
     ageCell.textContent = age(t.age);
@@ -177,7 +189,7 @@ function drawTrend(doc) {
   chart = new uPlot({
     width, height: width < 500 ? 180 : 240,
     scales: { x: { time: true } },
-    legend: { show: true },
+    legend: { show: false },
     series: [{}, { label: doc.tag, stroke: "#2563eb", width: 2, points: { show: doc.t.length < 60 } }],
     axes: [{}, { size: 60 }],
   }, data, box);
