@@ -1,0 +1,159 @@
+"""The status server's cost: `kom run`'s drain into SQLite with and without `--http` scraped.
+
+The historian benchmark's QoS 1 drain (SinkWriter([SqliteSink]) on the dispatcher, tune_gc,
+inline=False), alternately without and with what `kom run --http` adds: the StatusServer on
+its own threads, its TagTable as a second callback, and a scraper process that GETs /metrics
+(and /health, as a load balancer would) once a second for the whole drain. Goal: the drain
+rate with the server within 3% of the rate without.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kom import Kom, loads
+from kom._sinks import SinkWriter, SqliteSink
+from kom.http import serve
+
+from ._common import Broker, Report, Row, Settings, fmt, median_spread
+from ._workload import TAG_COUNT, kom_config_text, payload_pool
+from .throughput import POOL, Preloader, broker_options, drain_kom, messages
+
+GOAL_RATIO = 0.97
+SCRAPE_SECONDS = 1.0
+
+#: The scraper: another process, as Prometheus is; counts the scrapes that answered.
+SCRAPER = """
+import sys, time, urllib.request
+base, period = sys.argv[1], float(sys.argv[2])
+ok = failed = 0
+try:
+    while True:
+        started = time.monotonic()
+        for path in ("metrics", "health"):
+            try:
+                with urllib.request.urlopen(base + path, timeout=5) as response:
+                    response.read()
+                ok += 1
+            except Exception:
+                failed += 1
+        time.sleep(max(0.0, period - (time.monotonic() - started)))
+except KeyboardInterrupt:
+    pass
+print(ok, failed, flush=True)
+"""
+
+
+class Scraped:
+    """`before_start` for drain_kom: the status server on a free port, scraped every second."""
+
+    def __init__(self, writer: SinkWriter) -> None:
+        self.writer = writer
+        self.ok = 0
+        self.failed = 0
+
+    def __call__(self, kom: Kom) -> Callable[[], None]:
+        server = serve(kom, self.writer, "127.0.0.1:0")
+        scraper = subprocess.Popen(
+            [sys.executable, "-c", SCRAPER, server.url, str(SCRAPE_SECONDS)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        def stop() -> None:
+            scraper.send_signal(signal.SIGINT)
+            out, _ = scraper.communicate(timeout=10)
+            ok, failed = (int(x) for x in out.split())
+            self.ok += ok
+            self.failed += failed
+            server.close()
+
+        return stop
+
+
+def run(settings: Settings) -> Report:
+    report = Report(
+        "operations", "kom run's drain into SQLite, with --http scraped every second and without"
+    )
+    n = messages(settings)
+    pool = payload_pool(POOL)
+    rates: dict[str, list[float]] = {"without": [], "with": []}
+    scraped = 0
+    failed = 0
+    with (
+        Broker(broker_options(settings)) as broker,
+        tempfile.TemporaryDirectory(prefix="kom-bench-operations-") as tmp,
+    ):
+        report.settings["broker"] = broker.describe()
+        report.settings["workload"] = (
+            f"{n:,} QoS 1 messages per drain into SQLite as in `historian`; with --http: the "
+            f"status server and a scraper process getting /metrics and /health every "
+            f"{SCRAPE_SECONDS:g} s; the two alternate, {settings.runs} run(s) each"
+        )
+        preloader = Preloader(broker.port, settings.publishers, pool)
+        for run_index in range(settings.runs):
+            for variant in ("without", "with"):
+                client_id = f"bench-ops-{variant}-r{run_index}"
+                preloader.load(client_id, 1, n)
+                config = loads(kom_config_text(broker.port, client_id, 1, "exact"))
+                writer = SinkWriter([SqliteSink(Path(tmp) / f"{variant}{run_index}.db")])
+                hook = Scraped(writer) if variant == "with" else None
+                seconds, updates, _stats = drain_kom(
+                    config,
+                    n * TAG_COUNT,
+                    max(180.0, n / 500),
+                    inner=writer,
+                    gc_tuned=True,
+                    inline=False,
+                    before_start=hook,
+                )
+                writer.close()
+                preloader.forget(client_id)
+                rate = min(updates, n * TAG_COUNT) / TAG_COUNT / seconds
+                rates[variant].append(rate)
+                if hook is not None:
+                    scraped += hook.ok
+                    failed += hook.failed
+                print(
+                    f"   [operations] run {run_index + 1} {variant + ' --http':<14} "
+                    f"{fmt(rate, 'msg/s'):>14} in {seconds:.1f} s"
+                    + (f" ({hook.ok} scrapes answered)" if hook is not None else ""),
+                    flush=True,
+                )
+                time.sleep(0.5)
+    with_value, with_spread = median_spread(rates["with"])
+    without_value, _ = median_spread(rates["without"])
+    ratio = with_value / without_value
+    report.rows.append(
+        Row(
+            "QoS 1 drain into SQLite, --http scraped every 1 s",
+            with_value,
+            "msg/s",
+            "the same without --http",
+            without_value,
+            goal=f">= {GOAL_RATIO:.2f} x without",
+            met=ratio >= GOAL_RATIO,
+            spread=with_spread,
+        )
+    )
+    report.rows.append(
+        Row(
+            "scrapes answered (/metrics and /health)",
+            scraped,
+            "requests",
+            goal="every one",
+            met=failed == 0 and scraped > 0,
+        )
+    )
+    report.notes.append(
+        "runs alternate without / with, so that a slow moment of the machine does not fall on "
+        "one variant only; each variant's figure is the median of its runs"
+    )
+    report.extra["rates"] = rates
+    return report
