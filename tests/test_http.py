@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kom import Kom
+from kom.http import serve
 from kom.sim import NetioSimulator
 
 from ._broker import Mosquitto
 from ._http import KOM, ROOT, KomRun
-from ._kom import wait_until
+from ._kom import Collector, config, text_station, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -104,7 +107,7 @@ def test_endpoints_of_a_running_kom(
         )
         assert value(samples, "kom_line_connected", line="line") == 1
         assert value(samples, "kom_station_state", line="line", station="netio", state="on") == 1
-        assert value(samples, "kom_updates_total") >= 30
+        assert value(samples, "kom_updates_total", quality="valid") >= 30
         assert value(samples, "kom_sink_rows_total", sink=f"sqlite:{db}") > 0
         assert value(samples, "kom_sink_commit_seconds_count", sink=f"sqlite:{db}") > 0
         assert value(samples, "kom_sink_ok", sink=f"sqlite:{db}") == 1
@@ -130,7 +133,16 @@ def test_endpoints_of_a_running_kom(
         doc = orjson.loads(run.get("/health")[2])
         assert doc["status"] == "failing"
         assert any(r.startswith("line line is ") for r in doc["reasons"]), doc
-        assert value(metrics(run), "kom_line_connected", line="line") == 0
+        samples = metrics(run)
+        assert value(samples, "kom_line_connected", line="line") == 0
+        # Every input tag of the station went invalid with reason comm (SPEC §1).
+        comm = value(
+            samples, "kom_updates_invalid_total", line="line", station="netio", reason="comm"
+        )
+        assert comm == 30
+        # (Stopping, mosquitto also publishes the device's will: those count too.)
+        by_reason = sum(v for k, v in samples.items() if k[0] == "kom_updates_invalid_total")
+        assert value(samples, "kom_updates_total", quality="invalid") == by_reason
         status_doc = run.json("/api/status")
         assert status_doc["healthy"] is False
         assert status_doc["lines"][0]["state"] != "connected"
@@ -274,3 +286,43 @@ def test_demo_offers_the_page(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err.decode()
+
+
+def test_served_from_a_host_process_with_writes_by_outcome(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """`kom.http.serve` on an embedded Kom: writes are counted by outcome, /health has no sinks."""
+    cfg = config(
+        text_station(topic_prefix),
+        host=broker.address,
+        name="host",
+        topic_filter=f"{topic_prefix}/#",
+        publish_qos=1,
+    )
+    kom = Kom(cfg, Collector())
+    server = serve(kom, None, "127.0.0.1:0")
+    try:
+        kom.start()
+        assert kom.wait_connected(10)
+        kom.write("s.cmd", "on").result(10)
+        kom.write("s.cmd", "off").result(10)
+        assert kom.write("s.nothing", 1).exception(1) is not None
+        assert kom.write("nobody.x", 1).exception(1) is not None
+        with urllib.request.urlopen(server.url + "metrics", timeout=10) as response:
+            text = response.read().decode()
+        samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert value(samples, "kom_writes_total", line="host", outcome="completed") == 2
+        assert value(samples, "kom_writes_total", line="host", outcome="not-output") == 1
+        assert value(samples, "kom_writes_total", line="", outcome="not-output") == 1
+        assert not [name for name, _ in samples if name.startswith("kom_sink")]
+        with urllib.request.urlopen(server.url + "health", timeout=10) as response:
+            doc = orjson.loads(response.read())
+        assert doc["status"] == "ok"
+        assert doc["sinks"] == []
+    finally:
+        kom.close()
+        server.close()

@@ -125,8 +125,12 @@ class KomCollector(Collector):
         yield last
 
     def _updates(self) -> Iterator[Metric]:
-        total = CounterMetricFamily("kom_updates", "updates handed over (all tags)")
-        total.add_metric([], self.table.updates)
+        counts = self.table.invalid_counts()
+        total = CounterMetricFamily(
+            "kom_updates", "updates handed over, by quality", labels=["quality"]
+        )
+        total.add_metric(["valid"], self.table.valid)
+        total.add_metric(["invalid"], sum(count for _, count in counts))
         yield total
         invalid = CounterMetricFamily(
             "kom_updates_invalid",
@@ -135,7 +139,7 @@ class KomCollector(Collector):
         )
         where = station_lines(self.kom)
         by: dict[tuple[str, str, str], int] = {}
-        for (tag, reason), count in self.table.invalid_counts():
+        for (tag, reason), count in counts:
             station = tag.partition(".")[0]
             key = (where.get(station, ""), station, reason.value)
             by[key] = by.get(key, 0) + count

@@ -38,6 +38,7 @@ class TagTable:
     def __init__(self) -> None:
         self.latest: dict[str, Update] = {}
         self.updates = 0
+        self.valid = 0
         self.invalid: Counter[tuple[str, Reason]] = Counter()
 
     def __call__(self, updates: Sequence[Update]) -> None:
@@ -45,8 +46,13 @@ class TagTable:
         self.latest.update(zip(map(_TAG, updates), updates, strict=True))
         self.updates += len(updates)
         # Invalid updates are the few with a reason: picked out in C, counted in Python.
+        invalid = 0
         for update in itertools.compress(updates, map(_REASON, updates)):
             self.invalid[update.tag, update.reason] += 1  # type: ignore[index]
+            invalid += 1
+        # Counted apart (not as updates minus invalid): a scrape between the two additions
+        # must not see a count that later goes down.
+        self.valid += len(updates) - invalid
 
     def snapshot(self) -> dict[str, Update]:
         """A copy of the latest updates, taken in one step (no thread can change it meanwhile)."""

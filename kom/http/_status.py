@@ -7,6 +7,7 @@ and sinks' states, so that its rules are tested without a broker.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -65,6 +66,7 @@ class Observer:
         self.table = table
         self.trends = trends
         self._lines: dict[str, _Seen] = {}
+        self._lock = threading.Lock()  # the sampler and requests; never a line's lock
         self.started = time.time()
 
     def sample(self, now: float | None = None) -> None:
@@ -77,15 +79,16 @@ class Observer:
         """The line's state as last seen, with since when and its message rate."""
         state = line.state.value
         received = line.core.counters.received
-        seen = self._lines.get(line.name)
-        if seen is None:
-            seen = self._lines[line.name] = _Seen(state, now, received, now)
-        if seen.state != state:
-            seen.state, seen.since = state, now
-        if now - seen.at >= 1.0:
-            seen.rate = max(0, received - seen.received) / (now - seen.at)
-            seen.received, seen.at = received, now
-        return seen
+        with self._lock:
+            seen = self._lines.get(line.name)
+            if seen is None:
+                seen = self._lines[line.name] = _Seen(state, now, received, now)
+            if seen.state != state:
+                seen.state, seen.since = state, now
+            if now - seen.at >= 1.0:
+                seen.rate = max(0, received - seen.received) / (now - seen.at)
+                seen.received, seen.at = received, now
+            return attrs.evolve(seen)
 
 
 def line_views(kom: Kom) -> list[LineView]:
