@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kom import Kom, loads
+from kom import Kom
 from kom._sinks import SinkWriter, SqliteSink
 from kom.http import serve
 
 from ._common import Broker, Report, Row, Settings, fmt, median_spread
-from ._workload import TAG_COUNT, kom_config_text, payload_pool
-from .throughput import POOL, Preloader, broker_options, drain_kom, messages
+from ._workload import TAG_COUNT, payload_pool
+from .historian import drain_into
+from .throughput import POOL, Preloader, broker_options, messages
 
 GOAL_RATIO = 0.97
 SCRAPE_SECONDS = 1.0
@@ -101,19 +102,9 @@ def run(settings: Settings) -> Report:
             for variant in ("without", "with"):
                 client_id = f"bench-ops-{variant}-r{run_index}"
                 preloader.load(client_id, 1, n)
-                config = loads(kom_config_text(broker.port, client_id, 1, "exact"))
                 writer = SinkWriter([SqliteSink(Path(tmp) / f"{variant}{run_index}.db")])
                 hook = Scraped(writer) if variant == "with" else None
-                seconds, updates, _stats = drain_kom(
-                    config,
-                    n * TAG_COUNT,
-                    max(180.0, n / 500),
-                    inner=writer,
-                    gc_tuned=True,
-                    inline=False,
-                    before_start=hook,
-                )
-                writer.close()
+                seconds, updates, _stats = drain_into(writer, broker.port, client_id, n, hook)
                 preloader.forget(client_id)
                 rate = min(updates, n * TAG_COUNT) / TAG_COUNT / seconds
                 rates[variant].append(rate)
