@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,14 +37,14 @@ def _require_browser() -> None:
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Headless Chromium driven by the system's chromedriver, with a profile of its own."""
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     # Selenium may not look for or fetch a driver or a browser: both are given.
-    os.environ["SE_OFFLINE"] = "true"
+    monkeypatch.setenv("SE_OFFLINE", "true")
     with tempfile.TemporaryDirectory(prefix="kom-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = str(CHROMIUM)

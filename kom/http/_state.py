@@ -2,8 +2,9 @@
 
 `TagTable` is kom's update callback: per batch it keeps the latest update of each tag and
 counts updates (all, and invalid ones by tag and reason), in C-level loops on the thread that
-hands the batch over (measured: about 0.1 µs an update, against about 4 µs an update for the
-rest of `kom run`'s path into SQLite). Everything else is read on the server's own threads,
+hands the batch over (measured: 0.06 µs of CPU an update, in batches of 8,196 updates of
+12,000 tags, where `kom run`'s drain into SQLite takes about 4 µs an update at its best of
+20,000 messages of 12 updates a second). Everything else is read on the server's own threads,
 from plain values, without locking the line: a snapshot may be a few messages old, never torn
 (dict copies and int reads are atomic under the interpreter lock).
 """
