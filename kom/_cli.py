@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -24,6 +25,14 @@ from ._router import literal_prefix
 log = logging.getLogger("kom")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: The reader of standard output went away (`kom check FILE | head -5`): the status a shell
+#: gives a program that SIGPIPE ended (128 + 13), without the signal itself, which would
+#: also end `kom run` when a broker's socket breaks.
+EXIT_PIPE = 141
+
+
+class UsageError(KomError, ValueError):
+    """A command-line argument was refused: one line on stderr, exit 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,11 +49,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"kom {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KomError as exc:
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_PIPE
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null: the interpreter's last flush finds no reader either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
     )
-    sub = p.add_subparsers(metavar="COMMAND")
+    sub = p.add_subparsers(metavar="COMMAND", dest="command")
 
     c = sub.add_parser("check", help="validate a configuration and print its routing table")
     c.add_argument("config")
@@ -98,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--id", default="netio-4All-25E0")
     n.add_argument("--mode", default="generic", choices=["generic", "flex"])
     n.add_argument("--outputs", type=int, default=4)
-    n.add_argument("--period", type=float, default=1.0)
+    n.add_argument(
+        "--period", type=float, default=1.0, help="update period in seconds; 0: on change only"
+    )
+    n.add_argument("--inputs", type=int, default=2, help="digital inputs with S0 counters (0..8)")
     n.add_argument("--duration", type=float)
     n.add_argument("--verbose", action="store_true")
     n.set_defaults(func=cmd_sim_netio)
@@ -122,7 +147,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ._advice import config_warnings
+
     config = load(args.config)
+    for warning in config_warnings(config):
+        print(f"kom: warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: OK — {len(config.lines)} line(s), {len(config.stations)} station(s), "
         f"{sum(len(s.tags) for s in config.stations)} tag(s)"
@@ -157,6 +186,16 @@ def _print_line(line: LineConfig) -> None:
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
+    options = [
+        name
+        for name, on in (
+            ("only changes", line.publish_only_changes),
+            ("current values on connect", line.publish_on_connect),
+        )
+        if on
+    ]
+    if options:
+        print(f"  outputs publish {' and '.join(options)}")
 
 
 def _print_station(station: StationConfig) -> None:
@@ -196,7 +235,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     from ._station import Message
 
     config = load(args.config)
-    line = config.line(args.line) if args.line else config.lines[0]
+    try:
+        line = config.line(args.line) if args.line else config.lines[0]
+    except KeyError:
+        names = ", ".join(repr(line.name) for line in config.lines)
+        raise UsageError(
+            f"--line {args.line!r}: no such line in {args.config} (lines: {names})"
+        ) from None
     core = LineCore(line, config.stations_of(line.name))
     core.connected(1)
     now = datetime.now(UTC)
@@ -232,14 +277,23 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker, tune_gc
+    from ._client import Kom, tune_gc
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
     tune_gc()
     if args.broker:
-        config = override_broker(config, args.broker)
-    sinks = [open_sink(url) for url in (args.sink or ["sqlite:kom.db"])]
+        config = with_broker(config, args.broker)
+    sinks = []
+    for url in args.sink or ["sqlite:kom.db"]:
+        try:
+            sinks.append(open_sink(url))
+        except (OSError, sqlite3.Error, ConfigError) as exc:
+            for sink in sinks:
+                sink.close()
+            if isinstance(exc, ConfigError):  # its one error already names the --sink
+                raise UsageError("; ".join(exc.errors)) from exc
+            raise UsageError(f"--sink {url!r}: cannot open it: {exc}") from exc
     writer = SinkWriter(sinks)
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
     # lets go of the interpreter lock while it inserts) and batches merge into transactions.
@@ -248,7 +302,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.http:
         from .http import serve
 
-        status = serve(kom, writer, args.http)
+        try:
+            status = serve(kom, writer, args.http)
+        except ConfigError as exc:  # its one error already names --http
+            writer.close()
+            raise UsageError("; ".join(exc.errors)) from exc
         log.warning("kom run: status page on %s (/metrics, /health, /api/tags)", status.url)
     stop = threading.Event()
     reload_requested = threading.Event()
@@ -292,13 +350,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def with_broker(config: Config, broker: str) -> Config:
+    """`--broker HOST[:PORT]` in place of every line's host; a malformed one is a user error."""
+    from ._client import override_broker
+    from .sim import parse_broker
+
+    try:
+        parse_broker(broker)
+        return override_broker(config, broker)
+    except ValueError as exc:
+        raise UsageError(f"--broker {broker!r}: expected HOST[:PORT] or [IPv6]:PORT") from exc
+
+
 def _running(stop: threading.Event, deadline: float | None) -> bool:
     stop.wait(0.25)
     return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
-    from ._client import Kom, override_broker
+    from ._client import Kom
 
     if not flag.is_set():
         return
@@ -307,8 +377,8 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
     try:
         config = load(args.config)
         if args.broker:
-            config = override_broker(config, args.broker)
-    except ConfigError as exc:
+            config = with_broker(config, args.broker)
+    except (ConfigError, UsageError) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return
     kom.reload(config)
@@ -319,11 +389,11 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from ._client import Kom, override_broker
+    from ._client import Kom
 
     config = load(args.config)
     if args.broker:
-        config = override_broker(config, args.broker)
+        config = with_broker(config, args.broker)
     try:
         station, _tag = config.find_tag(args.tag)
     except KeyError:
@@ -391,6 +461,7 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
         mode=args.mode,
         outputs=args.outputs,
         period=args.period,
+        inputs=args.inputs,
         duration=args.duration,
         verbose=args.verbose,
     )

@@ -29,6 +29,7 @@ from ._address import (
     parse_address,
     parse_json_address,
 )
+from ._advice import model_hint, regex_problem, type_hint
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
@@ -119,6 +120,9 @@ class LineConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     outbox: str | None = None
+    #: ioBroker-style publishing (seeds/003), the defaults of every output tag of the line.
+    publish_only_changes: bool = False
+    publish_on_connect: bool = False
 
     @property
     def effective_clean_session(self) -> bool:
@@ -132,6 +136,9 @@ class Publish:
 
     topic: str
     payload: str
+    #: None: the line's `publish_only_changes` / `publish_on_connect`.
+    only_changes: bool | None = None
+    on_connect: bool | None = None
 
 
 @attrs.frozen
@@ -231,6 +238,8 @@ LINE_KEYS = frozenset(
         "reconnect_min",
         "reconnect_max",
         "outbox",
+        "publish_only_changes",
+        "publish_on_connect",
     }
 )
 STATION_KEYS = frozenset(
@@ -280,6 +289,7 @@ class _Table:
             if key not in keys:
                 near = _nearest(key, keys)
                 hint = f" (did you mean {near!r}?)" if near else ""
+                hint = model_hint(key, keys) or hint
                 errors.add(f"{self.at(key)}", f"unknown key{hint}")
 
     def at(self, key: str) -> str:
@@ -469,7 +479,8 @@ def from_dict(
         elif other is not None:
             errors.add(
                 f"{path}.address",
-                f"station {other!r} of line {station.line!r} has the same address",
+                f"station {other!r} of line {station.line!r} has the same address "
+                f"{station.address!r}",
             )
         names.add(station.name)
         by_address.setdefault((station.line, station.address), station.name)
@@ -567,6 +578,8 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_min=reconnect_min if reconnect_min is not None else 0.5,
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
+        publish_only_changes=t.get("publish_only_changes", bool, False),
+        publish_on_connect=t.get("publish_on_connect", bool, False),
     )
 
 
@@ -653,7 +666,7 @@ def _read_secret(t: _Table, key: str, base: Path) -> Secret | None:
     if raw is None:
         return None
     if not isinstance(raw, str | dict):  # not shown: it may be the password itself
-        t.error(key, f"expected a string or a table, found a {_type_name(type(raw))} value")
+        t.error(key, f"expected a string or a table, found {_type_name(type(raw))}")
         return None
     if isinstance(raw, str):
         return Secret(raw)
@@ -680,8 +693,11 @@ def _read_secret(t: _Table, key: str, base: Path) -> Secret | None:
 
 def _read_filters(t: _Table) -> tuple[TopicFilter, ...]:
     raw = t.get("topic_filter", (str, list), "#")
-    items = [raw] if isinstance(raw, str) else raw
+    # One string may hold several filters separated by commas, as integrators write them for
+    # ioBroker (seeds/003 "Patterns"); a filter that contains a comma must come in a list.
+    items = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else raw
     filters: list[TopicFilter] = []
+    split = isinstance(raw, str) and len(items) > 1
     for i, item in enumerate(items, 1):
         where = "topic_filter" if isinstance(raw, str) else f"topic_filter[{i}]"
         if not isinstance(item, str):
@@ -690,7 +706,9 @@ def _read_filters(t: _Table) -> tuple[TopicFilter, ...]:
         try:
             filters.append(TopicFilter(item))
         except ValueError as exc:
-            t.error(where, str(exc))
+            t.error(
+                where, f"filter {i} of the comma-separated {raw!r}: {exc}" if split else str(exc)
+            )
     if not filters and not t.errors.items:
         t.error("topic_filter", "at least one topic filter is needed")
     return tuple(filters)
@@ -754,11 +772,15 @@ def _read_station(
         t.error("payload_type", f"expected 'text' or 'json', found {payload_type!r}")
         payload_type = None
     regex: re.Pattern[str] | None = None
+    address_ok = True
     if address and address not in ("#", ".*") and not _REGEX_META.isdisjoint(address):
         try:
             regex = re.compile(address)
-        except re.error:
-            regex = None  # not a regular expression: the address can still match exactly
+        except re.error as exc:
+            # Taken silently as an exact topic, a typo such as a missing ")" would route
+            # nothing and leave its TOPIC= tags to take the blame.
+            t.error("address", regex_problem(address, exc))
+            address_ok = False
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
     table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
@@ -767,7 +789,14 @@ def _read_station(
         tags = list(shared)
     else:
         tags = _read_tags(
-            t, raw_tags, line, regex, memo, payload_type=effective_payload, table=table
+            t,
+            raw_tags,
+            line,
+            regex,
+            memo,
+            payload_type=effective_payload,
+            table=table,
+            address_ok=address_ok,
         )
     if name is None or address is None or (line is None and line_list):
         return None
@@ -793,6 +822,7 @@ def _read_tags(
     *,
     payload_type: str,
     table: tuple[str, int, str] | None,
+    address_ok: bool = True,
 ) -> list[TagConfig]:
     """A station's tags, each read (or taken from `memo`), and checked together.
 
@@ -811,7 +841,9 @@ def _read_tags(
         tag = memo.tags.get(key) if key is not None else None
         if tag is None:
             before = len(t.errors.items)
-            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type)
+            tag = _read_tag(
+                _Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type, address_ok
+            )
             if tag is None:
                 continue
             if key is not None and len(t.errors.items) == before:
@@ -855,7 +887,11 @@ def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
 
 
 def _read_tag(
-    t: _Table, line: LineConfig | None, regex: re.Pattern[str] | None, payload_type: str
+    t: _Table,
+    line: LineConfig | None,
+    regex: re.Pattern[str] | None,
+    payload_type: str,
+    address_ok: bool = True,
 ) -> TagConfig | None:
     name = t.get("name", str, check=_check_name)
     type_text = t.get("type", str)
@@ -865,7 +901,8 @@ def _read_tag(
             value_type = ValueType(type_text)
         except ValueError:
             names = ", ".join(v.value for v in ValueType)
-            t.error("type", f"unknown type {type_text!r} (expected {names})")
+            hint = type_hint(type_text) or f" (expected {names})"
+            t.error("type", f"unknown type {type_text!r}{hint}")
     publish = _read_publish(t, value_type, regex)
     address: Address | None = None
     raw_address = t.get("address", str, None if publish else _MISSING)
@@ -880,7 +917,12 @@ def _read_tag(
             t.error("address", problem)
         if address.is_json and payload_type != "json":
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
-        if address.kind is Kind.TOPIC and (regex is None or address.group not in regex.groupindex):
+        # A station address that does not compile is reported at its own key path.
+        if (
+            address.kind is Kind.TOPIC
+            and address_ok
+            and (regex is None or address.group not in regex.groupindex)
+        ):
             t.error("address", f"the station address has no group named {address.group!r}")
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
@@ -971,7 +1013,12 @@ def _read_publish(
     raw = t.get("publish", dict, None)
     if raw is None:
         return None
-    pt = _Table(raw, t.at("publish"), t.errors, frozenset({"topic", "payload"}))
+    pt = _Table(
+        raw,
+        t.at("publish"),
+        t.errors,
+        frozenset({"topic", "payload", "only_changes", "on_connect"}),
+    )
     topic = pt.get("topic", str)
     payload = pt.get("payload", str, "{value}")
     if value_type is not None and not value_type.is_output:
@@ -992,4 +1039,9 @@ def _read_publish(
                 )
     if topic is None:
         return None
-    return Publish(topic=topic, payload=payload)
+    return Publish(
+        topic=topic,
+        payload=payload,
+        only_changes=pt.get("only_changes", bool, None),
+        on_connect=pt.get("on_connect", bool, None),
+    )

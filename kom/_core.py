@@ -174,7 +174,11 @@ class LineCore:
         """The connection is gone: active stations in communication error, inputs invalid."""
         updates: list[Update] = []
         for station in self.stations:
-            if station.active and station.state is not StationState.COMM:
+            # Once per outage: a station already in comm error is skipped, unless it has been
+            # in it since start-up without its updates (the broker unreachable from the start).
+            if station.active and not (
+                station.state is StationState.COMM and station.comm_reported
+            ):
                 updates.extend(station.lost(now))
         return updates
 

@@ -30,6 +30,8 @@ from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineErr
 from ._model import Quality, Update, Value, ValueType, new_record
 from ._mqtt import Events, RawMessage, Session
 from ._outbox import Outbox
+from ._outputs import Message as OutputMessage
+from ._outputs import OutputMemory, on_connect, only_changes
 from ._publish import render
 from ._station import Message, StationState
 from ._topic import check_topic
@@ -72,6 +74,8 @@ class WriteResult:
     qos: int | None
     mid: int | None = None
     local: bool = False
+    #: Left out: the message repeated the tag's last one (publish only changes).
+    unchanged: bool = False
 
 
 class _PendingWrite(NamedTuple):
@@ -175,6 +179,7 @@ class Line(Events):
         self._missing_time_warned: set[str] = set()
         self._stamp = clock()  # the receive time of the messages of the last socket read
         self._stamped_reads = -1
+        self._outputs = OutputMemory()
         self.connected_event = threading.Event()
 
     def __repr__(self) -> str:
@@ -318,6 +323,7 @@ class Line(Events):
             )
         self._subscribe(session, connected.session_present)
         self._resend_recovered(session)
+        self._publish_on_connect()
         self.connected_event.set()
         started = time.monotonic()
         lost = self._serve(session)
@@ -818,7 +824,43 @@ class Line(Events):
         problem = check_topic(topic)
         if problem:
             raise WriteError(f"{full}: {problem}", full, "topic")
+        changes = only_changes(tag, self.config)
+        if (changes or on_connect(tag, self.config)) and not self._remember(
+            future, OutputMessage(full, topic, payload), changes
+        ):
+            return
         self._publish(future, full, topic, payload)
+
+    def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
+        """Note an output's message for its publishing options; False: leave it out (unchanged)."""
+        outputs = self._outputs
+        if changes and outputs.unchanged(message):
+            result = WriteResult(message.tag, message.topic, None, local=True, unchanged=True)
+            _complete(future, result)
+            return False
+        outputs.write(message)
+        if changes:
+
+            def forget_failed(done: Future[WriteResult]) -> None:
+                if done.exception() is not None:
+                    outputs.failed(message)
+
+            future.add_done_callback(forget_failed)
+        return True
+
+    def _publish_on_connect(self) -> None:
+        """Publish the current value of every output with `on_connect` (ioBroker, seeds/003)."""
+        with self._lock:
+            messages = self._outputs.on_connect(self.core.stations, self.config)
+        for message in messages:
+            future: Future[WriteResult] = Future()
+            future.add_done_callback(_log_on_connect_failure)
+            try:
+                self._publish(future, message.tag, message.topic, message.payload)
+            except WriteError as exc:
+                _fail(future, exc)
+        if messages:
+            log.info("line %s: published %d output value(s) on connect", self.name, len(messages))
 
     def _convert(self, value_type: ValueType, value: object, full: str) -> Value:
         try:
@@ -951,6 +993,12 @@ def _as_int(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _log_on_connect_failure(future: Future[WriteResult]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("publish on connect: %s", exc)
 
 
 def _complete(future: Future[WriteResult], result: WriteResult) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -185,7 +186,7 @@ class SqliteSink:
 
 
 class JsonlSink:
-    """One JSON object a line (SPEC §9), flushed (and fsynced for files) per batch."""
+    """One JSON object a line (SPEC §9), flushed (and fsynced for regular files) per batch."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -196,6 +197,9 @@ class JsonlSink:
         else:
             self._file = open(target, "ab")  # noqa: SIM115 - kept open for the sink's life
             self._owned = True
+        # Only a regular file can be made durable: fsync on /dev/null, a pipe or a terminal
+        # fails with EINVAL, and a write retried for ever would hold back every acknowledgement.
+        self._sync = self._owned and stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         self._lock = threading.Lock()
         self.rows = 0
         self._health = HealthMark()
@@ -213,7 +217,7 @@ class JsonlSink:
         with self._lock:
             self._file.write(data)
             self._file.flush()
-            if self._owned:
+            if self._sync:
                 os.fsync(self._file.fileno())
             self.rows += len(updates)
 

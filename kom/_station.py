@@ -477,6 +477,10 @@ class Station:
     groups: Mapping[str, str | None] = attrs.field(factory=dict)
     overflow: int = 0
     output_values: dict[str, Value] = attrs.field(factory=dict)
+    #: Whether the `comm` updates of the current communication error went out. A station
+    #: starts in that error before the line ever connected, and those updates are still due
+    #: when the first attempt fails (the broker unreachable from the start).
+    comm_reported: bool = False
 
     @classmethod
     def build(
@@ -524,6 +528,7 @@ class Station:
         if to not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"station {self.name!r}: {self.state.value} -> {to.value}")
         self.state = to
+        self.comm_reported = False
 
     def receive(self, msg: Message, groups: Mapping[str, str | None]) -> Delivery:
         """Process a routed message; with ACK_ID, hold it behind the one being processed."""
@@ -601,8 +606,9 @@ class Station:
         )
 
     def lost(self, now: datetime) -> list[Update]:
-        """The line went down: communication error and invalid inputs."""
-        if not self.active:
+        """The line went down: communication error and invalid inputs (once per outage)."""
+        if not self.active or (self.state is StationState.COMM and self.comm_reported):
             return []
         self.move(StationState.COMM)
+        self.comm_reported = True
         return self.decoder.invalidate(Reason.COMM, now, f"station {self.name!r}: line down")

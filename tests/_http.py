@@ -19,6 +19,15 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 KOM = [sys.executable, "-m", "kom._cli"]
 _URL = re.compile(r"status page on (http://\S+/)")
+NETIO_PROFILE = "examples/netio-4all.toml"
+
+
+def netio_inputs() -> int:
+    """How many input tags the NETIO profile has (each gets a value from a state message)."""
+    from kom import load
+
+    (station,) = load(ROOT / NETIO_PROFILE).stations
+    return sum(1 for tag in station.tags if tag.address is not None)
 
 
 class KomRun:

@@ -950,7 +950,10 @@ def test_netio_example_shape() -> None:
     assert station.will_topic == "devices/netio-4All-25E0/status"
     assert station.will_payload == b"offline"
     writable = [t.name for t in station.tags if t.publish is not None]
-    assert writable == [f"out{n}{suffix}" for n in range(1, 5) for suffix in ("", "_action")]
+    assert writable == [
+        *(f"out{n}{suffix}" for n in range(1, 5) for suffix in ("", "_action", "_restart")),
+        "get_description",
+    ]
 
 
 def test_examples_are_distinct_installations() -> None:

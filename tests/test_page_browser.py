@@ -13,7 +13,7 @@ import pytest
 from kom.sim import NetioSimulator
 
 from ._broker import Mosquitto
-from ._http import ROOT, KomRun
+from ._http import NETIO_PROFILE, ROOT, KomRun, netio_inputs
 
 pytestmark = pytest.mark.broker
 
@@ -92,10 +92,11 @@ CHANGED = VALUE.replace(
 def test_page_shows_tags_changing_and_a_trend(
     broker: Mosquitto, browser: Any, tmp_path: Path
 ) -> None:
-    """Chromium sees the line connected, all 30 tags, the voltage changing and its trend drawn."""
+    """Chromium sees the line connected, every input tag, the voltage changing and a trend."""
     sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE, period=0.3)
     sim.start()
-    args = ["run", "examples/netio-4all.toml", "--broker", broker.address]
+    args = ["run", NETIO_PROFILE, "--broker", broker.address]
+    inputs = netio_inputs()
     try:
         assert sim.wait_connected(5)
         with KomRun(
@@ -105,8 +106,9 @@ def test_page_shows_tags_changing_and_a_trend(
             assert browser.title == "kom status"
             _wait(
                 browser,
-                "return document.querySelectorAll('#tags tbody tr').length === 30",
-                "30 tags",
+                "return document.querySelectorAll('#tags tbody tr').length === arguments[0]",
+                "every input tag",
+                inputs,
             )
             first = _wait(browser, VALUE, "the voltage")
             # The simulator's voltage moves with every message: the page follows.
