@@ -13,16 +13,20 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
-from kom import Update
+from kom import Kom, Update
 from kom._errors import ConfigError
 from kom._logs import JsonFormatter, named_arguments
 from kom._model import Quality, Reason
 from kom._sinkhealth import COMMIT_BUCKETS, HealthMark, SinkHealth, SinkStats, describe_error
 from kom._sinks import JsonlSink, SinkWriter, SqliteSink
 from kom.http import TagTable, Trends, health, parse_address
+from kom.http._metrics import StationText, _escape
 from kom.http._state import Ring, numeric
 from kom.http._status import LineView
+
+from ._kom import config, text_station
 
 T = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -306,3 +310,33 @@ def test_json_log_line_has_the_fields() -> None:
     assert doc["line"] == "north"  # from the line's thread
     assert doc["station"] is None
     assert "ValueError: boom" in doc["error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("plain", "plain"), ('a"b', 'a\\"b'), ("a\\b", "a\\\\b"), ("a\nb", "a\\nb")],
+)
+def test_label_values_are_escaped(value: str, text: str) -> None:
+    """A label value in the text format has its backslashes, quotes and newlines escaped."""
+    assert _escape(value) == text
+
+
+def test_station_families_parse_as_prometheus_text() -> None:
+    """The per-station text parses with prometheus-client's parser: counters, state, times."""
+    cfg = config(text_station("p", "a") + text_station("q", "b"), name="plant", host="127.0.0.1")
+    kom = Kom(cfg)
+    line = kom.lines["plant"]
+    line.core.station_counters["a"].received = 7
+    line.core.station_counters["a"].last_message = T
+    families = {
+        f.name: f for f in text_string_to_metric_families(StationText(kom).render().decode())
+    }
+    received = families["kom_station_messages_received"]
+    assert received.type == "counter"
+    assert [(s.labels, s.value) for s in received.samples] == [
+        ({"line": "plant", "station": "a"}, 7.0)
+    ]
+    states = {s.labels["station"]: s.labels["state"] for s in families["kom_station_state"].samples}
+    assert states == {"a": "comm", "b": "comm"}  # not connected yet
+    (last,) = families["kom_last_message_timestamp_seconds"].samples
+    assert (last.labels["station"], last.value) == ("a", T.timestamp())

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,7 +27,6 @@ from .._client import Kom
 from .._line import LineState
 from .._sinkhealth import COMMIT_BUCKETS
 from .._sinks import SinkWriter
-from .._station import StationState
 from ._state import TagTable, station_lines
 
 #: Line counters: (metric name after kom_, Counters field, help).
@@ -39,6 +43,7 @@ LINE_COUNTERS = (
     ("connect_failures", "connect_failures", "connection attempts that failed"),
     ("pauses", "pauses", "times reading paused (held ACK_ID messages)"),
 )
+#: Station counters, written by StationText.
 STATION_COUNTERS = (
     ("station_messages_received", "received", "messages routed to the station"),
     ("station_messages_duplicate", "duplicates", "redelivered messages of the station"),
@@ -67,10 +72,6 @@ class KomCollector(Collector):
             name: CounterMetricFamily(f"kom_{name}", text, labels=["line"])
             for name, _, text in LINE_COUNTERS
         }
-        per_station = {
-            name: CounterMetricFamily(f"kom_{name}", text, labels=["line", "station"])
-            for name, _, text in STATION_COUNTERS
-        }
         connected = GaugeMetricFamily(
             "kom_line_connected", "1 while the line has an MQTT connection", labels=["line"]
         )
@@ -82,47 +83,18 @@ class KomCollector(Collector):
             "QoS 1/2 messages received and not yet acknowledged to the broker",
             labels=["line"],
         )
-        last = GaugeMetricFamily(
-            "kom_last_message_timestamp_seconds",
-            "when the line or station last received a message (Unix time)",
-            labels=["line", "station"],
-        )
-        station_state = GaugeMetricFamily(
-            "kom_station_state",
-            "the station's communication state (1 for the current one)",
-            labels=["line", "station", "state"],
-        )
         for line in lines:
-            core = line.core
-            c = core.counters
+            c = line.core.counters
             for name, field, _ in LINE_COUNTERS:
                 per_line[name].add_metric([line.name], getattr(c, field))
             connected.add_metric([line.name], 1 if line.state is LineState.CONNECTED else 0)
-            for line_st in LineState:
-                line_state.add_metric([line.name, line_st.value], 1 if line.state is line_st else 0)
+            for state in LineState:
+                line_state.add_metric([line.name, state.value], 1 if line.state is state else 0)
             acks.add_metric([line.name], line.acks_pending)
-            if c.last_message is not None:
-                last.add_metric([line.name, ""], c.last_message.timestamp())
-            counters = core.station_counters
-            for station in list(core.stations):
-                for state in StationState:
-                    station_state.add_metric(
-                        [line.name, station.name, state.value], 1 if station.state is state else 0
-                    )
-                sc = counters.get(station.name)
-                if sc is None:
-                    continue
-                for name, field, _ in STATION_COUNTERS:
-                    per_station[name].add_metric([line.name, station.name], getattr(sc, field))
-                if sc.last_message is not None:
-                    last.add_metric([line.name, station.name], sc.last_message.timestamp())
         yield from per_line.values()
         yield connected
         yield line_state
         yield acks
-        yield from per_station.values()
-        yield station_state
-        yield last
 
     def _updates(self) -> Iterator[Metric]:
         counts = self.table.invalid_counts()
@@ -185,6 +157,87 @@ class KomCollector(Collector):
         for (line, outcome), count in sorted(self.kom.write_outcomes.copy().items()):
             writes.add_metric([line, outcome], count)
         yield writes
+
+
+#: Per-station families: (name, Counters field, help); each is a counter.
+_STATION_TEXT = tuple((f"kom_{name}_total", field, text) for name, field, text in STATION_COUNTERS)
+
+
+class StationText:
+    """The per-station families (and the last-message times), written as Prometheus text here.
+
+    prometheus-client formats every sample in Python (label escaping and sorting, float
+    formatting); with 1,000 stations that took 72 ms of CPU a scrape (10,000 samples), 7% of
+    a core at one scrape a second. Here each station's label text is escaped once and kept,
+    a station's state is one sample (its current state) rather than one per state, and a
+    scrape writes plain integers: a few milliseconds for 1,000 stations.
+    """
+
+    def __init__(self, kom: Kom) -> None:
+        self.kom = kom
+        self._labels: dict[tuple[str, str], str] = {}
+
+    def _label(self, line: str, station: str) -> str:
+        key = (line, station)
+        text = self._labels.get(key)
+        if text is None:
+            text = self._labels[key] = f'line="{_escape(line)}",station="{_escape(station)}"'
+        return text
+
+    def render(self) -> bytes:
+        counters: list[list[str]] = [[] for _ in _STATION_TEXT]
+        states: list[str] = []
+        last: list[str] = []
+        fields = [field for _, field, _ in _STATION_TEXT]
+        for line in list(self.kom.lines.values()):
+            core = line.core
+            line_last = core.counters.last_message
+            if line_last is not None:
+                last.append(f"{{{self._label(line.name, '')}}} {line_last.timestamp()!r}")
+            by_name = core.station_counters
+            for station in list(core.stations):
+                label = self._label(line.name, station.name)
+                states.append(f'{{{label},state="{station.state.value}"}} 1')
+                sc = by_name.get(station.name)
+                if sc is None:
+                    continue
+                for rows, field in zip(counters, fields, strict=True):
+                    rows.append(f"{{{label}}} {getattr(sc, field)}")
+                if sc.last_message is not None:
+                    last.append(f"{{{label}}} {sc.last_message.timestamp()!r}")
+        out: list[str] = []
+        for (name, _, text), rows in zip(_STATION_TEXT, counters, strict=True):
+            _family(out, name, "counter", text, rows)
+        _family(
+            out,
+            "kom_station_state",
+            "gauge",
+            "the station's communication state: 1, with the current state as label",
+            states,
+        )
+        _family(
+            out,
+            "kom_last_message_timestamp_seconds",
+            "gauge",
+            "when the line (station empty) or station last received a message (Unix time)",
+            last,
+        )
+        return "".join(out).encode()
+
+
+def _family(out: list[str], name: str, kind: str, text: str, rows: list[str]) -> None:
+    out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+    out.extend(f"{name}{row}\n" for row in rows)
+
+
+def _escape(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def scrape(registry: CollectorRegistry, stations: StationText) -> bytes:
+    """The whole /metrics body: prometheus-client's families, then the per-station ones."""
+    return generate_latest(registry) + stations.render()
 
 
 def registry(kom: Kom, writer: SinkWriter | None, table: TagTable) -> CollectorRegistry:

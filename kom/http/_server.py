@@ -18,12 +18,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._client import Kom
 from .._errors import ConfigError
 from .._sinks import SinkWriter
-from ._metrics import registry
+from ._metrics import StationText, registry, scrape
 from ._state import TREND_SECONDS, TagTable, Trends
 from ._status import Observer, health_body, status_body, tags_body
 
@@ -76,6 +76,7 @@ class StatusServer:
         self.trends = Trends(trend_seconds)
         self.observer = Observer(kom, table, self.trends)
         self.registry = registry(kom, writer, table)
+        self.stations = StationText(kom)
         self._page = _static("index.html")
         self._files = {name: (_static(name), kind) for name, kind in STATIC.items()}
         self._stop = threading.Event()
@@ -127,7 +128,7 @@ class StatusServer:
         """(status, content type, body) for a GET of `path`."""
         first = {k: v[0] for k, v in query.items() if v}
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, CONTENT_TYPE_LATEST, scrape(self.registry, self.stations)
         if path == "/health":
             ok, report = health_body(self.kom, self.writer)
             return (200 if ok else 503), *_json(report)
