@@ -165,12 +165,16 @@ class StatusServer:
                 except Exception as exc:
                     log.exception("GET %s failed: %s", self.path, exc)
                     status, kind, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Cache-Control", "no-store")
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # A scraper that gave up waiting: nothing to answer, nothing to report.
+                    log.debug("GET %s: the client went away", self.path)
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
