@@ -34,6 +34,7 @@ SCRAPER = """
 import sys, time, urllib.request
 base, period = sys.argv[1], float(sys.argv[2])
 ok = failed = 0
+first = "-"
 try:
     while True:
         started = time.monotonic()
@@ -42,12 +43,13 @@ try:
                 with urllib.request.urlopen(base + path, timeout=5) as response:
                     response.read()
                 ok += 1
-            except Exception:
+            except Exception as exc:
                 failed += 1
+                first = first if failed > 1 else f"{path}: {exc!r}".replace(" ", "_")
         time.sleep(max(0.0, period - (time.monotonic() - started)))
 except KeyboardInterrupt:
     pass
-print(ok, failed, flush=True)
+print(ok, failed, first, flush=True)
 """
 
 
@@ -58,6 +60,7 @@ class Scraped:
         self.writer = writer
         self.ok = 0
         self.failed = 0
+        self.first_failure: str | None = None
 
     def __call__(self, kom: Kom) -> Callable[[], None]:
         server = serve(kom, self.writer, "127.0.0.1:0")
@@ -70,9 +73,11 @@ class Scraped:
         def stop() -> None:
             scraper.send_signal(signal.SIGINT)
             out, _ = scraper.communicate(timeout=10)
-            ok, failed = (int(x) for x in out.split())
-            self.ok += ok
-            self.failed += failed
+            ok, failed, first = out.split()
+            self.ok += int(ok)
+            self.failed += int(failed)
+            if int(failed) and self.first_failure is None:
+                self.first_failure = first.replace("_", " ")
             server.close()
 
         return stop
@@ -113,6 +118,11 @@ def run(settings: Settings) -> Report:
                 if hook is not None:
                     scraped += hook.ok
                     failed += hook.failed
+                    if hook.first_failure:
+                        report.notes.append(
+                            f"run {run_index + 1}: {hook.failed} scrape(s) failed, the first: "
+                            f"{hook.first_failure}"
+                        )
                 print(
                     f"   [operations] run {run_index + 1} {variant + ' --http':<14} "
                     f"{fmt(rate, 'msg/s'):>14} in {seconds:.1f} s, "
@@ -152,7 +162,7 @@ def run(settings: Settings) -> Report:
     )
     report.rows.append(
         Row(
-            "scrapes answered (/metrics and /health)",
+            f"scrapes answered (/metrics and /health), {failed} failed",
             scraped,
             "requests",
             goal="every one",
