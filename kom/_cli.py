@@ -1,4 +1,4 @@
-"""The command line: check, route, run, write, sim netio, demo (SPEC §9)."""
+"""The command line: check, route, run, write, sim, discover, demo (SPEC §9, §14)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from pathlib import Path
 import attrs
 import orjson
 
-from ._config import Config, LineConfig, StationConfig, load
-from ._errors import ConfigError, KomError, WriteError
+from ._address import format_json_address
+from ._config import Config, LineConfig, StationConfig, TagConfig, load
+from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
 from ._router import literal_prefix
+from ._topic import TopicFilter, overlapping
 
 log = logging.getLogger("kom")
 
@@ -47,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
+        print(f"kom: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SinkError as exc:
+        # A sink that cannot open (a full disk, a read-only directory): one line, exit 2
+        # before any line connects; a service manager restarts kom once it can write.
         print(f"kom: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except UsageError as exc:
@@ -127,11 +134,30 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--duration", type=float)
     n.add_argument("--verbose", action="store_true")
     n.set_defaults(func=cmd_sim_netio)
+    spb = simsub.add_parser("sparkplug", help="a simulated Sparkplug B edge node with two devices")
+    spb.add_argument("--broker", default="127.0.0.1:1883")
+    spb.add_argument("--group", default="plant")
+    spb.add_argument("--node", default="edge1")
+    spb.add_argument("--period", type=float, default=1.0)
+    spb.add_argument("--duration", type=float)
+    spb.add_argument("--verbose", action="store_true")
+    spb.set_defaults(func=cmd_sim_sparkplug)
+
+    disc = sub.add_parser(
+        "discover", help="list the Sparkplug B nodes, devices and metrics seen in BIRTHs"
+    )
+    disc.add_argument("config")
+    disc.add_argument("--seconds", type=float, default=10.0, help="how long to listen")
+    disc.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
+    disc.set_defaults(func=cmd_discover)
 
     d = sub.add_parser("demo", help="broker + simulated NETIO + kom into SQLite, on this machine")
     d.add_argument("--duration", type=float, default=20.0)
     d.add_argument("--db", default="kom-demo.db")
     d.add_argument("--plain", action="store_true", help="print lines instead of the live table")
+    d.add_argument(
+        "--sparkplug", action="store_true", help="a Sparkplug B edge node instead of the NETIO"
+    )
     d.add_argument(
         "--http",
         metavar="HOST:PORT",
@@ -164,6 +190,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  routing (first rule that applies wins):")
         for row in routing_table(stations):
             print(f"    {row}")
+        for a, b in overlapping(list(line.topic_filters)):
+            print(
+                f"  warning: line {line.name}: topic filters {a!r} and {b!r} overlap: a broker "
+                "that sends a copy for each matching subscription makes kom store such a "
+                "message twice (not counted as a duplicate)"
+            )
     return EXIT_OK
 
 
@@ -186,6 +218,8 @@ def _print_line(line: LineConfig) -> None:
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
+    if line.sparkplug_host_id:
+        print(f"  sparkplug host application {line.sparkplug_host_id!r} (STATE, SPEC §14)")
     options = [
         name
         for name, on in (
@@ -200,7 +234,20 @@ def _print_line(line: LineConfig) -> None:
 
 def _print_station(station: StationConfig) -> None:
     will = f", will {station.will_topic!r}" if station.will_topic else ""
-    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}")
+    # SPEC §16 and the station's own time zone, when it has them.
+    times = [
+        f"{key.replace('_', ' ')} {value:g} s"
+        for key, value in (
+            ("stale_after", station.stale_after),
+            ("max_future", station.max_future),
+            ("max_past", station.max_past),
+        )
+        if value is not None
+    ]
+    if station.time_zone is not None:
+        times.append(f"time zone {station.time_zone.text}")
+    extra = "".join(f", {t}" for t in times)
+    print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}{extra}")
     for tag in station.tags:
         where = (
             tag.address.text
@@ -209,11 +256,19 @@ def _print_station(station: StationConfig) -> None:
         )
         unit = f" [{tag.unit}]" if tag.unit else ""
         print(f"    {tag.name:<24} {tag.type.value:<5} {where}{unit}")
+        binary = tag.address.binary if tag.address else None
+        if binary is not None:  # SPEC §15: what a BIN= address reads, in words
+            print(
+                f"    {'':<24} {'':<5} = {binary.describe(tag.encoding or 'base64', _source(tag))}"
+            )
 
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
     """The routing rules of one line's stations in the order SPEC §3 applies them."""
-    rows = [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
+    # SPEC §14: spBv1.0/ messages go by group, node and device, before the rules of §3.
+    rows = [f"spb    {s.sparkplug!r} -> {s.name}" for s in stations if s.sparkplug]
+    stations = [s for s in stations if not s.sparkplug]
+    rows += [f"will   {s.will_topic!r} -> {s.name}" for s in stations if s.will_topic]
     rows += [f"all    '#' -> {s.name}" for s in stations if s.address == "#"]
     rows += [f"exact  {s.address!r} -> {s.name}" for s in stations if s.address not in ("#", ".*")]
     regexes = sorted(
@@ -257,9 +312,46 @@ def cmd_route(args: argparse.Namespace) -> int:
     if processed.route.groups:
         print("  groups: " + ", ".join(f"{k}={v!r}" for k, v in processed.route.groups.items()))
     units = {f"{s.name}.{t.name}": t.unit for s in config.stations for t in s.tags}
+    notes = binary_notes(processed.station.config, payload) if processed.station else {}
     for u in processed.updates:
         print("  " + describe(u, units.get(u.tag)))
+        if u.tag in notes:
+            print(f"      read {notes[u.tag]}")
     return EXIT_OK
+
+
+def _source(tag: TagConfig) -> str:
+    """Where a BIN= tag's bytes come from, in words."""
+    binary = tag.address.binary if tag.address else None
+    if binary is None or binary.source is None:
+        return "the payload"
+    return f"the JSON field {format_json_address(binary.source)}"
+
+
+def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
+    """The bytes each BIN= tag of `station` reads from `payload`, by full tag name (SPEC §15)."""
+    from ._address import MISSING
+    from ._binary import trace
+
+    notes: dict[str, str] = {}
+    doc: object = MISSING
+    for tag in station.tags:
+        binary = tag.address.binary if tag.address else None
+        if binary is None or tag.address is None:
+            continue
+        if binary.source is None:
+            raw: object = payload
+        else:
+            if doc is MISSING:
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    return notes
+            raw = tag.address.read(doc) if tag.address.read else MISSING
+            if raw is MISSING:
+                continue
+        notes[f"{station.name}.{tag.name}"] = trace(binary, tag.encoding or "base64", raw)
+    return notes
 
 
 def describe(update: Update, unit: str | None = None) -> str:
@@ -444,6 +536,7 @@ def writer_config(config: Config, line_name: str) -> Config:
         clean_session=True,
         topic_filters=(),
         will=None,
+        sparkplug_host_id=None,  # the running host's STATE is not the writer's to change
     )
     stations = tuple(s for s in config.stations if s.line == line_name)
     return attrs.evolve(config, lines=(line,), stations=stations)
@@ -467,7 +560,83 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sim_sparkplug(args: argparse.Namespace) -> int:
+    from .sparkplug._sim import run_sparkplug
+
+    return run_sparkplug(
+        args.broker,
+        group=args.group,
+        node=args.node,
+        period=args.period,
+        duration=args.duration,
+        verbose=args.verbose,
+    )
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """SPEC §14 `kom discover`: listen, then print what the BIRTHs declared."""
+    from ._client import Kom, override_broker
+    from .sparkplug._discover import fragment, listing
+
+    if not args.seconds > 0:
+        print(f"kom discover: --seconds must be above 0, found {args.seconds:g}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = load(args.config)
+    if args.broker:
+        config = override_broker(config, args.broker)
+    config = discover_config(config)
+    kom = Kom(config, iterate=False)
+    try:
+        kom.start()
+        if not kom.wait_connected(min(args.seconds, 10.0)):
+            errors = "; ".join(f"{n}: {ln.last_error}" for n, ln in kom.lines.items())
+            print(f"kom discover: not connected ({errors})", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"kom discover: listening for {args.seconds:g} s ...", file=sys.stderr, flush=True)
+        time.sleep(args.seconds)
+    finally:
+        kom.close()
+    for name, line in kom.lines.items():
+        sparkplug = line.core.sparkplug
+        if sparkplug is None:
+            continue
+        text = listing(sparkplug.host)
+        print(f"# line {name}: " + ("nothing seen" if not text else "seen in BIRTHs"))
+        if text:
+            print("\n".join(f"# {row}" for row in text.splitlines()))
+            print()
+            print(fragment(sparkplug.host))
+    return EXIT_OK
+
+
+def discover_config(config: Config) -> Config:
+    """The configuration `kom discover` listens with: every line on `spBv1.0/#`, no stations,
+    a client id of its own and a clean session (a running kom keeps its own session)."""
+    lines = tuple(
+        attrs.evolve(
+            line,
+            client_id=f"{line.client_id or 'kom'}-discover-{os.getpid()}",
+            clean_session=True,
+            topic_filters=(TopicFilter("spBv1.0/#"),),
+            payload_type="sparkplug_b",
+            will=None,
+            sparkplug_host_id=None,
+        )
+        for line in config.lines
+    )
+    return attrs.evolve(config, lines=lines, stations=())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.sparkplug:
+        from ._demo import run_sparkplug_demo
+
+        return run_sparkplug_demo(
+            duration=args.duration,
+            db=Path(args.db),
+            plain=args.plain or not sys.stdout.isatty(),
+            http=None if args.http == "off" else args.http,
+        )
     from ._demo import run_demo
 
     return run_demo(

@@ -371,5 +371,6 @@ def _same_connection(old: LineConfig, new: LineConfig) -> bool:
     """Whether two line configurations differ only where no reconnection is needed."""
     keep = ("topic_filters", "payload_type", "time_field", "time_mask", "time_zone",
             "ignore_missing_time", "debug", "max_payload", "max_held", "publish_qos",
-            "publish_retain", "subscribe_qos")  # fmt: skip
+            "publish_retain", "subscribe_qos",
+            "max_future", "max_past")  # fmt: skip
     return attrs.evolve(old, **{k: getattr(new, k) for k in keep}) == new

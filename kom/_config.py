@@ -30,12 +30,15 @@ from ._address import (
     parse_json_address,
 )
 from ._advice import model_hint, regex_problem, type_hint
+from ._binary import ENCODINGS
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
 from ._processing import Processing
 from ._timemask import TimeMask, Zone
 from ._topic import TopicFilter, check_topic
+from .sparkplug._topic import check_id as _check_sparkplug_id
+from .sparkplug._topic import state_topic
 
 T = TypeVar("T")
 
@@ -109,7 +112,7 @@ class LineConfig:
     publish_qos: int = 0
     publish_retain: bool = False
     will: Will | None = None
-    payload_type: Literal["text", "json"] = "text"
+    payload_type: Literal["text", "json", "sparkplug_b"] = "text"
     time_field: tuple[Step, ...] | None = None
     time_mask: TimeMask = attrs.field(factory=lambda: TimeMask.parse(DEFAULT_MASK))
     time_zone: Zone = attrs.field(factory=lambda: Zone.parse("local"))
@@ -120,6 +123,10 @@ class LineConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     outbox: str | None = None
+    sparkplug_host_id: str | None = None  # SPEC §14: kom publishes its STATE as this host
+    #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
+    max_future: float | None = None
+    max_past: float | None = None
     #: ioBroker-style publishing (seeds/003), the defaults of every output tag of the line.
     publish_only_changes: bool = False
     publish_on_connect: bool = False
@@ -151,6 +158,8 @@ class TagConfig:
     processing: Processing = attrs.field(factory=Processing)
     publish: Publish | None = None
     default: Value = None
+    #: BIN= only: how the bytes are written (SPEC §15): base64, hex, or raw (BIN=$ only).
+    encoding: str | None = None
 
 
 @attrs.frozen
@@ -162,8 +171,15 @@ class StationConfig:
     will_topic: str | None = None
     will_payload: bytes | None = None
     mode: Mode = "on"
-    payload_type: Literal["text", "json"] | None = None
+    payload_type: Literal["text", "json", "sparkplug_b"] | None = None
+    sparkplug: str | None = None  # SPEC §14: "group/node" or "group/node/device"
     regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
+    #: SPEC §16: seconds without a message before the input tags turn `stale`.
+    stale_after: float | None = None
+    #: The line's, unless the station gives its own (SPEC §16, §2 time_zone).
+    max_future: float | None = None
+    max_past: float | None = None
+    time_zone: Zone | None = None
 
     def tag(self, name: str) -> TagConfig | None:
         for tag in self.tags:
@@ -238,12 +254,16 @@ LINE_KEYS = frozenset(
         "reconnect_min",
         "reconnect_max",
         "outbox",
+        "sparkplug_host_id",
+        "max_future",
+        "max_past",
         "publish_only_changes",
         "publish_on_connect",
     }
 )
 STATION_KEYS = frozenset(
     {"name", "line", "address", "will_topic", "will_payload", "mode", "payload_type", "tag"}
+    | {"stale_after", "max_future", "max_past", "time_zone", "sparkplug"}
 )
 TAG_KEYS = frozenset(
     {
@@ -261,6 +281,7 @@ TAG_KEYS = frozenset(
         "limits",
         "deadband",
         "on_change",
+        "encoding",
     }
 )
 
@@ -371,6 +392,18 @@ def _non_negative(value: float) -> str | None:
     if math.isfinite(value) and value >= 0:
         return None
     return f"expected a finite number >= 0, found {value!r}"
+
+
+def _positive(value: float) -> str | None:
+    if math.isfinite(value) and value > 0:
+        return None
+    return f"expected a number of seconds > 0, found {value!r}"
+
+
+def _seconds(t: _Table, key: str) -> float | None:
+    """An optional duration in seconds, above zero (SPEC §16 keys: absent means off)."""
+    value = t.get(key, (int, float), None, _positive)
+    return None if value is None else float(value)
 
 
 def _nearest(key: str, keys: frozenset[str]) -> str | None:
@@ -486,9 +519,26 @@ def from_dict(
         by_address.setdefault((station.line, station.address), station.name)
         stations.append(station)
 
+    explicit = {table.get("name", "line") for _, table in line_tables if "topic_filter" in table}
+    lines = [_sparkplug_filters(line, stations, line.name in explicit) for line in lines]
     if errors.items:
         raise ConfigError(errors.items, source=source)
     return Config(lines=tuple(lines), stations=tuple(stations), source=source)
+
+
+def _sparkplug_filters(
+    line: LineConfig, stations: Sequence[StationConfig], explicit: bool
+) -> LineConfig:
+    """SPEC §14 "kom subscribes to what it needs": a line without `topic_filter` whose stations
+    are all Sparkplug stations subscribes to their edge nodes' topics only."""
+    own = [s for s in stations if s.line == line.name]
+    if explicit or not own or not all(s.sparkplug for s in own):
+        return line
+    nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
+    filters = tuple(
+        TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
+    )
+    return attrs.evolve(line, topic_filters=filters)
 
 
 def _derive_client_id(line_name: str, identity: str) -> str:
@@ -547,6 +597,12 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
     outbox = t.get("outbox", str, None)
     if outbox:
         outbox = str((base / outbox).resolve())
+    host_id = t.get("sparkplug_host_id", str, None, _check_sparkplug_id)
+    if host_id and will is not None:
+        t.error(
+            "will",
+            f"sparkplug_host_id makes the will ({state_topic(host_id)} offline): leave will out",
+        )
     return LineConfig(
         name=name,
         endpoints=endpoints,
@@ -567,7 +623,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         publish_qos=t.integer("publish_qos", 0, 0, 2),
         publish_retain=t.get("publish_retain", bool, False),
         will=will,
-        payload_type=t.choice("payload_type", "text", ("text", "json")),
+        payload_type=t.choice("payload_type", "text", ("text", "json", "sparkplug_b")),
         time_field=time_field,
         time_mask=mask or TimeMask.parse(DEFAULT_MASK),
         time_zone=zone or Zone.parse("local"),
@@ -578,6 +634,9 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_min=reconnect_min if reconnect_min is not None else 0.5,
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
+        sparkplug_host_id=host_id or None,
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
         publish_only_changes=t.get("publish_only_changes", bool, False),
         publish_on_connect=t.get("publish_on_connect", bool, False),
     )
@@ -587,6 +646,17 @@ def _check_name(value: str) -> str | None:
     if NAME.fullmatch(value):
         return None
     return f"a name matches [A-Za-z_][A-Za-z0-9_-]*, found {value!r}"
+
+
+def _check_sparkplug_key(value: str) -> str | None:
+    parts = value.split("/")
+    if len(parts) not in (2, 3):
+        return f'expected "group/node" or "group/node/device", found {value!r}'
+    for part in parts:
+        problem = _check_sparkplug_id(part)
+        if problem:
+            return problem
+    return None
 
 
 def _check_will_topic(value: str) -> str | None:
@@ -742,7 +812,7 @@ class _Memo:
 
     def __init__(self) -> None:
         self.tags: dict[tuple[Any, ...], TagConfig] = {}
-        self.tables: dict[tuple[str, int, str], tuple[TagConfig, ...]] = {}
+        self.tables: dict[tuple[str, int, str, str], tuple[TagConfig, ...]] = {}
 
 
 def _read_station(
@@ -752,7 +822,16 @@ def _read_station(
     memo: _Memo,
 ) -> StationConfig | None:
     name = t.get("name", str, check=_check_name)
-    address = t.get("address", str, check=lambda v: None if v else "may not be empty")
+    sparkplug = t.get("sparkplug", str, None, _check_sparkplug_key)
+    if "sparkplug" in t.data:
+        # SPEC §14: the node or device is the station's address.
+        if "address" in t.data:
+            t.error(
+                "address", "a Sparkplug station is chosen by its sparkplug key: leave address out"
+            )
+        address = f"sparkplug:{sparkplug}" if sparkplug else None
+    else:
+        address = t.get("address", str, check=lambda v: None if v else "may not be empty")
     line_name = t.get("line", str, None)
     line: LineConfig | None = None
     if line_name is None:
@@ -768,9 +847,11 @@ def _read_station(
     will_payload = t.get("will_payload", str, None)
     mode = t.choice("mode", "on", MODES)
     payload_type = t.get("payload_type", str, None)
-    if payload_type not in (None, "text", "json"):
-        t.error("payload_type", f"expected 'text' or 'json', found {payload_type!r}")
+    if payload_type not in (None, "text", "json", "sparkplug_b"):
+        t.error("payload_type", f"expected 'text', 'json' or 'sparkplug_b', found {payload_type!r}")
         payload_type = None
+    if sparkplug and payload_type not in (None, "sparkplug_b"):
+        t.error("payload_type", f"a Sparkplug station reads 'sparkplug_b', found {payload_type!r}")
     regex: re.Pattern[str] | None = None
     address_ok = True
     if address and address not in ("#", ".*") and not _REGEX_META.isdisjoint(address):
@@ -781,9 +862,15 @@ def _read_station(
             # nothing and leave its TOPIC= tags to take the blame.
             t.error("address", regex_problem(address, exc))
             address_ok = False
+    time_zone = _read_zone(t)
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
-    table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
+    if "sparkplug" in t.data:
+        effective_payload = "sparkplug_b"
+    elif effective_payload == "sparkplug_b":
+        t.error("sparkplug", 'required on a sparkplug_b line: "group/node" or "group/node/device"')
+    zone = time_zone or (line.time_zone if line else Zone.parse("local"))
+    table = (repr(raw_tags), id(line), effective_payload, zone.text) if raw_tags else None
     shared = memo.tables.get(table) if table is not None else None
     if shared is not None:
         tags = list(shared)
@@ -796,6 +883,7 @@ def _read_station(
             memo,
             payload_type=effective_payload,
             table=table,
+            zone=zone,
             address_ok=address_ok,
         )
     if name is None or address is None or (line is None and line_list):
@@ -809,8 +897,25 @@ def _read_station(
         will_payload=will_payload.encode() if will_payload else None,
         mode=mode,
         payload_type=payload_type,
+        sparkplug=sparkplug,
         regex=regex,
+        stale_after=_seconds(t, "stale_after"),
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
+        time_zone=time_zone,
     )
+
+
+def _read_zone(t: _Table) -> Zone | None:
+    """A station's own `time_zone` (overrides the line's), or None."""
+    text = t.get("time_zone", str, None)
+    if text is None:
+        return None
+    try:
+        return Zone.parse(text)
+    except TimeMaskError as exc:
+        t.error("time_zone", str(exc))
+        return None
 
 
 def _read_tags(
@@ -821,7 +926,8 @@ def _read_tags(
     memo: _Memo,
     *,
     payload_type: str,
-    table: tuple[str, int, str] | None,
+    table: tuple[str, int, str, str] | None,
+    zone: Zone,
     address_ok: bool = True,
 ) -> list[TagConfig]:
     """A station's tags, each read (or taken from `memo`), and checked together.
@@ -836,13 +942,18 @@ def _read_tags(
         if not isinstance(item, dict):
             t.errors.add(path, f"expected a table, found {_show(item)}")
             continue
-        key = _memo_key(item, line, payload_type)
+        key = _memo_key(item, line, payload_type, zone)
         shareable = shareable and key is not None
         tag = memo.tags.get(key) if key is not None else None
         if tag is None:
             before = len(t.errors.items)
             tag = _read_tag(
-                _Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type, address_ok
+                _Table(item, path, t.errors, TAG_KEYS),
+                line,
+                regex,
+                payload_type,
+                zone,
+                address_ok=address_ok,
             )
             if tag is None:
                 continue
@@ -858,7 +969,7 @@ def _read_tags(
 
 
 def _memo_key(
-    item: Mapping[str, Any], line: LineConfig | None, payload_type: str
+    item: Mapping[str, Any], line: LineConfig | None, payload_type: str, zone: Zone
 ) -> tuple[Any, ...] | None:
     """The key under which an error-free tag record is shared, or None when it cannot be.
 
@@ -874,11 +985,13 @@ def _memo_key(
     address = item.get("address")
     if isinstance(address, str) and address.lstrip().upper().startswith("TOPIC"):
         return None
-    return (values, id(line), payload_type)
+    return (values, id(line), payload_type, zone.text)
 
 
 def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
     kinds = [tag.address.kind for tag in tags if tag.address is not None]
+    if Kind.SPB in kinds and Kind.ACK_ID in kinds:
+        t.error("tag", "a Sparkplug station has no ACK_ID (its messages are settled when decoded)")
     for kind in (Kind.ACK_ID, Kind.OUT_TOPIC, Kind.OUT_VALUE, Kind.IN_ID):
         if kinds.count(kind) > 1:
             t.error("tag", f"at most one tag with address {kind.value}")
@@ -891,6 +1004,8 @@ def _read_tag(
     line: LineConfig | None,
     regex: re.Pattern[str] | None,
     payload_type: str,
+    zone: Zone,
+    *,
     address_ok: bool = True,
 ) -> TagConfig | None:
     name = t.get("name", str, check=_check_name)
@@ -917,6 +1032,13 @@ def _read_tag(
             t.error("address", problem)
         if address.is_json and payload_type != "json":
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
+        if (address.kind is Kind.SPB) != (payload_type == "sparkplug_b"):
+            t.error(
+                "address",
+                "SPB= is for Sparkplug stations, which use only SPB= (SPEC §14)"
+                if address.kind is Kind.SPB
+                else f"a Sparkplug station's tags use SPB= addresses, found {address.text!r}",
+            )
         # A station address that does not compile is reported at its own key path.
         if (
             address.kind is Kind.TOPIC
@@ -924,9 +1046,9 @@ def _read_tag(
             and (regex is None or address.group not in regex.groupindex)
         ):
             t.error("address", f"the station address has no group named {address.group!r}")
+    encoding = _read_encoding(t, address, payload_type)
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
-    zone = line.time_zone if line else Zone.parse("local")
     default: Value = None
     raw_default = t.get("default", (str, int, float, bool), None)
     if raw_default is not None and value_type is not None:
@@ -945,7 +1067,29 @@ def _read_tag(
         processing=processing,
         publish=publish,
         default=default,
+        encoding=encoding,
     )
+
+
+def _read_encoding(t: _Table, address: Address | None, payload_type: str) -> str | None:
+    """A BIN= tag's `encoding` (SPEC §15), its default filled in; None for other tags."""
+    binary = address.binary if address is not None else None
+    if binary is None:
+        if "encoding" in t.data:
+            found = address.kind.value if address is not None else "a tag without an address"
+            t.error("encoding", f"encoding is for BIN= addresses, not {found}")
+        return None
+    whole = binary.source is None
+    if whole and payload_type != "text":
+        t.error(
+            "address", 'BIN=$ reads the payload as bytes: give the station payload_type = "text"'
+        )
+    encoding: str = t.choice("encoding", "raw" if whole else "base64", ENCODINGS) or "base64"
+    if encoding == "raw" and not whole:
+        t.error(
+            "encoding", "'raw' is for BIN=$ (the payload itself); a JSON field is base64 or hex"
+        )
+    return encoding
 
 
 _PROCESSING_KEYS = frozenset({"invert", "scale", "min", "max", "limits", "deadband", "on_change"})

@@ -1,23 +1,20 @@
 """What a historian sink says about itself: committing, or failing and why (SPEC §13 /health).
 
-The interface is one optional method on a sink, `health() -> SinkHealth`. A sink that has
-it reports its own state (the SQLite and JSON-lines sinks do, through `HealthMark`); for one
-that has not, `SinkWriter` reports what it saw of that sink's writes. `kom run --http`
-answers `GET /health` with 503 while any sink is failing, naming the sink and its error
-(for example `database or disk is full`).
+A sink may have `health() -> (ok, reason)` (kom._sinks.Sink): False with a one-line reason
+while it cannot store anything. `SinkWriter` keeps, per sink, what it saw of the writes
+(`SinkStats`: rows, failures, commit times, the last failure) and gives `/health` a
+`SinkHealth` per sink: the sink's own verdict where it has `health()`, else the writer's.
+`kom run --http` answers `GET /health` with 503 while any sink is failing, naming it and
+its reason (for example `disk full`).
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import attrs
-
-from ._model import Update
 
 
 @attrs.frozen
@@ -71,38 +68,16 @@ def describe_error(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class _Marked(Protocol):
-    _health: HealthMark
-
-
-S = TypeVar("S", bound=_Marked)
-
-
-def marks_health(
-    write: Callable[[S, Sequence[Update]], None],
-) -> Callable[[S, Sequence[Update]], None]:
-    """Decorate a sink's `write()` so that its `_health` mark follows each call's outcome.
-
-    One clock call a batch (not a row); the exception still goes to the caller, which
-    retries (SinkWriter).
-    """
-
-    @functools.wraps(write)
-    def marked(self: S, updates: Sequence[Update]) -> None:
-        try:
-            write(self, updates)
-        except Exception as exc:
-            self._health.failed(exc, time.time())
-            raise
-        self._health.committed(time.time())
-
-    return marked
-
-
-def health_of(sink: Any) -> SinkHealth | None:
-    """`sink.health()` when the sink has that method, else None."""
+def health_of(sink: Any) -> tuple[bool, str | None] | None:
+    """`sink.health()`, `(ok, reason)`, when the sink has that method, else None."""
     report = getattr(sink, "health", None)
     return report() if callable(report) else None
+
+
+def sink_name(sink: Any, index: int) -> str:
+    """A sink's name in /health and /metrics: its `url`, else its type and place."""
+    url = getattr(sink, "url", None)
+    return url if isinstance(url, str) else f"{type(sink).__name__.lower()}{index}"
 
 
 #: Upper bounds (seconds) of the commit-latency histogram's buckets (`kom_sink_commit_seconds`):
@@ -128,8 +103,7 @@ class SinkStats:
 
     @classmethod
     def of(cls, sink: Any, index: int) -> SinkStats:
-        report = health_of(sink)
-        return cls(report.name if report else f"{type(sink).__name__.lower()}{index}")
+        return cls(sink_name(sink, index))
 
     def committed(self, rows: int, seconds: float) -> None:
         self.rows += rows
@@ -145,5 +119,14 @@ class SinkStats:
         self.mark.failed(exc, time.time())
 
     def health(self, sink: Any) -> SinkHealth:
-        """The sink's own report when it gives one, else what the writer saw."""
-        return health_of(sink) or self.mark.report(self.name, self.rows)
+        """The sink's own `(ok, reason)` when it gives one, else what the writer saw; with
+        the rows and the times the writer saw either way."""
+        mark = self.mark
+        reported = health_of(sink)
+        if reported is None:
+            return mark.report(self.name, self.rows)
+        ok, reason = reported
+        if ok:
+            return SinkHealth(self.name, True, None, None, mark.last_commit, self.rows)
+        error = reason or mark.error or "failing"
+        return SinkHealth(self.name, False, error, mark.failing_since, mark.last_commit, self.rows)

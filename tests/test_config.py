@@ -154,7 +154,10 @@ def test_line_key_accepted(toml: str, attribute: str, expected: object) -> None:
         ("debug = 0", "line.debug: expected true or false, found 0"),
         ('transport = "udp"', "line.transport: expected one of 'tcp', 'websockets', found 'udp'"),
         ('protocol = "3.1"', "line.protocol: expected '3.1.1' or '5', found '3.1'"),
-        ('payload_type = "xml"', "line.payload_type: expected one of 'text', 'json', found 'xml'"),
+        (
+            'payload_type = "xml"',
+            "line.payload_type: expected one of 'text', 'json', 'sparkplug_b', found 'xml'",
+        ),
         ('topic_filter = "a/#/b"', "line.topic_filter: '#' must be a whole last level"),
         ('topic_filter = ["ok", "a+"]', "line.topic_filter[2]: '+' must be a whole level"),
         ('topic_filter = ["ok", 5]', "line.topic_filter[2]: expected a string, found 5"),
@@ -594,8 +597,8 @@ def test_every_error_collected() -> None:
     paths = sorted(e.split(": ", 1)[0] for e in error.errors)
     assert paths == ["line.keep_alive", "station[2].mode", "station[2].tag[3].address"]
     assert (
-        "station[2].tag[3].address: unknown address 'JX=foo' "
-        "(expected IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
+        "station[2].tag[3].address: unknown address 'JX=foo' (expected IN_TOPIC, IN_DATA, "
+        "IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
     ) in error.errors
     assert str(error).startswith("stations.toml: 3 configuration errors\n")
     assert all(f"\n  {e}" in str(error) for e in error.errors)
@@ -773,15 +776,17 @@ def test_station_payload_type_overrides_line() -> None:
         ("JA=v", "Ai", True),
         ("JA=v", "Qi", True),
         ("JA=v", "TiR", True),
-        ("JA=v", "Ao", False),
-        ("JA=v", "Do", False),
-        ("JP=$.v", "TxtO", False),
+        ("JA=v", "Ao", True),
+        ("JA=v", "Do", True),
+        ("JA=v", "ToA", True),
+        ("JP=$.v", "TxtO", True),
         ("TOPIC=g", "TxtI", True),
-        ("TOPIC=g", "Co", False),
+        ("TOPIC=g", "Co", True),
     ],
 )
 def test_address_type(address: str, value_type: str, accepted: bool) -> None:
-    """Each address kind takes its own type: IN_ID Ci, ACK_ID Co, IN_* TxtI, JSON inputs only."""
+    """Each address kind takes its own type: IN_ID Ci, ACK_ID Co, IN_* TxtI; JSON and topic
+    addresses every type (on an output type the device reports the output's state)."""
     tag = f'name = "t"\ntype = "{value_type}"\naddress = "{address}"'
     text = station_file(tag, line='payload_type = "json"', address="d/(?P<g>.*)")
     if accepted:
@@ -933,8 +938,9 @@ def test_processing_refused(tag: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
-def test_example_loads(path: Path) -> None:
-    """Every example configuration loads without error."""
+def test_example_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every example configuration loads without error (given the secrets they name)."""
+    monkeypatch.setenv("TTS_API_KEY", "NNSXS.EXAMPLE")
     cfg = load(path)
     assert cfg.lines
     assert cfg.stations
@@ -956,8 +962,9 @@ def test_netio_example_shape() -> None:
     ]
 
 
-def test_examples_are_distinct_installations() -> None:
+def test_examples_are_distinct_installations(monkeypatch: pytest.MonkeyPatch) -> None:
     """The example files name their own client ids, distinct from each other."""
+    monkeypatch.setenv("TTS_API_KEY", "NNSXS.EXAMPLE")
     ids = {load(path).lines[0].client_id for path in EXAMPLES.glob("*.toml")}
     assert len(ids) == len(list(EXAMPLES.glob("*.toml")))
 

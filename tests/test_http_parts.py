@@ -61,6 +61,12 @@ FULL_SINK = SinkHealth("sqlite:kom.db", False, "database or disk is full", 1.0)
             ["sink sqlite:kom.db is failing: database or disk is full"],
         ),
         (
+            [],
+            [SinkHealth("jsonl:x", False, "sink jsonl:x: write failed: disk full")],
+            False,
+            ["sink jsonl:x: write failed: disk full"],  # named by the sink itself: not twice
+        ),
+        (
             [LineView("a", "connected", True), LineView("b", "closed", True)],
             [FULL_SINK],
             False,
@@ -207,30 +213,37 @@ def test_sink_stats_histogram_and_fallback_health() -> None:
     assert (report.name, report.ok, report.error, report.rows) == ("custom0", False, "refused", 16)
 
 
-def test_sqlite_sink_reports_disk_full_then_recovers(tmp_path: Path) -> None:
-    """A full database (SQLite's own page limit) shows in the sink's health until it commits."""
+def test_sqlite_sink_health_with_what_the_writer_saw(tmp_path: Path) -> None:
+    """A full database (SQLite's own page limit): /health's record has the sink's reason and
+    the writer's rows and times, until a batch commits again."""
     sink = SqliteSink(tmp_path / "full.db")
-    assert sink.health().ok
-    sink.write([_update("s.a", 1.0)])
+    writer = SinkWriter([sink])
+    writer([_update("s.a", 1.0)])
+    (report,) = writer.sinks_health()
+    assert (report.name, report.ok, report.rows) == (f"sqlite:{tmp_path / 'full.db'}", True, 1)
+    assert report.last_commit is not None
     pages = sink._db.execute("PRAGMA page_count").fetchone()[0]
     sink._db.execute(f"PRAGMA max_page_count={pages}")
     big = [_update(f"s.t{i}", "x" * 1000) for i in range(500)]
-    with pytest.raises(sqlite3.OperationalError):
+    stats = writer.stats[0]
+    with pytest.raises(OSError, match="disk full"):
         sink.write(big)
-    report = sink.health()
-    assert (report.ok, report.error) == (False, "database or disk is full")
-    assert report.name == f"sqlite:{tmp_path / 'full.db'}"
+    stats.failed(RuntimeError("refused"))  # as the writer's retry loop notes it
+    (report,) = writer.sinks_health()
+    assert not report.ok
+    assert report.error is not None
+    assert "disk full" in report.error  # the sink's own reason, not the writer's
     assert report.failing_since is not None
     sink._db.execute("PRAGMA max_page_count=1000000")
-    sink.write(big)
-    assert sink.health().ok
-    assert sink.health().rows == 501
-    sink.close()
+    writer(big)
+    (report,) = writer.sinks_health()
+    assert (report.ok, report.error, report.failing_since, report.rows) == (True, None, None, 501)
+    writer.close()
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
 def test_jsonl_sink_reports_no_space_and_the_writer_retries() -> None:
-    """Writing into /dev/full fails with ENOSPC: the sink says so and the writer keeps retrying."""
+    """Writing into /dev/full fails (ENOSPC): /health says disk full; the writer retries."""
     sink = JsonlSink("/dev/full")
     writer = SinkWriter([sink])
     done = threading.Event()
@@ -248,10 +261,12 @@ def test_jsonl_sink_reports_no_space_and_the_writer_retries() -> None:
             if writer.failures >= 2:
                 break
             threading.Event().wait(0.05)
-        (report,) = writer.health()
+        (report,) = writer.sinks_health()
         assert report.name == "jsonl:/dev/full"
         assert not report.ok
-        assert report.error == "[Errno 28] No space left on device"
+        assert report.error is not None
+        assert "disk full" in report.error
+        assert report.failing_since is not None
         assert writer.stats[0].failures >= 2
     finally:
         writer.close()  # stops the retrying; closing /dev/full fails too, and is logged

@@ -132,7 +132,7 @@ class KomCollector(Collector):
         latency = HistogramMetricFamily(
             "kom_sink_commit_seconds", "time for a batch to commit", labels=["sink"]
         )
-        health = {h.name: h for h in self.writer.health()}
+        health = {h.name: h for h in self.writer.sinks_health()}
         for stats in list(self.writer.stats):
             rows.add_metric([stats.name], stats.rows)
             failures.add_metric([stats.name], stats.failures)

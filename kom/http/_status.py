@@ -45,7 +45,10 @@ def health(lines: Sequence[LineView], sinks: Sequence[SinkHealth]) -> tuple[bool
             reasons.append(f"line {line.name} is {line.state}{why}")
     for sink in sinks:
         if not sink.ok:
-            reasons.append(f"sink {sink.name} is failing: {sink.error}")
+            error = sink.error or "failing"
+            # kom's sinks name themselves in their errors already ("sink jsonl:-: ...").
+            named = error.startswith(f"sink {sink.name}")
+            reasons.append(error if named else f"sink {sink.name} is failing: {error}")
     return not reasons, reasons
 
 
@@ -99,7 +102,7 @@ def line_views(kom: Kom) -> list[LineView]:
 
 
 def sink_health(writer: SinkWriter | None) -> list[SinkHealth]:
-    return writer.health() if writer is not None else []
+    return writer.sinks_health() if writer is not None else []
 
 
 def health_body(kom: Kom, writer: SinkWriter | None) -> tuple[bool, dict[str, Any]]:
