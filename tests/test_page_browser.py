@@ -162,5 +162,11 @@ def test_page_shows_tags_changing_and_a_trend(
                 "return document.documentElement.scrollWidth - window.innerWidth"
             )
             assert overflow <= 0
+            # ... and the tags' table, the one a person reads there, needs no sideways scrolling.
+            table_overflow = browser.execute_script(
+                "const box = document.querySelector('#tags').parentElement;"
+                "return box.scrollWidth - box.clientWidth"
+            )
+            assert table_overflow <= 0
     finally:
         sim.stop()
