@@ -8,6 +8,7 @@ Pure functions over texts and configuration records.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
@@ -55,6 +56,13 @@ MODEL_NAMES: dict[str, ModelName | tuple[ModelName, ...]] = {
         ModelName("Will Topic", "will", "line", "the line's will is `will.topic`"),
     ),
     "willpayload": ModelName("Station Will Payload (SWP)", "will_payload", "station"),
+    # `[station.will]`, by analogy with `[line.will]`: a station's will is two keys.
+    "will": ModelName(
+        "Station Will Topic (SWT)",
+        "will_topic",
+        "station",
+        "with `will_payload`; a `will` table is the line's own will",
+    ),
     "willmessage": ModelName("Will Message", "will", "line", "the line's will is `will.message`"),
     "willqos": ModelName("Will QoS", "will", "line", "the line's will is `will.qos`"),
     "willretain": ModelName("Will Retain", "will", "line", "the line's will is `will.retain`"),
@@ -98,9 +106,11 @@ def type_hint(text: str) -> str:
 def regex_problem(address: str, exc: re.error) -> str:
     """The error for a station address that looks like a regular expression but does not compile."""
     escaped = re.sub(r"([.^$*+?{}\[\]|()\\])", r"\\\1", address)
+    # As TOML writes it: a literal string keeps the backslashes as they are (a repr doubles them).
+    toml = f"'{escaped}'" if "'" not in escaped else json.dumps(escaped)
     return (
         f"{address!r} looks like a regular expression but does not compile ({exc}); "
-        f"for an exact topic with these characters escape them: {escaped!r}"
+        f"for an exact topic with these characters escape them: address = {toml}"
     )
 
 
@@ -114,4 +124,18 @@ def config_warnings(config: Config) -> list[str]:
                 f"{path}.tls.verify = false: the broker's certificate and host name are not "
                 "checked; anyone on the path can pose as the broker"
             )
+        if line.time_field is None:
+            # SPEC §16 bounds a source time; without a time field there is none to bound.
+            places = [(path, line.max_future, line.max_past)] + [
+                (f"station[{j}]", s.max_future, s.max_past)
+                for j, s in enumerate(config.stations, 1)
+                if s.line == line.name
+            ]
+            for where, future, past in places:
+                for key, value in (("max_future", future), ("max_past", past)):
+                    if value is not None:
+                        warnings.append(
+                            f"{where}.{key} has no effect: the line has no time_field, so "
+                            "values take the receive time and there is no source time to check"
+                        )
     return warnings

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import string
 import struct
 from collections.abc import Callable
 
@@ -128,13 +129,26 @@ def decode_text(raw: object, encoding: str) -> bytes:
             raise BinaryDataError(f"expected {encoding} text, found non-ASCII bytes") from None
     if not isinstance(raw, str):
         raise BinaryDataError(f"expected {encoding} text, found {short_repr(raw)}", found=raw)
+    if encoding == "hex":
+        return _from_hex(raw)
     try:
-        if encoding == "hex":
-            return bytes.fromhex(raw)
         # validate=True: characters outside the alphabet are an error, not skipped.
         return base64.b64decode(raw.strip(), validate=True)
     except (ValueError, binascii.Error) as exc:
         raise BinaryDataError(f"not {encoding}: {exc} in {short_repr(raw)}", found=raw) from None
+
+
+def _from_hex(raw: str) -> bytes:
+    """The bytes of hex text (blanks between bytes allowed), or a BinaryDataError saying why not."""
+    digits = "".join(raw.split())
+    bad = next((i for i, c in enumerate(digits) if c not in string.hexdigits), None)
+    if bad is not None:
+        why = f"{digits[bad]!r} is not a hex digit"
+    elif len(digits) % 2:
+        why = f"an odd number of hex digits ({len(digits)})"
+    else:
+        return bytes.fromhex(digits)
+    raise BinaryDataError(f"not hex: {why} in {short_repr(raw)}", found=raw)
 
 
 def field_reader(

@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import orjson
 
-from ._address import format_json_address
+from ._address import Kind, format_json_address
 from ._config import Config, LineConfig, StationConfig, TagConfig, load
 from ._errors import ConfigError, KomError, SinkError, WriteError
 from ._model import Update
@@ -93,7 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("route", help="explain where a topic goes and what its tags would read")
     r.add_argument("config")
     r.add_argument("topic")
-    r.add_argument("--payload", default="", help="the message payload (text)")
+    given = r.add_mutually_exclusive_group()
+    given.add_argument("--payload", default="", help="the message payload (text)")
+    given.add_argument(
+        "--payload-file", help="read the payload's bytes from this file (- for stdin): binary data"
+    )
     r.add_argument("--line", help="the line to route on (default: the first)")
     r.add_argument("--qos", type=int, default=0, choices=[0, 1, 2])
     r.add_argument("--json", action="store_true", help="print one JSON object")
@@ -214,7 +218,8 @@ def _print_line(line: LineConfig) -> None:
         f"ping {line.ping_interval:g} s, reply timeout {line.reply_timeout:g} s"
     )
     print(
-        f"  subscribe {', '.join(f.text for f in line.topic_filters)} (QoS {line.subscribe_qos}); "
+        f"  subscribe {', '.join(_filter_text(f.text) for f in line.topic_filters)} "
+        f"(QoS {line.subscribe_qos}); "
         f"publish QoS {line.publish_qos}{' retained' if line.publish_retain else ''}; "
         f"payload {line.payload_type}"
     )
@@ -230,6 +235,24 @@ def _print_line(line: LineConfig) -> None:
     ]
     if options:
         print(f"  outputs publish {' and '.join(options)}")
+    bounds = _time_bounds(line.max_future, line.max_past)
+    if bounds:  # SPEC §16: the stations' default, shown where they are set
+        print(f"  source times refused {' or '.join(bounds)}")
+
+
+def _filter_text(text: str) -> str:
+    """A filter as `kom check` lists it: quoted when a comma or blank would split it."""
+    return repr(text) if "," in text or text != text.strip() else text
+
+
+def _time_bounds(max_future: float | None, max_past: float | None) -> list[str]:
+    """SPEC §16 in words: how far a source time may be from the receive time."""
+    out = []
+    if max_future is not None:
+        out.append(f"more than {max_future:g} s ahead (max_future)")
+    if max_past is not None:
+        out.append(f"more than {max_past:g} s behind (max_past)")
+    return out
 
 
 def _print_station(station: StationConfig) -> None:
@@ -249,11 +272,7 @@ def _print_station(station: StationConfig) -> None:
     extra = "".join(f", {t}" for t in times)
     print(f"  station {station.name} [{station.mode}] address {station.address!r}{will}{extra}")
     for tag in station.tags:
-        where = (
-            tag.address.text
-            if tag.address
-            else f"publish {tag.publish.topic if tag.publish else ''}"
-        )
+        where = _tag_sources(tag)
         unit = f" [{tag.unit}]" if tag.unit else ""
         print(f"    {tag.name:<24} {tag.type.value:<5} {where}{unit}")
         binary = tag.address.binary if tag.address else None
@@ -261,6 +280,22 @@ def _print_station(station: StationConfig) -> None:
             print(
                 f"    {'':<24} {'':<5} = {binary.describe(tag.encoding or 'base64', _source(tag))}"
             )
+
+
+def _tag_sources(tag: TagConfig) -> str:
+    """What `kom check` shows of a tag: its address, its publish template and own options."""
+    parts = [tag.address.text] if tag.address else []
+    if tag.publish is not None:
+        own = [
+            f"{name} = {str(value).lower()}"
+            for name, value in (
+                ("only_changes", tag.publish.only_changes),
+                ("on_connect", tag.publish.on_connect),
+            )
+            if value is not None
+        ]
+        parts.append(f"publish {tag.publish.topic}" + (f" ({', '.join(own)})" if own else ""))
+    return ", ".join(parts)
 
 
 def routing_table(stations: Sequence[StationConfig]) -> list[str]:
@@ -300,7 +335,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     core = LineCore(line, config.stations_of(line.name))
     core.connected(1)
     now = datetime.now(UTC)
-    payload = args.payload.encode("utf-8", "surrogateescape")
+    payload = _payload(args)
     processed = core.process(Message(args.topic, payload, now, args.qos, 1 if args.qos else 0))
     station = processed.station.name if processed.station else None
     rule = processed.route.rule.value
@@ -328,10 +363,25 @@ def _source(tag: TagConfig) -> str:
     return f"the JSON field {format_json_address(binary.source)}"
 
 
+def _payload(args: argparse.Namespace) -> bytes:
+    """The payload `kom route` routes: `--payload` text, or the bytes of `--payload-file`."""
+    if args.payload_file is None:
+        return bytes(args.payload.encode("utf-8", "surrogateescape"))
+    if args.payload_file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(args.payload_file).read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"--payload-file {args.payload_file!r}: cannot read it: {exc.strerror or exc}"
+        ) from exc
+
+
 def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
     """The bytes each BIN= tag of `station` reads from `payload`, by full tag name (SPEC §15)."""
     from ._address import MISSING
     from ._binary import trace
+    from ._lenient import loads as lenient_json
 
     notes: dict[str, str] = {}
     doc: object = MISSING
@@ -344,7 +394,7 @@ def binary_notes(station: StationConfig, payload: bytes) -> dict[str, str]:
         else:
             if doc is MISSING:
                 try:
-                    doc = orjson.loads(payload)
+                    doc = lenient_json(payload)
                 except orjson.JSONDecodeError:
                     return notes
             raw = tag.address.read(doc) if tag.address.read else MISSING
@@ -487,9 +537,13 @@ def cmd_write(args: argparse.Namespace) -> int:
     if args.broker:
         config = with_broker(config, args.broker)
     try:
-        station, _tag = config.find_tag(args.tag)
+        station, tag = config.find_tag(args.tag)
     except KeyError:
         print(f"kom write: no tag {args.tag!r} in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    refused = _not_writable(station, tag)
+    if refused:  # known from the file alone: said before connecting, as a user error
+        print(f"kom write: {args.tag}: {refused} [not-output]", file=sys.stderr)
         return EXIT_CONFIG
     config = writer_config(config, station.line)
     with Kom(config, iterate=False) as kom:
@@ -523,11 +577,29 @@ def cmd_write(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _not_writable(station: StationConfig, tag: TagConfig) -> str:
+    """Why a write of `tag` cannot publish whatever the broker does ("" when it may).
+
+    The same refusals as the line's, for a station that starts on or off (a simulated one
+    takes a write of any tag).
+    """
+    kind = tag.address.kind if tag.address is not None else None
+    if station.mode == "simulation" or kind is Kind.ACK_ID:
+        return ""
+    if not tag.type.is_output:
+        return f"{tag.type.value} is not an output type"
+    if tag.publish is None and kind not in (Kind.OUT_VALUE, Kind.OUT_TOPIC, Kind.SPB):
+        return "the tag has neither OUT_VALUE nor publish"
+    return ""
+
+
 def writer_config(config: Config, line_name: str) -> Config:
     """The configuration `kom write` connects with: one line, its own client id.
 
     Reusing the running driver's client id would knock that driver off the broker, so
-    the writer takes a derived id with a clean session and subscribes to nothing.
+    the writer takes a derived id with a clean session and subscribes to nothing. It
+    publishes the one value asked for: publish-on-connect, meant for the running driver,
+    would send every other output's default again.
     """
     line = config.line(line_name)
     line = attrs.evolve(
@@ -536,10 +608,21 @@ def writer_config(config: Config, line_name: str) -> Config:
         clean_session=True,
         topic_filters=(),
         will=None,
+        publish_on_connect=False,
         sparkplug_host_id=None,  # the running host's STATE is not the writer's to change
     )
-    stations = tuple(s for s in config.stations if s.line == line_name)
+    stations = tuple(
+        attrs.evolve(s, tags=tuple(_not_on_connect(t) for t in s.tags))
+        for s in config.stations
+        if s.line == line_name
+    )
     return attrs.evolve(config, lines=(line,), stations=stations)
+
+
+def _not_on_connect(tag: TagConfig) -> TagConfig:
+    if tag.publish is None or not tag.publish.on_connect:
+        return tag
+    return attrs.evolve(tag, publish=attrs.evolve(tag.publish, on_connect=False))
 
 
 # -- sim, demo --------------------------------------------------------------------------

@@ -394,9 +394,16 @@ def _non_negative(value: float) -> str | None:
     return f"expected a finite number >= 0, found {value!r}"
 
 
+#: The longest `stale_after`, `max_future` or `max_past` (about 31 years): a longer one could
+#: not be added to a date (Python's datetime ends in 9999), and means "off" anyway.
+MAX_SECONDS = 1e9
+
+
 def _positive(value: float) -> str | None:
-    if math.isfinite(value) and value > 0:
+    if math.isfinite(value) and 0 < value <= MAX_SECONDS:
         return None
+    if math.isfinite(value) and value > 0:
+        return f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), found {value!r}"
     return f"expected a number of seconds > 0, found {value!r}"
 
 

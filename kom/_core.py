@@ -210,6 +210,11 @@ class LineCore:
                 self.station_counters[station.name].stale += 1
         return updates
 
+    def switched_on(self, name: str, now: datetime) -> None:
+        """A station was switched on: its `stale_after` count starts now (SPEC §16)."""
+        if self.staleness is not None:
+            self.staleness.seen(self.stations.index(self.by_name[name]), now)
+
     def lost(self, now: datetime) -> list[Update]:
         """The connection is gone: active stations in communication error, inputs invalid."""
         updates: list[Update] = []

@@ -825,6 +825,8 @@ class Line(Events):
                 target = StationState.COMM
             if station.state is not target and not (target is StationState.ON and station.active):
                 station.move(target)
+                if target is StationState.ON:
+                    self.core.switched_on(station_name, self._clock())
         self._wake.set()
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:

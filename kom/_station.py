@@ -24,6 +24,7 @@ from ._config import LineConfig, StationConfig, TagConfig
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
 from ._freshness import time_bounds
+from ._lenient import loads as lenient_json
 from ._model import Quality, Reason, Update, Value, ValueType, new_record
 from ._processing import Processing
 from ._timemask import Zone
@@ -150,7 +151,7 @@ class Decoder:
                 failure = too_big
             else:
                 try:
-                    doc = orjson.loads(payload)
+                    doc = lenient_json(payload)
                 except orjson.JSONDecodeError as exc:
                     failure = (Reason.PARSE, f"payload is not JSON: {exc}")
             if failure is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 
 import pytest
 
@@ -64,6 +65,7 @@ def station(address: str, *tags: str, extra: str = "") -> str:
         ('"Full Debug"', "line", "did you mean 'debug'?"),
         ('"Will Topic"', "station", "did you mean 'will_topic'?"),
         ('"Will Topic"', "line", "did you mean 'will'? it is the model's Will Topic"),
+        ("will", "station", "did you mean 'will_topic'? it is the model's Station Will Topic"),
     ],
 )
 def test_the_models_names_are_answered(key: str, table: str, expected: str) -> None:
@@ -130,9 +132,10 @@ def test_the_escaped_form_suggested_for_a_broken_address_matches_the_topic_itsel
     address = "plant/room(1/data"
     with pytest.raises(re.error) as info:
         re.compile(address)
-    suggestion = re.search(r"escape them: '(.*)'$", regex_problem(address, info.value))
+    suggestion = re.search(r"escape them: (address = .*)$", regex_problem(address, info.value))
     assert suggestion is not None
-    escaped = suggestion.group(1).replace("\\\\", "\\")
+    escaped = tomllib.loads(suggestion.group(1))["address"]
+    assert escaped == "plant/room\\(1/data"
     assert re.fullmatch(escaped, address)
     loads(station(escaped))
 
@@ -163,3 +166,18 @@ def test_tls_without_verification_is_warned_about() -> None:
         "tls = { verify = false }\n"
     )
     assert [w.split(":")[0] for w in config_warnings(two)] == ["line[2].tls.verify = false"]
+
+
+def test_time_bounds_without_a_time_field_are_warned_about() -> None:
+    """max_future / max_past on a line without time_field check nothing, and kom check says so."""
+    text = station("a/b", extra="max_past = 60\n").replace(
+        'host = "broker"\n', 'host = "broker"\nmax_future = 300\n'
+    )
+    assert config_warnings(loads(text)) == [
+        "line.max_future has no effect: the line has no time_field, so values take the receive "
+        "time and there is no source time to check",
+        "station[1].max_past has no effect: the line has no time_field, so values take the "
+        "receive time and there is no source time to check",
+    ]
+    timed = text.replace('host = "broker"\n', 'host = "broker"\ntime_field = "t"\n')
+    assert config_warnings(loads(timed.replace("[line]", '[line]\npayload_type = "json"'))) == []

@@ -180,8 +180,9 @@ def test_too_short_is_refused(data: bytes, kind: str) -> None:
         ("CSl7C8Q", "base64", "not base64"),
         ("CSl7C8Q*", "base64", "not base64"),
         ("0929 7b", "hex", None),
-        ("0g", "hex", "not hex"),
-        ("092", "hex", "not hex"),
+        ("0g", "hex", "^not hex: 'g' is not a hex digit in '0g'$"),
+        ("092", "hex", r"^not hex: an odd number of hex digits \(3\) in '092'$"),
+        ("09 2", "hex", r"^not hex: an odd number of hex digits \(3\)"),
         (12, "base64", "expected base64 text, found 12"),
         (None, "hex", "expected hex text, found null"),
         (b"\xff", "base64", "non-ASCII"),
@@ -458,11 +459,26 @@ def test_route_explains_the_bytes() -> None:
 
 
 def test_check_explains_the_addresses() -> None:
-    """`kom check` says in words which bytes each BIN= tag reads, and the station's stale_after."""
+    """`kom check` says in words which bytes each BIN= tag reads, stale_after and max_future."""
     out = _kom("check", "examples/lorawan-tts-v3.toml").stdout
     assert "stale after 3600 s" in out
+    assert "  source times refused more than 300 s ahead (max_future)\n" in out
     assert (
         "= bytes 0..1 of the JSON field uplink_message.frm_payload (written in base64): "
         "signed 16-bit integer, big-endian"
     ) in out
     assert "= byte 5 of the JSON field uplink_message.frm_payload (written in base64): bit 0" in out
+
+
+def test_route_reads_a_binary_payload_from_a_file(tmp_path: Path) -> None:
+    """`kom route --payload-file` carries bytes a command line cannot (zero bytes) to BIN=$ tags."""
+    cfg = tmp_path / "raw.toml"
+    cfg.write_text(
+        '[line]\nhost = "h"\n[[station]]\nname = "s"\naddress = "raw/1"\n'
+        '[[station.tag]]\nname = "a"\ntype = "Ci"\naddress = "BIN=$@1:u16be"\n'
+    )
+    frame = tmp_path / "frame.bin"
+    frame.write_bytes(b"\x00\x01\x00\xfe")
+    out = _kom("route", str(cfg), "raw/1", "--payload-file", str(frame)).stdout.splitlines()
+    assert out[1].startswith("  s.a = 256  valid")
+    assert out[2] == "      read 01 00 at offset 1 of 4 bytes: 00 01 00 fe"

@@ -79,3 +79,34 @@ def test_check_warns_when_tls_verification_is_off(tmp_path: Path) -> None:
     secure = tmp_path / "secure.toml"
     secure.write_text('[line]\nhost = "b"\ntls = true\n')
     assert "warning" not in _kom("check", str(secure)).stderr
+
+
+@pytest.mark.parametrize(
+    ("tag", "why"),
+    [
+        ("s.level", "Ai is not an output type"),
+        ("s.relay", "the tag has neither OUT_VALUE nor publish"),
+    ],
+)
+def test_write_of_a_tag_that_cannot_publish_is_refused_before_connecting(
+    tmp_path: Path, tag: str, why: str
+) -> None:
+    """`kom write` to an input, or to an output that only reads its state back, is a user error."""
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        '[line]\nhost = "127.0.0.1:1"\npayload_type = "json"\n'
+        '[[station]]\nname = "s"\naddress = "a"\n'
+        '[[station.tag]]\nname = "level"\ntype = "Ai"\naddress = "JA=level"\n'
+        '[[station.tag]]\nname = "relay"\ntype = "Do"\naddress = "JA=relay"\n'
+    )
+    line = _one_clear_line(_kom("write", str(cfg), tag, "1", "--timeout", "30"))
+    assert line == f"kom write: {tag}: {why} [not-output]"
+
+
+def test_route_with_a_payload_file_that_cannot_be_read_says_so() -> None:
+    """`kom route --payload-file` of a missing file is one line and exit 2."""
+    line = _one_clear_line(_kom("route", NETIO, "a/b", "--payload-file", "/nonexistent/frame.bin"))
+    assert line == (
+        "kom route: --payload-file '/nonexistent/frame.bin': cannot read it: "
+        "No such file or directory"
+    )

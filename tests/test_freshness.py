@@ -201,6 +201,20 @@ def test_no_stale_report_for_a_station_that_is_not_on() -> None:
     assert core.counters.stale == 0
 
 
+def test_a_station_switched_back_on_still_goes_stale() -> None:
+    """A station off when its count ran out goes stale once on again, stale_after after."""
+    core = core_of(STALE_LINE)
+    core.connected(1)
+    core.stale(at(0))
+    core.stations[0].move(StationState.OFF)
+    assert core.stale(at(31)) == []
+    core.stations[0].move(StationState.ON)
+    core.switched_on("a", at(40))
+    assert core.stale(at(69)) == []
+    assert {u.reason for u in core.stale(at(70))} == {Reason.STALE}
+    assert core.counters.stale == 1
+
+
 def test_a_line_without_stale_after_has_no_clock() -> None:
     """Without stale_after on any station, the line keeps no staleness clock at all."""
     core = core_of(STALE_LINE.replace("stale_after = 30", ""))
@@ -284,6 +298,13 @@ def test_time_sanity(line: str, station: str, time: str, valid: bool) -> None:
         (
             "[[station]]\nmax_future = nan",
             "station[1].max_future: expected a number of seconds > 0",
+        ),
+        # Beyond any date Python can hold: refused here, not an OverflowError in the line.
+        ("[line]\nmax_future = 1e300", "line.max_future: expected at most 1000000000 seconds"),
+        ("[line]\nmax_past = inf", "line.max_past: expected a number of seconds > 0"),
+        (
+            "[[station]]\nstale_after = 1e12",
+            "station[1].stale_after: expected at most 1000000000 seconds (about 31 years)",
         ),
     ],
 )

@@ -149,6 +149,16 @@ def test_a_filter_with_a_comma_stays_whole_in_a_list() -> None:
     assert line.topic_filters == (TopicFilter("a,b/#"),)
 
 
+def test_check_quotes_a_filter_that_has_a_comma(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kom check` lists ["a,b/#", "c"] so that it does not read as three filters."""
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('[line]\nhost = "h"\ntopic_filter = ["a,b/#", "c"]\n')
+    assert main(["check", str(cfg)]) == 0
+    assert "  subscribe 'a,b/#', c (QoS 1);" in capsys.readouterr().out
+
+
 def test_publish_options_are_read_per_line_and_per_tag() -> None:
     """Line keys give the defaults; `publish.only_changes` / `publish.on_connect` override them."""
     cfg = loads(
@@ -194,3 +204,38 @@ def test_check_shows_the_lines_publishing_options(
     cfg.write_text('[line]\nhost = "h"\n')
     assert main(["check", str(cfg)]) == 0
     assert "outputs publish" not in capsys.readouterr().out
+
+
+def test_kom_write_publishes_only_the_value_asked_for(
+    broker: Mosquitto, topic_prefix: str, tmp_path: Path
+) -> None:
+    """`kom write` of one output sends that value alone, not every output's on-connect default."""
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(
+        f'[line]\nhost = "{broker.host}:{broker.port}"\npublish_on_connect = true\n'
+        f"publish_qos = 1\n" + OUTPUTS.format(prefix=topic_prefix, options=", on_connect = true")
+    )
+    with Publisher(broker.port) as peer:
+        peer.subscribe(f"{topic_prefix}/#")
+        assert main(["write", str(cfg), "relay.note", "hello"]) == 0
+        wait_until(lambda: _payloads(peer, f"{topic_prefix}/note") == [b"hello"])
+        assert main(["write", str(cfg), "relay.on", "true"]) == 0
+        wait_until(lambda: _payloads(peer, f"{topic_prefix}/set") == [b"true"])
+        assert peer.messages(f"{topic_prefix}/level") == []
+
+
+def test_check_shows_a_tags_address_publish_template_and_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kom check` shows an output's read-back address beside its publish topic and own options."""
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(
+        '[line]\nhost = "h"\npayload_type = "json"\n'
+        + OUTPUTS.format(prefix="p", options=", only_changes = true").replace(
+            'type = "Do"\n', 'type = "Do"\naddress = "JA=on"\n'
+        )
+    )
+    assert main(["check", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "Do    JA=on, publish p/set (only_changes = true)\n" in out
+    assert "Ao    publish p/level (on_connect = true)\n" in out

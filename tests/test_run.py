@@ -191,8 +191,8 @@ def test_kom_write_publishes_and_waits_for_completion(
         assert b"QoS 1" in done.stdout
         wait_until(lambda: [m.payload for m in sub.messages()] == [b"start"])
     failed = subprocess.run([*KOM, "write", str(cfg), "a.n", "1"], capture_output=True, timeout=30)
-    assert failed.returncode == 1
-    assert b"not-output" in failed.stderr
+    assert failed.returncode == 2  # a user error, said before connecting
+    assert failed.stderr == b"kom write: a.n: Ci is not an output type [not-output]\n"
 
 
 def test_check_prints_the_routing_table_and_exit_codes(tmp_path: Path) -> None:

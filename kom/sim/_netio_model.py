@@ -440,7 +440,11 @@ class NetioDevice:
             return CommandResult("GetDescription", publish=True)
         if operation != "SetOutputs":
             expected = "expected SetOutputs or GetDescription"
-            error = f"unknown Operation {_show(operation)} ({expected})"
+            error = (
+                f"no Operation ({expected})"
+                if "Operation" not in document
+                else f"unknown Operation {_show(operation)} ({expected})"
+            )
             return CommandResult(None, False, error=error)
         try:
             plan = self._plan(document.get("Outputs"))
