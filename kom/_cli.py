@@ -40,11 +40,9 @@ class UsageError(KomError, ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ._logs import configure
+
+    configure(args.log_level, args.log_format, sys.stderr)
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_CONFIG
@@ -83,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="kom", description="MQTT client driver for SCADA systems and historians"
     )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
+    )
     sub = p.add_subparsers(metavar="COMMAND", dest="command")
 
     c = sub.add_parser("check", help="validate a configuration and print its routing table")
@@ -119,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--watch", action="store_true", help="show a live table of tags")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--http", metavar="HOST:PORT", help="serve /metrics, /health, /api/tags and a status page"
+    )
     run.set_defaults(func=cmd_run)
 
     w = sub.add_parser("write", help="write one output tag and wait for its completion")
@@ -166,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--plain", action="store_true", help="print lines instead of the live table")
     d.add_argument(
         "--sparkplug", action="store_true", help="a Sparkplug B edge node instead of the NETIO"
+    )
+    d.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8765",
+        help="the status page's address (default 127.0.0.1:8765, another free port if taken; "
+        "'off' for none)",
     )
     d.set_defaults(func=cmd_demo)
     return p
@@ -446,6 +457,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The sinks write on the dispatcher thread, so that the lines read on meanwhile (SQLite
     # lets go of the interpreter lock while it inserts) and batches merge into transactions.
     kom = Kom(config, writer, iterate=False, inline=False)
+    status = None
+    if args.http:
+        from .http import serve
+
+        try:
+            status = serve(kom, writer, args.http)
+        except ConfigError as exc:  # its one error already names --http
+            writer.close()
+            raise UsageError("; ".join(exc.errors)) from exc
+        log.warning("kom run: status page on %s (/metrics, /health, /api/tags)", status.url)
     stop = threading.Event()
     reload_requested = threading.Event()
 
@@ -482,6 +503,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         kom.close()
         writer.close()
+        if status is not None:
+            status.close()
     log.warning("kom run: stopped; %d updates written", writer.updates)
     return EXIT_OK
 
@@ -712,12 +735,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from ._demo import run_sparkplug_demo
 
         return run_sparkplug_demo(
-            duration=args.duration, db=Path(args.db), plain=args.plain or not sys.stdout.isatty()
+            duration=args.duration,
+            db=Path(args.db),
+            plain=args.plain or not sys.stdout.isatty(),
+            http=None if args.http == "off" else args.http,
         )
     from ._demo import run_demo
 
     return run_demo(
-        duration=args.duration, db=Path(args.db), plain=args.plain or not sys.stdout.isatty()
+        duration=args.duration,
+        db=Path(args.db),
+        plain=args.plain or not sys.stdout.isatty(),
+        http=None if args.http == "off" else args.http,
     )
 
 

@@ -16,10 +16,12 @@ import attrs
 
 from ._client import Kom, override_broker, tune_gc
 from ._config import load
-from ._errors import KomError, WriteError
+from ._errors import ConfigError, KomError, WriteError
 from ._localbroker import LocalBroker
 from ._sinks import SinkWriter, SqliteSink
 from ._watch import LiveView
+from .http import StatusServer
+from .http._state import TREND_SECONDS
 
 PROFILE = "netio-4all.toml"
 DEVICE_ID = "netio-4All-25E0"
@@ -58,6 +60,29 @@ def _setup(
     return broker, kom, writer, view
 
 
+def _offer_page(
+    kom: Kom, writer: SinkWriter, view: LiveView, http: str | None, duration: float
+) -> StatusServer | None:
+    """The status page (SPEC §13) while the demo runs, its trends as long as the demo.
+
+    When the address is taken (another demo, another program), any free port will do.
+    """
+    if not http:
+        return None
+    from .http import parse_address, serve
+
+    trend = max(TREND_SECONDS, duration)
+    try:
+        status = serve(kom, writer, http, trend_seconds=trend)
+    except ConfigError:
+        host, _port = parse_address(http)
+        anywhere = f"[{host}]:0" if ":" in host else f"{host}:0"
+        status = serve(kom, writer, anywhere, trend_seconds=trend)
+    print(f"kom demo: the status page is on {status.url} while the demo runs", file=sys.stdout)
+    view.note(f"status page: {status.url}")
+    return status
+
+
 def _summary(kom: Kom, writer: SinkWriter, db: Path, writes_ok: int) -> int:
     counters = kom.counters().get("line")
     rows = _count_rows(db)
@@ -69,11 +94,12 @@ def _summary(kom: Kom, writer: SinkWriter, db: Path, writes_ok: int) -> int:
     return 0 if writer.updates else 1
 
 
-def run_demo(duration: float, db: Path, plain: bool) -> int:
+def run_demo(duration: float, db: Path, plain: bool, http: str | None = None) -> int:
     from .sim import NetioSimulator
 
     out = sys.stdout
     broker, kom, writer, view = _setup(PROFILE, "NETIO 4All", duration, db)
+    status = _offer_page(kom, writer, view, http, duration)
     sim = NetioSimulator("127.0.0.1", broker.port, client_id=DEVICE_ID, period=1.0)
     writes_ok = 0
     switched_at = duration * 0.4
@@ -130,6 +156,8 @@ def run_demo(duration: float, db: Path, plain: bool) -> int:
         kom.close()
         writer.close()
         broker.close()
+        if status is not None:
+            status.close()
     return _summary(kom, writer, db, writes_ok)
 
 
@@ -163,7 +191,7 @@ SPARKPLUG_PROFILE = "sparkplug.toml"
 _SPARKPLUG_PICKS = ["pump1.pressure", "pump1.speed", "tank1.level", "tank1.alarm", "edge1.uptime"]
 
 
-def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
+def run_sparkplug_demo(duration: float, db: Path, plain: bool, http: str | None = None) -> int:
     """`kom demo --sparkplug`: the same with a Sparkplug B edge node and two devices (SPEC §14).
 
     kom is the host application (STATE `spBv1.0/STATE/kom`); half-way through it writes
@@ -174,6 +202,7 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
 
     out = sys.stdout
     broker, kom, writer, view = _setup(SPARKPLUG_PROFILE, "Sparkplug B edge node", duration, db)
+    status = _offer_page(kom, writer, view, http, duration)
     sim = EdgeNodeSimulator("127.0.0.1", broker.port, period=1.0)
     writes_ok = 0
     steps = {duration * 0.4: "write", duration * 0.6: "death"}
@@ -231,4 +260,6 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool) -> int:
         kom.close()
         writer.close()
         broker.close()
+        if status is not None:
+            status.close()
     return _summary(kom, writer, db, writes_ok)

@@ -200,6 +200,11 @@ class Line(Events):
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def acks_pending(self) -> int:
+        """QoS 1/2 messages received and not yet acknowledged to the broker (SPEC §13)."""
+        return len(self._acks) + len(self._arrivals)
+
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> None:

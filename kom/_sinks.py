@@ -24,6 +24,7 @@ import orjson
 from ._convert import format_time, format_value
 from ._errors import ConfigError, SinkError
 from ._model import Quality, Reason, Update
+from ._sinkhealth import SinkHealth, SinkStats
 
 log = logging.getLogger("kom.sink")
 VALID = Quality.VALID
@@ -109,6 +110,7 @@ class SqliteSink:
 
     def __init__(self, path: str | os.PathLike[str], tag_index: bool = False) -> None:
         self.path = Path(path)
+        self.url = f"sqlite:{self.path}"  # its name in /health and /metrics
         self._problem: str | None = None
         try:
             self._db = self._open(tag_index)
@@ -290,6 +292,7 @@ class JsonlSink:
 
     def __init__(self, target: str) -> None:
         self.target = target
+        self.url = f"jsonl:{target}"  # its name in /health and /metrics
         self._file: IO[bytes]
         self._problem: str | None = None
         if target == "-":
@@ -423,18 +426,23 @@ class SinkWriter:
         self.updates = 0
         self.failures = 0
         self._closed = threading.Event()
+        #: Per sink, in the order of `sinks`: rows, failures, commit latency (SPEC §13 metrics).
+        self.stats = [SinkStats.of(sink, i) for i, sink in enumerate(self.sinks)]
 
     def __call__(self, updates: Sequence[Update]) -> None:
-        for sink in self.sinks:
+        for sink, stats in zip(self.sinks, self.stats, strict=True):
             delay = 0.1
             failed_since: float | None = None
             last = ""
             while True:
+                started = time.perf_counter()
                 try:
                     sink.write(updates)
+                    stats.committed(len(updates), time.perf_counter() - started)
                     break
                 except Exception as exc:
                     self.failures += 1
+                    stats.failed(exc)
                     if str(exc) != last:
                         last = str(exc)
                         log.error("%s; acknowledgements held, retrying", _one_line(sink, exc))
@@ -459,6 +467,11 @@ class SinkWriter:
                 if not ok:
                     reasons.append(reason or f"sink {sink!r} is failing")
         return (not reasons, "; ".join(reasons) or None)
+
+    def sinks_health(self) -> list[SinkHealth]:
+        """Every sink's state for `/health`, in the order of `sinks`: its own `health()` where it
+        has one, with the rows, failures and commit times this writer saw."""
+        return [stats.health(sink) for sink, stats in zip(self.sinks, self.stats, strict=True)]
 
     def close(self) -> None:
         self._closed.set()
