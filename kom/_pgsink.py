@@ -313,6 +313,8 @@ class PostgresSink:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.target = parse_url(url)
+        #: The sink's name in /health and /metrics: its URL with the password as `***`.
+        self.url = self.target.shown
         self._clock = clock
         self._lock = threading.Lock()
         self._conn: Any = None  # a psycopg.Connection while connected

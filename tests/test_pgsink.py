@@ -315,6 +315,7 @@ def test_a_write_to_no_server_raises_without_the_password(tmp_path: Path) -> Non
     assert "***" in str(info.value)
     assert "refused" in str(info.value)
     assert "pw-7f3a" not in repr(sink)
+    assert sink.url == f"postgresql://kom:***@127.0.0.1:{port}/x"  # its name in /health
     ok, why = sink.health()
     assert not ok
     assert why == str(info.value)
