@@ -494,18 +494,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             from rich.live import Live
 
             with Live(view.render(), refresh_per_second=4, screen=False) as live:
-                while _running(stop, deadline):
+                while _running(stop, deadline, writer.ended):
                     _maybe_reload(reload_requested, kom, args)
                     live.update(view.render())
         else:
-            while _running(stop, deadline):
+            while _running(stop, deadline, writer.ended):
                 _maybe_reload(reload_requested, kom, args)
     finally:
-        kom.close()
-        writer.close()
+        if writer.ended.is_set():
+            # A sink that can never write again holds its batch on the dispatcher: close the
+            # lines first (nothing of that batch is acknowledged), then let the batch go.
+            for line in kom.lines.values():
+                line.close()
+            writer.close()
+            kom.close()
+        else:
+            kom.close()
+            writer.close()
         if status is not None:
             status.close()
     log.warning("kom run: stopped; %d updates written", writer.updates)
+    if writer.ended.is_set():
+        _quiet_stdout()
+        return EXIT_PIPE
     return EXIT_OK
 
 
@@ -521,9 +532,11 @@ def with_broker(config: Config, broker: str) -> Config:
         raise UsageError(f"--broker {broker!r}: expected HOST[:PORT] or [IPv6]:PORT") from exc
 
 
-def _running(stop: threading.Event, deadline: float | None) -> bool:
+def _running(stop: threading.Event, deadline: float | None, ended: threading.Event) -> bool:
     stop.wait(0.25)
-    return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
+    if stop.is_set() or ended.is_set():
+        return False
+    return deadline is None or time.monotonic() < deadline
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
