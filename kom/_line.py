@@ -1,8 +1,10 @@
 """A running line: one thread owns the MQTT session, connects, fails over, reconnects.
 
-The loop is thin: read from paho, ask the core what each message means, queue the
-updates for the host, keep kom's own timers (PINGREQ, reply timeouts), and acknowledge
-to the broker in arrival order once the host has taken the updates (SPEC §2, §5, §6).
+The loop is thin: read from the session (kom's own MQTT engine, `kom/_mqtt.py`), ask the
+core what each message means, queue the updates for the host, keep kom's own timers
+(PINGREQ, reply timeouts), and acknowledge to the broker in arrival order once the host has
+taken the updates (SPEC §2, §5, §6). Writes are decided and published on this thread too:
+a station's output values and topic groups change nowhere else.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
 from ._model import Quality, Update, Value, ValueType, new_record
-from ._mqtt import Events, RawMessage, Session
+from ._mqtt import Events, RawMessage, Session, SkippedPayload
 from ._outbox import Outbox
 from ._publish import render
 from ._station import Message, StationState
 from ._topic import check_topic
+from .mqtt import reason_name
 
 log = logging.getLogger("kom.line")
 
@@ -72,6 +75,8 @@ class WriteResult:
     qos: int | None
     mid: int | None = None
     local: bool = False
+    #: The broker took a QoS 2 write at QoS 1 (answered PUBACK): `qos` is then 1.
+    downgraded: bool = False
 
 
 class _PendingWrite(NamedTuple):
@@ -96,7 +101,7 @@ class _Outgoing(NamedTuple):
 
 
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
-#: the line's queue. paho's own window is off (see Session.__init__).
+#: the line's queue (the broker's Receive Maximum may bound them further, in the session).
 WINDOW = 1000
 
 
@@ -145,22 +150,22 @@ class Line(Events):
         self._thread: threading.Thread | None = None
         self._batch: list[Update] = []
         self._settles: list[tuple[int, int, int]] = []
-        # Writes have a lock of their own that is never held while calling paho: paho
-        # reports completions while holding its own message lock, so holding a kom lock
-        # across paho's publish() would deadlock against it.
+        # Writes have a lock of their own, never held while calling the session.
         self._writes_lock = threading.Lock()
         self._writes: dict[int, _PendingWrite] = {}
-        # Writes made while connected, for the line's thread to publish: paho is then used
-        # from one thread only (no lock hand-offs between the writer and the reader), and a
-        # burst of writes goes out in one system call.
+        # Writes asked for by any thread, decided on the line's thread (a station's output
+        # values and groups are the line's): (future, full tag name, decision).
+        self._asked: deque[tuple[Future[WriteResult], str, Callable[[], None]]] = deque()
+        # Writes decided, for the line's thread to publish: a burst of writes goes out in
+        # one system call.
         self._outgoing: deque[_Outgoing] = deque()
         self._woken = False  # a wake-up for the outgoing queue is on its way
-        # Writes taken to be handed to paho, not yet registered in _writes (under
+        # Writes taken to be handed to the session, not yet registered in _writes (under
         # _writes_lock): while any are, later writes queue behind them, keeping their order.
         self._in_transit = 0
         self._expired: set[int] = set()  # mids whose writes timed out, completion still due
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
-        # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
+        # Outbox rows by packet id, kept apart from futures: a write that timed out for its
         # caller may still complete later, and only then may its row go.
         self._outbox_ids: dict[int, int] = {}
         self._recovered = self._outbox.pending() if self._outbox else []
@@ -170,6 +175,11 @@ class Line(Events):
         self._requests: dict[int, tuple[str, float]] = {}  # SUBACK/UNSUBACK deadlines
         self._subscribed: tuple[str, ...] = ()
         self._wanted = tuple(f.text for f in config.topic_filters)
+        self._filters_changed = False  # a reload changed the filters: the line's thread acts
+        self._sub_filters: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE packet id -> filters
+        #: Filters the broker refused (SUBACK 0x80 or above): retried with back-off.
+        self.refused_filters: dict[str, int] = {}  # filter -> refusals in a row
+        self._retry_at: float | None = None
         self._ping_sent: float | None = None
         self._half_read_since: float | None = None
         self._missing_time_warned: set[str] = set()
@@ -202,6 +212,9 @@ class Line(Events):
             pending = [(w.future, w.result.tag) for w in self._writes.values()]
             self._writes.clear()
             pending += [(w.future, w.tag) for w in self._take_outgoing()]
+            while self._asked:
+                future, full, _ = self._asked.popleft()
+                pending.append((future, full))
         with self._lock:
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
                 self._session.close()
@@ -240,10 +253,14 @@ class Line(Events):
         endpoints = self.config.endpoints
         while not self._closed.is_set():
             try:
+                if self._asked:
+                    self._decide_writes()
                 if not self.core.wants_connection:
                     self._move(LineState.IDLE)
                     self._wait(self._wake, 1.0)
                     self._wake.clear()
+                    if self._asked:
+                        self._decide_writes()
                     continue
                 self._move(LineState.CONNECTING)
                 endpoint = endpoints[index % len(endpoints)]
@@ -266,11 +283,20 @@ class Line(Events):
                 log.exception("line %s: unexpected error: %s", self.name, exc)
                 self._closed.wait(0.5)
         self._move(LineState.CLOSED)
+        with self._lock:
+            if self._session is not None:
+                self._session.close()  # the thread that owns the socket releases it
 
     def _session_for_line(self) -> Session:
+        with self._lock:
+            return self._make_session()
+
+    def _make_session(self) -> Session:
         if self._session is None:
             self._session = Session(self.config, self)
             self._session.pause_reading = self._stop_reading
+            # SIGTERM while connecting: the session gives up at once (SPEC §9).
+            self._session.cancelled = self._closed.is_set
         return self._session
 
     def _connect_and_serve(self, endpoint: Endpoint) -> bool:
@@ -292,6 +318,8 @@ class Line(Events):
             self._arrivals.clear()
             self._settles.clear()
             self._requests.clear()
+            self._sub_filters.clear()
+            self._filters_changed = False
             self._ping_sent = None
             released = self.core.connected(self.generation)
             if released:
@@ -307,7 +335,7 @@ class Line(Events):
             endpoint,
             connected.session_present,
         )
-        if self.config.client_id == "" and connected.assigned_client_id:
+        if connected.assigned_client_id:
             log.info(
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
             )
@@ -329,6 +357,12 @@ class Line(Events):
         is reported, counted, and the line backs off instead of reconnecting at once.
         """
         explicit = "taken over" in (self.last_error or "").lower()
+        session = self._session
+        if not explicit and session is not None and session.explained:
+            # The loss has a named cause (a protocol error, a refused QoS 2 PUBLISH, the
+            # broker's DISCONNECT): that is what the log says, not a takeover.
+            self._short_sessions = 0
+            return False
         short = lasted < max(5.0, 2 * self.config.reply_timeout)
         self._short_sessions = self._short_sessions + 1 if short else 0
         if not explicit and self._short_sessions < 3:
@@ -392,16 +426,37 @@ class Line(Events):
             if new:
                 mid = session.subscribe(new, self.config.subscribe_qos)
                 self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+                self._sub_filters[mid] = tuple(new)
             self._subscribed = wanted
+            self.refused_filters = {f: n for f, n in self.refused_filters.items() if f in wanted}
 
     def change_filters(self, filters: Sequence[str]) -> None:
-        """New topic filters: UNSUBSCRIBE the old and SUBSCRIBE the new on the same session."""
+        """New topic filters: UNSUBSCRIBE the old and SUBSCRIBE the new on the same session
+        (sent by the line's thread, which owns the session)."""
         with self._lock:
             self._wanted = tuple(filters)
-            session = self._session
-            if session is None or self.state is not LineState.CONNECTED:
-                return
-            self._subscribe(session, True)
+            self._filters_changed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the line's thread, wherever it waits (for the broker, or to reconnect)."""
+        self._wake.set()
+        session = self._session
+        if session is not None:
+            session.wake()
+
+    def _retry_refused(self, session: Session, now: float) -> None:
+        """SUBSCRIBE again the filters the broker refused, once their back-off has passed."""
+        if self._retry_at is None or now < self._retry_at or not self.refused_filters:
+            return
+        self._retry_at = None
+        filters = tuple(self.refused_filters)
+        timeout = self.config.reply_timeout
+        with self._lock:
+            mid = session.subscribe(filters, self.config.subscribe_qos)
+            self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+            self._sub_filters[mid] = filters
+        log.info("line %s: subscribing again to %s", self.name, ", ".join(filters))
 
     def on_own_thread(self) -> bool:
         """Whether the caller is this line's network thread."""
@@ -428,19 +483,29 @@ class Line(Events):
                     log.warning(
                         "line %s: a station holds max_held messages; reading paused", self.name
                     )
+                if self._asked:
+                    self._decide_writes()  # an ACK_ID write is what frees the station
                 session.idle(0.05)
                 self._ping_sent = None  # the broker's answers wait unread in the socket
                 self._expire_writes(time.monotonic())
                 self._send_outgoing(session)  # writes go out while reading waits
                 continue
             paused = False
+            if self._asked:
+                self._decide_writes()
+            if self._filters_changed:
+                with self._lock:
+                    self._filters_changed = False
+                    self._subscribe(session, True)
             busy = self._batch or (self._outgoing and len(self._writes) < WINDOW)
             alive = session.loop(0.0 if busy else 0.05)
             self._flush()
             self._send_outgoing(session)
             if not alive:
                 break
-            problem = self._check_timers(session, time.monotonic())
+            now = time.monotonic()
+            self._retry_refused(session, now)
+            problem = self._check_timers(session, now)
             if problem is not None:
                 log.warning("line %s: %s; reconnecting", self.name, problem)
                 self.last_error = problem
@@ -477,8 +542,8 @@ class Line(Events):
             self._settles.clear()
         session = self._session
         if session is not None:
-            # Writes not yet published join paho's queue, in order, as writes made while
-            # the line is down do (QoS 0 ones fail below); paho sends them after reconnecting.
+            # Writes not yet published join the session, in order, as writes made while the
+            # line is down do (QoS 0 ones fail); the session sends them after reconnecting.
             while True:
                 with self._writes_lock:
                     waiting = self._take_outgoing(in_transit=True)
@@ -531,7 +596,7 @@ class Line(Events):
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
 
-        A write that timed out may still be sent when the line comes back (paho keeps
+        A write that timed out may still be sent when the line comes back (the session keeps
         QoS 1/2 messages queued): "timeout" means kom stopped waiting, not that the
         message is gone; with `outbox`, its row stays until the broker completes it.
         """
@@ -558,10 +623,19 @@ class Line(Events):
             )
 
     def _wait(self, event: threading.Event, seconds: float) -> bool:
-        """Wait for `event` up to `seconds`, failing overdue writes meanwhile."""
+        """Wait for `event` up to `seconds`, deciding writes and failing overdue ones meanwhile.
+
+        Writes wake `_wake`: waiting for `_closed`, the thread wakes for them too.
+        """
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if event.wait(min(left, 0.25)):
+            if event is not self._wake and self._wake.wait(min(left, 0.25)):
+                self._wake.clear()
+            elif event is self._wake and event.wait(min(left, 0.25)):
+                return True
+            if self._asked:
+                self._decide_writes()
+            if event.is_set():
                 return True
             self._expire_writes(time.monotonic())
         return event.is_set()
@@ -591,9 +665,20 @@ class Line(Events):
                     self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
+        payload = raw.payload
+        if raw.size >= 0:
+            # Skipped as it streamed in (over max_payload): the station reports it (SPEC §8).
+            payload = SkippedPayload(raw.size)
+            self.core.counters.oversize += 1
+            log.warning(
+                "line %s: skipped a PUBLISH of %d bytes on %s (over max_payload)",
+                self.name,
+                raw.size,
+                topic,
+            )
         msg = new_record(
             Message,
-            (topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
+            (topic, payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
         )
         with self._lock:
             if raw.qos:
@@ -677,8 +762,12 @@ class Line(Events):
             if session is not None and ready:
                 session.ack_many(ready)
 
-    def published(self, mid: int, ok: bool, reason: str) -> None:
-        """paho completed a PUBLISH (network thread, paho's message lock held)."""
+    def published(self, mid: int, ok: bool, reason: str, granted_qos: int | None = None) -> None:
+        """The session finished a PUBLISH (the line's thread)."""
+        if granted_qos is not None:
+            # SPEC §11: a QoS 2 write answered with PUBACK is reported as downgraded.
+            self.core.counters.downgraded_writes += 1
+            log.warning("line %s: write m%d %s", self.name, mid, reason)
         with self._writes_lock:
             write = self._writes.pop(mid, None)
             outbox_id = self._outbox_ids.pop(mid, None)
@@ -691,25 +780,41 @@ class Line(Events):
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
         if write is not None:
-            _completed(write.future, write.result, ok, reason)
+            result = write.result
+            if granted_qos is not None:
+                result = attrs.evolve(result, qos=granted_qos, downgraded=True)
+            _completed(write.future, result, ok, reason)
 
     def subscribed(self, mid: int, granted: list[int]) -> None:
+        """SUBACK: a refused filter (0x80 or above) is logged, counted, kept in `last_error`
+        and `refused_filters`, and subscribed again after a back-off."""
         with self._lock:
             self._requests.pop(mid, None)
-        for f, code in zip(self._subscribed, granted, strict=False):
+            filters = self._sub_filters.pop(mid, self._subscribed)
+        refused = []
+        for f, code in zip(filters, granted, strict=False):
             if code >= 0x80:
-                log.error(
-                    "line %s: the broker refused the subscription %r (code %d)", self.name, f, code
-                )
-        log.info(
-            "line %s: subscribed %s (granted %s)", self.name, ", ".join(self._subscribed), granted
-        )
+                refused.append(f)
+                tries = self.refused_filters[f] = self.refused_filters.get(f, 0) + 1
+                self.core.counters.refused_subscriptions += 1
+                why = reason_name(code, packet="SUBACK", v5=self.config.protocol == "5")
+                self.last_error = f"the broker refused the subscription {f!r}: {why}"
+                log.error("line %s: %s (refusal %d)", self.name, self.last_error, tries)
+            else:
+                self.refused_filters.pop(f, None)
+        if refused:
+            most = max(self.refused_filters[f] for f in refused)
+            wait = backoff(most, self.config.reconnect_min, self.config.reconnect_max)
+            self._retry_at = time.monotonic() + wait
+        log.info("line %s: subscribed %s (granted %s)", self.name, ", ".join(filters), granted)
 
     def unsubscribed(self, mid: int) -> None:
         with self._lock:
             self._requests.pop(mid, None)
 
     def disconnected(self, reason: str) -> None:
+        if reason.startswith("protocol error"):
+            self.core.counters.protocol_errors += 1
         self.last_error = f"disconnected: {reason}"
 
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
@@ -744,18 +849,63 @@ class Line(Events):
         self._wake.set()
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:
-        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6)."""
+        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6).
+
+        Any thread may write; the write is decided (value converted, topic rendered from the
+        station's output values and groups) and published on the line's thread.
+        """
         future: Future[WriteResult] = Future()
         full = f"{station_name}.{tag_name}"
-        try:
-            self._write(future, station_name, tag_name, full, value)
-        except WriteError as exc:
-            _fail(future, exc)
-        except AckError as exc:
-            _fail(future, WriteError(str(exc), full, "rejected"))
-        except Exception as exc:  # the caller always learns the outcome
-            _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        self._ask(future, full, lambda: self._write(future, station_name, tag_name, full, value))
         return future
+
+    def _ask(self, future: Future[WriteResult], full: str, decide: Callable[[], None]) -> None:
+        """Hand a write to the line's thread (or decide it here if the thread is not running)."""
+        if self._closed.is_set():
+            _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
+            return
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            self._asked.append((future, full, decide))
+            self._decide_writes()
+            return
+        if self._outbox is None:
+            self._asked.append((future, full, decide))
+            self._poke()
+            return
+        # With an outbox, write() returns once the write's row is committed (decided on the
+        # line's thread): a crash of kom after that loses nothing.
+        decided = threading.Event()
+
+        def decide_and_tell() -> None:
+            try:
+                decide()
+            finally:
+                decided.set()
+
+        self._asked.append((future, full, decide_and_tell))
+        self._poke()
+        decided.wait(max(self.config.reply_timeout, 5.0))
+
+    def _decide_writes(self) -> None:
+        """Decide the writes asked for so far, in order, then publish them."""
+        asked = self._asked
+        while asked:
+            try:
+                future, full, decide = asked.popleft()
+            except IndexError:  # another thread took it (a line not running)
+                break
+            try:
+                decide()
+            except WriteError as exc:
+                _fail(future, exc)
+            except AckError as exc:
+                _fail(future, WriteError(str(exc), full, "rejected"))
+            except Exception as exc:  # the caller always learns the outcome
+                _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        session = self._session
+        if session is not None and self._outgoing:
+            self._send_outgoing(session)
 
     def _write(
         self,
@@ -833,33 +983,16 @@ class Line(Events):
         outbox = self._outbox
         outbox_id = None
         if outbox is not None and qos > 0:
-            # Committed before paho sees it: a crash from here on loses nothing.
+            # Committed before the session sees it: a crash from here on loses nothing.
             outbox_id = outbox.add(full, topic, payload, qos, cfg.publish_retain)
         write = _Outgoing(
             future, full, topic, payload, qos, cfg.publish_retain, deadline, outbox_id
         )
         with self._writes_lock:
-            # Writes queued or on their way to paho go first, whatever the line's state;
-            # while connected, so do writes awaiting completion: the line's thread then
-            # publishes this one after them (see _send_outgoing), in one burst.
-            queue = bool(
-                self._outgoing
-                or self._in_transit
-                or (self._writes and self.state is LineState.CONNECTED)
-            )
-            if queue:
-                self._outgoing.append(write)
-            else:
-                self._in_transit += 1
-        if queue:
-            if not self._woken:
-                self._woken = True
-                session.wake()
-            return
-        # Nothing under way: publish at once from this thread, sparing a single write the
-        # wake-up of the line's thread. While the line is down, paho keeps QoS 1/2 messages
-        # and sends them once it is connected again.
-        self._publish_now([write], session)
+            # Published by _send_outgoing after the writes before it, in one burst. While
+            # the line is down, the session keeps QoS 1/2 messages and sends them once it is
+            # connected again.
+            self._outgoing.append(write)
 
     def _send_outgoing(self, session: Session) -> None:
         """Publish the queued writes that fit the window (the line's thread)."""
@@ -871,7 +1004,7 @@ class Line(Events):
         self._publish_now(writes, session)
 
     def _publish_now(self, writes: Sequence[_Outgoing], session: Session) -> None:
-        """Hand writes to paho and keep their futures until completion (no kom lock held).
+        """Hand writes to the session and keep their futures until completion (no kom lock held).
 
         The caller counted `writes` in `_in_transit` (under _writes_lock); they leave it
         here, registered, in the same hold of the lock.
@@ -905,7 +1038,8 @@ class Line(Events):
                 else:
                     finished.append((write, result, early))
         for write, problem in refused:
-            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, "rejected"))
+            why = "not-connected" if write.qos == 0 and not session.connected else "rejected"
+            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, why))
         for write, result, (ok, reason) in finished:
             if ok and self._outbox is not None and write.outbox_id is not None:
                 self._outbox.done(write.outbox_id)
@@ -914,7 +1048,7 @@ class Line(Events):
     def _take_outgoing(self, in_transit: bool = False, most: int | None = None) -> list[_Outgoing]:
         """Take writes not yet published from the queue, oldest first (under _writes_lock).
 
-        `in_transit`: they are to be handed to paho (`_publish_now`), and count as on
+        `in_transit`: they are to be handed to the session (`_publish_now`), and count as on
         their way until then, so that no write made meanwhile overtakes them.
         """
         outgoing = self._outgoing
@@ -930,13 +1064,14 @@ class Line(Events):
     def publish_raw(self, topic: str, payload: bytes) -> Future[WriteResult]:
         """Publish a message not tied to a tag (the line's QoS and retain)."""
         future: Future[WriteResult] = Future()
-        try:
+
+        def decide() -> None:
             problem = check_topic(topic)
             if problem:
                 raise WriteError(problem, None, "topic")
             self._publish(future, topic, topic, payload)
-        except WriteError as exc:
-            _fail(future, exc)
+
+        self._ask(future, topic, decide)
         return future
 
 
