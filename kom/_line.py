@@ -335,6 +335,17 @@ class Line(Events):
             endpoint,
             connected.session_present,
         )
+        server_keep_alive = connected.properties.get("server_keep_alive")
+        if server_keep_alive is not None and server_keep_alive != self.config.keep_alive:
+            # MQTT 5 §3.2.2.3.14: the broker's keep-alive replaces the one kom asked for.
+            log.info(
+                "line %s: the broker sets the keep-alive to %d s (kom asked for %d s)",
+                self.name,
+                server_keep_alive,
+                self.config.keep_alive,
+            )
+        if self.config.protocol == "auto":
+            log.info("line %s: speaking MQTT %s", self.name, connected.protocol)
         if connected.assigned_client_id:
             log.info(
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id

@@ -66,6 +66,7 @@ class Connected(NamedTuple):
     session_present: bool
     assigned_client_id: str | None
     properties: dict[str, Any] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
+    protocol: str = "3.1.1"  # the version spoken ("5" or "3.1.1", also with "auto")
 
 
 #: First id of QoS 0 writes: they have no packet identifier, and kom numbers them beyond the
@@ -89,7 +90,9 @@ class Session:
     def __init__(self, line: LineConfig, events: Events) -> None:
         self.line = line
         self._events = events
-        self._v5 = line.protocol == "5"
+        self._v5 = line.protocol != "3.1.1"
+        #: `protocol = "auto"`: try MQTT 5, fall back to 3.1.1 where the broker refuses it.
+        self._auto = line.protocol == "auto"
         self._conn = self._new_connection()
         self._stream: _Stream | None = None
         self._selector = selectors.DefaultSelector()
@@ -125,10 +128,14 @@ class Session:
 
     def _new_connection(self) -> mqtt.Connection:
         line = self.line
+        limit = line.max_payload + _HEADROOM
+        if line.maximum_packet_size is not None:
+            limit = min(limit, line.maximum_packet_size)
         return mqtt.Connection(
             self._v5,
-            maximum_packet_size=line.max_payload + _HEADROOM,
-            topic_alias_maximum=0,
+            receive_maximum=line.receive_maximum,
+            maximum_packet_size=limit,
+            topic_alias_maximum=line.topic_alias_maximum,
         )
 
     def __repr__(self) -> str:
@@ -147,7 +154,31 @@ class Session:
 
     def connect(self, endpoint: Endpoint, timeout: float) -> Connected:
         """Open TCP/TLS/WebSocket, send CONNECT and wait for CONNACK (on the calling thread,
-        which owns the session from now on); raises LineError or BrokerRefused."""
+        which owns the session from now on); raises LineError or BrokerRefused.
+
+        With `protocol = "auto"`, a broker that refuses MQTT 5 (CONNACK "unsupported
+        protocol version", or a connection closed before CONNACK) is tried again at once
+        with 3.1.1, and the log says so; the session then stays on 3.1.1.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            return self._connect(endpoint, timeout, deadline)
+        except LineError as exc:
+            refused_version = isinstance(exc, BrokerRefused) and exc.reason_code in (1, 0x84)
+            lost = not isinstance(exc, BrokerRefused) and "before CONNACK" in str(exc)
+            if not (self._auto and self._v5 and (refused_version or lost)):
+                raise
+            log.warning(
+                "line %s: the broker at %s does not accept MQTT 5 (%s); using MQTT 3.1.1",
+                self.line.name,
+                endpoint,
+                exc,
+            )
+            self._v5 = False
+            self._conn.set_version(False)
+            return self._connect(endpoint, max(deadline - time.monotonic(), 0.1), deadline)
+
+    def _connect(self, endpoint: Endpoint, timeout: float, deadline: float) -> Connected:
         self._owner = threading.current_thread()
         self._close_stream()
         self._closing = False
@@ -156,7 +187,6 @@ class Session:
         self._commands.clear()  # acknowledgements of an earlier connection
         line = self.line
         where = f"line {line.name!r} at {endpoint}"
-        deadline = time.monotonic() + timeout
         try:
             stream = self._open(endpoint, deadline, where)
         except ssl.SSLCertVerificationError as exc:
@@ -182,7 +212,8 @@ class Session:
                 conn.connection_lost()
             raise
         assigned = accepted.properties.get("assigned_client_identifier")
-        return Connected(accepted.session_present, assigned, accepted.properties)
+        protocol = "5" if self._v5 else "3.1.1"
+        return Connected(accepted.session_present, assigned, accepted.properties, protocol)
 
     def _await_connack(
         self, deadline: float, timeout: float, where: str
@@ -224,7 +255,18 @@ class Session:
         props: dict[str, Any] = {}
         if self._v5:
             # MQTT 5 §3.1.2.11.2: without an expiry the session ends with the connection.
-            props["session_expiry_interval"] = 0 if line.effective_clean_session else 0xFFFFFFFF
+            expiry = line.session_expiry
+            if expiry is None:
+                expiry = 0 if line.effective_clean_session else 0xFFFFFFFF
+            props["session_expiry_interval"] = expiry
+            if line.receive_maximum != 65535:
+                props["receive_maximum"] = line.receive_maximum
+            if line.maximum_packet_size is not None:
+                props["maximum_packet_size"] = line.maximum_packet_size
+            if line.topic_alias_maximum:
+                props["topic_alias_maximum"] = line.topic_alias_maximum
+            if line.user_properties:
+                props["user_property"] = line.user_properties
         will = None
         if line.will is not None:
             w = line.will
@@ -517,7 +559,9 @@ class Session:
 
     def subscribe(self, filters: Sequence[str], qos: int) -> int:
         try:
-            mid = self._conn.subscribe([mqtt.Subscription(f, qos) for f in filters])
+            line = self.line
+            options = (line.no_local, line.retain_as_published, line.retain_handling)
+            mid = self._conn.subscribe([mqtt.Subscription(f, qos, *options) for f in filters])
         except (mqtt.MQTTError, ValueError) as exc:
             raise LineError(f"SUBSCRIBE failed: {exc}", self.line.name) from exc
         self._flush_quietly()

@@ -147,11 +147,12 @@ Event = (
 class _Out:
     """An outgoing QoS 1/2 PUBLISH in the session: its bytes and where its flow stands."""
 
-    __slots__ = ("data", "qos", "sent", "state")
+    __slots__ = ("data", "packet", "qos", "sent", "state")
 
-    def __init__(self, data: bytes, qos: int) -> None:
+    def __init__(self, data: bytes, packet: Publish) -> None:
         self.data = data
-        self.qos = qos
+        self.packet = packet  # to encode again if the protocol version changes
+        self.qos = packet.qos
         self.state = "queued"  # queued -> sent -> (QoS 2) released
         self.sent = False  # sent on some connection (a resend carries DUP)
 
@@ -293,16 +294,24 @@ class Connection:
             self._out.append(data)
             return 0
         mid = self._packet_id()
-        data = encode_publish(
-            Publish(raw, payload, qos, retain, False, mid, properties or {}), self.v5
-        )
+        packet = Publish(raw, payload, qos, retain, False, mid, properties or {})
+        data = encode_publish(packet, self.v5)
         self._check_size(data)
-        self._flights[mid] = _Out(data, qos)
+        self._flights[mid] = _Out(data, packet)
         if self.state is State.CONNECTED and self._sending < self.server_receive_maximum:
             self._send_flight(mid, self._flights[mid])
         else:
             self._waiting.append(mid)
         return mid
+
+    def set_version(self, v5: bool) -> None:
+        """Speak MQTT 5 or 3.1.1 from the next connection on (`protocol = "auto"` falling
+        back); the session's messages are encoded again for it."""
+        self._require("a protocol change", State.DISCONNECTED)
+        self.v5 = v5
+        self._valid_first = _BROKER_FIRST_5 if v5 else _BROKER_FIRST_311
+        for flight in self._flights.values():
+            flight.data = encode_publish(flight.packet, v5)
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.server_maximum_packet_size:

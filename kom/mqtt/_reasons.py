@@ -74,7 +74,8 @@ def reason_name(code: int, *, packet: str = "", v5: bool = True) -> str:
     `packet` picks the meaning of the codes that depend on it (0x00 in DISCONNECT and SUBACK,
     the return codes of a 3.1.1 CONNACK).
     """
-    if packet == "CONNACK" and not v5:
+    if packet == "CONNACK" and (not v5 or 0 < code < 0x80):
+        # Below 0x80 a version-5 CONNACK has no failure codes: a 3.1.1 broker answered.
         name = CONNACK_311.get(code, "reserved return code")
         return f"{name} ({code})"
     if packet == "DISCONNECT" and code == 0:

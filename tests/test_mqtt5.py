@@ -1,0 +1,188 @@
+"""MQTT 5 as SPEC §11 says, against mosquitto (which speaks it) with paho as the peer, and
+against the fake broker playing a 3.1.1-only broker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from kom._backoff import set_testing
+
+from ._broker import Mosquitto
+from ._fakebroker import FakeBroker, PacketType
+from ._kom import Collector, Publisher, config, start, text_station, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff() -> Iterator[None]:
+    set_testing(True)
+    yield
+    set_testing(False)
+
+
+def _cfg(prefix: str, **line: object) -> object:
+    keys: dict[str, object] = {
+        "client_id": f"kom5-{prefix[-6:]}",
+        "topic_filter": f"{prefix}/#",
+        "reply_timeout": 5,
+        "protocol": "5",
+    }
+    keys.update(line)
+    return config(text_station(prefix), **keys)
+
+
+def _connect_properties(raw: bytes) -> dict[str, object]:
+    """The properties of a CONNECT as paho (an independent decoder) reads them."""
+    index = 1
+    while raw[index] & 0x80:
+        index += 1
+    body = raw[index + 1 :]
+    assert body[:7] == b"\x00\x04MQTT\x05"
+    props = Properties(PacketTypes.CONNECT)
+    props.unpack(body[10:])
+    return props.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("broker_does", ["refuse", "close"])
+def test_auto_falls_back_to_3_1_1_and_says_so(
+    broker_does: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """protocol = "auto" against a broker without MQTT 5 (refusing the version, or closing
+    the connection) connects with 3.1.1 at once, and the log names the cause."""
+    caplog.set_level(logging.WARNING, "kom.mqtt")
+    with FakeBroker() as fake:
+        fake.version_5 = broker_does
+        with start(_cfg("auto", host=fake.address, protocol="auto")) as kom:
+            assert kom.wait_connected(5)
+            levels = [raw[8] for raw in fake.packets(PacketType.CONNECT)]
+            assert levels[:2] == [5, 4]
+            assert kom.lines["line"].generation == 1
+    assert "does not accept MQTT 5" in caplog.text
+    assert "using MQTT 3.1.1" in caplog.text
+
+
+def test_auto_speaks_5_with_a_broker_that_does(broker: Mosquitto, topic_prefix: str) -> None:
+    """protocol = "auto" against mosquitto connects with MQTT 5 and delivers."""
+    got = Collector()
+    with start(_cfg(topic_prefix, host=broker.address, protocol="auto"), got) as kom:  # type: ignore[arg-type]
+        assert kom.wait_connected(5)
+        with Publisher(broker.port) as pub:
+            pub.publish(f"{topic_prefix}/in", "five")
+        got.wait(lambda us: any(u.value == "five" for u in us))
+    assert f"as kom5-{topic_prefix[-6:]} (p5" in broker.log()
+
+
+def test_refused_version_without_auto_names_the_cause() -> None:
+    """protocol = "5" against a broker refusing it: the error says which version and why."""
+    with FakeBroker() as fake:
+        fake.version_5 = "refuse"
+        with start(_cfg("v5", host=fake.address)) as kom:
+            line = kom.lines["line"]
+            wait_until(lambda: line.last_error is not None)
+            assert "unacceptable protocol version (1)" in str(line.last_error)
+            assert "does not speak MQTT 5" in str(line.last_error)
+
+
+def test_connect_carries_the_mqtt5_line_keys() -> None:
+    """session_expiry, receive_maximum, maximum_packet_size, topic_alias_maximum and
+    user_properties go into CONNECT's properties."""
+    with FakeBroker() as fake:
+        fake.ignore_subscribe = True  # the fake reads 3.1.1 SUBSCRIBE packets only
+        cfg = _cfg(
+            "props",
+            host=fake.address,
+            session_expiry=300,
+            receive_maximum=20,
+            maximum_packet_size=100_000,
+            topic_alias_maximum=8,
+            user_properties={"site": "north", "role": "historian"},
+        )
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            (raw,) = fake.packets(PacketType.CONNECT)
+    props = _connect_properties(raw)
+    assert props["SessionExpiryInterval"] == 300
+    assert props["ReceiveMaximum"] == 20
+    assert props["MaximumPacketSize"] == 100_000
+    assert props["TopicAliasMaximum"] == 8
+    assert props["UserProperty"] == [("site", "north"), ("role", "historian")]
+
+
+def test_no_local_keeps_kom_own_writes_from_coming_back(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """no_local = true: kom's own write to a topic it subscribes to does not come back;
+    another client's message on it does."""
+    got = Collector()
+    cfg = _cfg(topic_prefix, host=broker.address, no_local=True)
+    with start(cfg, got) as kom:  # type: ignore[arg-type]
+        assert kom.wait_connected(5)
+        kom.lines["line"].publish_raw(f"{topic_prefix}/in", b"mine").result(5)
+        with Publisher(broker.port) as pub:
+            pub.publish(f"{topic_prefix}/in", "theirs")
+        got.wait(lambda us: any(u.value == "theirs" for u in us))
+    assert "mine" not in got.values("s.data")
+
+
+@pytest.mark.parametrize(("handling", "delivered"), [(0, True), (2, False)])
+def test_retain_handling(
+    broker: Mosquitto, topic_prefix: str, handling: int, delivered: bool
+) -> None:
+    """retain_handling = 2: retained messages are not sent when kom subscribes; 0: they are."""
+    with Publisher(broker.port) as pub:
+        pub.publish(f"{topic_prefix}/in", "retained", retain=True)
+    got = Collector()
+    cfg = _cfg(topic_prefix, host=broker.address, retain_handling=handling)
+    with start(cfg, got) as kom, Publisher(broker.port) as pub:  # type: ignore[arg-type]
+        assert kom.wait_connected(5)
+        pub.publish(f"{topic_prefix}/in", "fresh")
+        got.wait(lambda us: any(u.value == "fresh" for u in us))
+    assert ("retained" in got.values("s.data")) is delivered
+
+
+def test_server_keep_alive_is_honoured_and_logged(
+    broker_factory: object, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker's Server Keep Alive replaces kom's keep_alive, and the log says so."""
+    caplog.set_level(logging.INFO, "kom.line")
+    broker: Mosquitto = broker_factory(extra=["max_keepalive 10"])  # type: ignore[operator]
+    with start(_cfg(topic_prefix, host=broker.address, keep_alive=60)) as kom:  # type: ignore[arg-type]
+        assert kom.wait_connected(5)
+        session = kom.lines["line"]._session
+        assert session is not None
+        assert session.connection.server_keep_alive == 10
+    assert "the broker sets the keep-alive to 10 s (kom asked for 60 s)" in caplog.text
+
+
+def test_shared_subscription_routes_by_the_real_topic(broker: Mosquitto, topic_prefix: str) -> None:
+    """A $share/group/ filter subscribes; messages reach the station by their real topic."""
+    got = Collector()
+    cfg = _cfg(topic_prefix, host=broker.address, topic_filter=f"$share/kom/{topic_prefix}/#")
+    with start(cfg, got) as kom, Publisher(broker.port) as pub:  # type: ignore[arg-type]
+        assert kom.wait_connected(5)
+        wait_until(lambda: "SUBSCRIBE" in broker.log() or "$share" in broker.log())
+        pub.publish(f"{topic_prefix}/in", "shared")
+        got.wait(lambda us: any(u.value == "shared" for u in us))
+
+
+def test_refused_write_fails_with_the_reason_code_name(
+    broker_factory: object, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A write the broker refuses (an ACL, MQTT 5 PUBACK 0x87) fails with the code's name."""
+    from kom import WriteError
+
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic read {topic_prefix}/#\n")
+    broker: Mosquitto = broker_factory(extra=[f"acl_file {acl}"])  # type: ignore[operator]
+    cfg = _cfg(topic_prefix, host=broker.address, publish_qos=1)
+    with start(cfg) as kom:  # type: ignore[arg-type]
+        assert kom.wait_connected(5)
+        with pytest.raises(WriteError, match=r"Not authorized \(0x87\)"):
+            kom.write("s.cmd", "x").result(5)
