@@ -240,7 +240,7 @@ class Session:
             if isinstance(event, mqtt.ConnectionRefused):
                 hint = ""
                 if event.unsupported_version:
-                    hint = f" (the broker does not speak MQTT {self.line.protocol})"
+                    hint = f" (the broker does not speak MQTT {'5' if self._v5 else '3.1.1'})"
                 raise BrokerRefused(
                     f"{where}: broker refused the connection: {event.reason}{hint}",
                     name,
