@@ -319,7 +319,11 @@ class Session:
         try:
             self._run_commands()
             self._flush()
-            self._read(0.0 if self._more else timeout)
+            if not self._more:
+                # Read only when the packets read before are all handed over: the core's
+                # buffer then holds at most one read and a partial packet (memory, and no
+                # copying of a growing buffer).
+                self._read(timeout)
             self._dispatch()
             self._run_commands()
             self._timers()

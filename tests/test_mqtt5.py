@@ -186,3 +186,69 @@ def test_refused_write_fails_with_the_reason_code_name(
         assert kom.wait_connected(5)
         with pytest.raises(WriteError, match=r"Not authorized \(0x87\)"):
             kom.write("s.cmd", "x").result(5)
+
+
+PROP_STATION = """
+[[station]]
+name = "p"
+address = "{prefix}/props"
+[[station.tag]]
+name = "ct"
+type = "TxtI"
+address = "PROP=content_type"
+[[station.tag]]
+name = "rt"
+type = "TxtI"
+address = "PROP=response_topic"
+[[station.tag]]
+name = "expiry"
+type = "Ci"
+address = "PROP=message_expiry_interval"
+[[station.tag]]
+name = "site"
+type = "TxtI"
+address = "PROP=user:site"
+[[station.tag]]
+name = "corr"
+type = "TxtI"
+address = "PROP=correlation_data"
+"""
+
+
+def test_prop_addresses_read_the_publish_properties(broker: Mosquitto, topic_prefix: str) -> None:
+    """PROP= tags read a PUBLISH's MQTT 5 properties (sent by paho); absent ones are invalid
+    with reason missing."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got = Collector()
+    cfg = config(
+        PROP_STATION.format(prefix=topic_prefix),
+        host=broker.address,
+        client_id=f"kom5-p-{topic_prefix[-6:]}",
+        topic_filter=f"{topic_prefix}/#",
+        protocol="5",
+    )
+    peer = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    peer.connect("127.0.0.1", broker.port)
+    peer.loop_start()
+    try:
+        with start(cfg, got) as kom:
+            assert kom.wait_connected(5)
+            wait_until(lambda: not kom.lines["line"]._requests, what="SUBACK")
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = "application/json"
+            props.MessageExpiryInterval = 60
+            props.UserProperty = [("site", "north"), ("site", "south")]
+            props.CorrelationData = b"req-7"
+            peer.publish(f"{topic_prefix}/props", b"{}", 1, properties=props).wait_for_publish(5)
+            got.wait(lambda us: any(u.tag == "p.site" for u in us))
+    finally:
+        peer.loop_stop()
+        peer.disconnect()
+    first = {u.tag: u for u in got.updates if u.quality.value == "valid" or u.reason == "missing"}
+    assert first["p.ct"].value == "application/json"
+    assert first["p.expiry"].value in (59, 60)  # the broker counts down the time it held it
+    assert first["p.site"].value == "north"
+    assert first["p.corr"].value == "req-7"
+    assert (first["p.rt"].quality.value, first["p.rt"].reason) == ("invalid", "missing")
