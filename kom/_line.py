@@ -689,7 +689,17 @@ class Line(Events):
             )
         msg = new_record(
             Message,
-            (topic, payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
+            (
+                topic,
+                payload,
+                received,
+                raw.qos,
+                raw.mid,
+                raw.dup,
+                raw.retain,
+                self.generation,
+                raw.properties,
+            ),
         )
         with self._lock:
             if raw.qos:

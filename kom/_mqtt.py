@@ -482,10 +482,15 @@ class Session:
                 self._drop_now()
 
     def _drain_wake(self) -> None:
-        self._wake_pending = False
+        """Empty the wake-up socket, then take wake-ups again. In this order: a wake-up
+        skipped meanwhile (flag still set) finds its work taken by the loop, which runs the
+        commands after this; reset first, a wake-up's byte could be drained unseen and the
+        flag left set, and every later wake-up would be skipped (acknowledgements then
+        waited for the next read or select timeout)."""
         with contextlib.suppress(OSError):
             while self._wake_r.recv(4096):
                 pass
+        self._wake_pending = False
 
     def wake(self) -> None:
         """Make a loop() waiting for the broker return now (from any thread)."""

@@ -28,7 +28,7 @@ from ._processing import Processing
 VALID = Quality.VALID
 INVALID = Quality.INVALID
 INPUT_KINDS = frozenset(
-    {Kind.IN_TOPIC, Kind.IN_DATA, Kind.IN_ID, Kind.JSON, Kind.JSONPATH, Kind.TOPIC}
+    {Kind.IN_TOPIC, Kind.IN_DATA, Kind.IN_ID, Kind.JSON, Kind.JSONPATH, Kind.TOPIC, Kind.PROP}
 )
 
 
@@ -43,6 +43,8 @@ class Message(NamedTuple):
     dup: bool = False
     retain: bool = False
     generation: int = 0
+    #: MQTT 5 PUBLISH properties (None on 3.1.1 or when the PUBLISH has none).
+    properties: dict[str, Any] | None = None
 
 
 class StationState(enum.Enum):
@@ -99,13 +101,14 @@ class Decoder:
         self._line = line
         plan = plan or _plan(station, line)
         prefix = station.name + "."
-        first, middle, last = (
+        first, middle, last, props = (
             tuple(new_record(_Reader, (prefix + r.full, *r[1:])) for r in readers)
-            for readers in (plan.first, plan.middle, plan.last)
+            for readers in (plan.first, plan.middle, plan.last, plan.props)
         )
         self._first = first
         self._middle = middle
         self._last = last
+        self._props = props
         self._json = plan.json
         self._time_slot = plan.time_slot
         self._read_many = plan.read_many
@@ -113,7 +116,7 @@ class Decoder:
         self._mask = line.time_mask
         self._zone = line.time_zone
         self._max_payload = line.max_payload
-        self.input_tags = tuple(r.full for r in (*first, *middle, *last))
+        self.input_tags = tuple(r.full for r in (*first, *middle, *last, *props))
         #: Invalid updates handed out so far (the core counts them as decode errors).
         self.invalid = 0
         #: Last reported (value, valid) per tag with dead band or change-only filtering.
@@ -174,9 +177,34 @@ class Decoder:
                 else:
                     self._emit(append, r, text, None, None, ts, received, topic)
         self._decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw)
+        if self._props:
+            self._decode_properties(msg.properties, ts, received, topic, append)
         for r in self._last:
             self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
         return updates
+
+    def _decode_properties(
+        self,
+        props: dict[str, Any] | None,
+        ts: datetime,
+        received: datetime,
+        topic: str,
+        append: Callable[[Update], None],
+    ) -> None:
+        """PROP= tags (SPEC §11): absent, or on a 3.1.1 line, invalid with reason missing."""
+        for r in self._props:
+            raw = r.read(props) if props and r.read is not None else MISSING
+            value: Value = None
+            reason: Reason | None = None
+            detail: str | None = None
+            if raw is MISSING:
+                reason, detail = Reason.MISSING, f"{r.full}: the PUBLISH has no such property"
+            else:
+                try:
+                    value = r.convert(raw)
+                except ConversionError as exc:
+                    reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+            self._emit(append, r, value, reason, detail, ts, received, topic)
 
     def _slow(  # noqa: PLR0917 - called from generated code, positionally
         self,
@@ -358,6 +386,7 @@ class _Plan(NamedTuple):
     first: tuple[_Reader, ...]  # IN_TOPIC, IN_DATA
     middle: tuple[_Reader, ...]  # JA=, JP=, TOPIC=
     last: tuple[_Reader, ...]  # IN_ID
+    props: tuple[_Reader, ...]  # PROP=
     json: bool
     time_slot: int  # the line's time field in what read_many returns; -1 without
     read_many: Callable[[Any], list[Any]] | None
@@ -372,6 +401,7 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
     first: list[_Reader] = []
     middle: list[_Reader] = []
     last: list[_Reader] = []
+    props: list[_Reader] = []
     paths: list[tuple[Step, ...]] = []
     for tag in station.tags:
         if tag.address is None or tag.address.kind not in INPUT_KINDS:
@@ -384,6 +414,8 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
         reader = _reader(tag, line, slot)
         if kind is Kind.IN_ID:
             last.append(reader)
+        elif kind is Kind.PROP:
+            props.append(reader)
         elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
             first.append(reader)
         else:
@@ -397,7 +429,7 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
         time_slot = len(paths)
         paths.append(line.time_field)
     read_many = compile_many(paths) if paths else None
-    return _Plan(tuple(first), tuple(middle), tuple(last), json, time_slot, read_many)
+    return _Plan(tuple(first), tuple(middle), tuple(last), tuple(props), json, time_slot, read_many)
 
 
 def _reader(tag: TagConfig, line: LineConfig, slot: int) -> _Reader:

@@ -618,7 +618,7 @@ def test_every_error_collected() -> None:
     assert paths == ["line.keep_alive", "station[2].mode", "station[2].tag[3].address"]
     assert (
         "station[2].tag[3].address: unknown address 'JX=foo' "
-        "(expected IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
+        "(expected IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
     ) in error.errors
     assert str(error).startswith("stations.toml: 3 configuration errors\n")
     assert all(f"\n  {e}" in str(error) for e in error.errors)

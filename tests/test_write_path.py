@@ -363,3 +363,37 @@ def test_writes_are_decided_on_the_line_thread(
         assert kom.wait_connected(5)
         kom.write("o.cmd", "x").result(5)
     assert deciders == ["kom-line-line"]
+
+
+def test_a_wake_up_made_while_the_loop_drains_its_wake_ups_is_not_lost() -> None:
+    """A wake-up from another thread while the session empties its wake-up socket leaves
+    later wake-ups working (a lost one made acknowledgements wait for the select timeout)."""
+    import select
+
+    from kom import loads
+
+    line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
+    session = Session(line, object())  # type: ignore[arg-type]
+    real = session._wake_r
+
+    class Racing:
+        """The wake-up socket, with another thread's wake() arriving during the first recv."""
+
+        calls = 0
+
+        def recv(self, size: int) -> bytes:
+            Racing.calls += 1
+            if Racing.calls == 1:
+                session.wake()
+            return real.recv(size)
+
+    try:
+        session.wake()
+        session._wake_r = Racing()  # type: ignore[assignment]
+        session._drain_wake()
+        session._wake_r = real
+        session.wake()  # must reach the socket: the loop waits in select() for it
+        assert select.select([real], [], [], 0)[0] == [real]
+    finally:
+        session._wake_r = real
+        session.close()
