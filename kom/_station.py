@@ -194,16 +194,7 @@ class Decoder:
         """PROP= tags (SPEC §11): absent, or on a 3.1.1 line, invalid with reason missing."""
         for r in self._props:
             raw = r.read(props) if props and r.read is not None else MISSING
-            value: Value = None
-            reason: Reason | None = None
-            detail: str | None = None
-            if raw is MISSING:
-                reason, detail = Reason.MISSING, f"{r.full}: the PUBLISH has no such property"
-            else:
-                try:
-                    value = r.convert(raw)
-                except ConversionError as exc:
-                    reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+            value, reason, detail = _converted(r, raw, "the PUBLISH has no such property")
             self._emit(append, r, value, reason, detail, ts, received, topic)
 
     def _slow(  # noqa: PLR0917 - called from generated code, positionally
@@ -234,13 +225,7 @@ class Decoder:
         else:
             raw = r.read(doc) if r.read is not None else MISSING
         if reason is None:
-            if raw is MISSING:
-                reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
-            else:
-                try:
-                    value = r.convert(raw)
-                except ConversionError as exc:
-                    reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+            value, reason, detail = _converted(r, raw, "nothing at this address")
         self._emit(append, r, value, reason, detail, ts, received, topic)
 
     def _emit(  # noqa: PLR0917 - per-tag hot path: positional arguments are cheaper
@@ -378,6 +363,16 @@ def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
     module = compile("\n".join(body), "<kom decode_middle>", "exec")
     # The module's only constant that is code is the function's body.
     return next(c for c in module.co_consts if isinstance(c, types.CodeType))
+
+
+def _converted(r: _Reader, raw: Any, missing: str) -> tuple[Value, Reason | None, str | None]:
+    """A tag's raw value converted to its type: (value, None, None), or why it is invalid."""
+    if raw is MISSING:
+        return None, Reason.MISSING, f"{r.full}: {missing}"
+    try:
+        return r.convert(raw), None, None
+    except ConversionError as exc:
+        return None, Reason.TYPE, f"{r.full}: {exc}"
 
 
 class _Plan(NamedTuple):

@@ -70,3 +70,13 @@ def topic_prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix no other test uses: the test's name plus a short random suffix."""
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name).strip("_")[:60]
     return f"kom-test/{name}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def no_backoff() -> Iterator[None]:
+    """Reconnection back-off of zero for this test (kom._backoff.set_testing)."""
+    from kom._backoff import set_testing
+
+    set_testing(True)
+    yield
+    set_testing(False)

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from kom import WriteError
-from kom._backoff import set_testing
 
 from ._kom import Collector, Publisher, config, start, text_station, wait_until
 from ._otherbrokers import Nats, OtherBroker, RabbitMQ
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("no_backoff")]
 
 #: How each broker answers a QoS 2 write (measured: NATS 2.9 closes the connection, RabbitMQ
 #: 3.10 answers PUBACK).
@@ -33,13 +32,6 @@ def other(request: pytest.FixtureRequest) -> Iterator[OtherBroker]:
         yield broker
     finally:
         broker.close()
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
 
 
 def _cfg(broker: OtherBroker, prefix: str, **line: object) -> object:

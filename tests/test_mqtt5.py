@@ -4,27 +4,17 @@ against the fake broker playing a 3.1.1-only broker."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kom._backoff import set_testing
-
 from ._broker import Mosquitto
 from ._fakebroker import FakeBroker, PacketType
 from ._kom import Collector, Publisher, config, start, text_station, wait_until
 
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff() -> Iterator[None]:
-    set_testing(True)
-    yield
-    set_testing(False)
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("no_backoff")]
 
 
 def _cfg(prefix: str, **line: object) -> object:

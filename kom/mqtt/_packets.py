@@ -101,31 +101,32 @@ class Publish:
 
 
 @attrs.frozen
-class Puback:
+class _Acknowledgement:
+    """The shape of PUBACK, PUBREC, PUBREL and PUBCOMP (§3.4-3.7): an id, MQTT 5 a reason."""
+
     packet_id: int
     code: int = 0
     properties: Properties = _props
 
 
 @attrs.frozen
-class Pubrec:
-    packet_id: int
-    code: int = 0
-    properties: Properties = _props
+class Puback(_Acknowledgement):
+    pass
 
 
 @attrs.frozen
-class Pubrel:
-    packet_id: int
-    code: int = 0
-    properties: Properties = _props
+class Pubrec(_Acknowledgement):
+    pass
 
 
 @attrs.frozen
-class Pubcomp:
-    packet_id: int
-    code: int = 0
-    properties: Properties = _props
+class Pubrel(_Acknowledgement):
+    pass
+
+
+@attrs.frozen
+class Pubcomp(_Acknowledgement):
+    pass
 
 
 @attrs.frozen
