@@ -10,10 +10,12 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from kom import Update, loads
+from kom import Kom, Update, loads
 from kom._client import MERGED
 from kom._core import LineCore
 from kom._sinks import SinkWriter, SqliteSink
@@ -59,6 +61,32 @@ def sink_alone(pool: list[bytes], messages: int) -> float:
     return written / seconds
 
 
+def drain_into(
+    writer: SinkWriter,
+    port: int,
+    client_id: str,
+    messages: int,
+    before_start: Callable[[Kom], Callable[[], None]] | None = None,
+) -> tuple[float, int, dict[str, Any]]:
+    """`kom run`'s path: drain the pre-loaded QoS 1 session into `writer` (closed after).
+
+    tune_gc() first and inline=False, as `kom run` does; `before_start` as drain_kom's.
+    """
+    config = loads(kom_config_text(port, client_id, 1, "exact"))
+    try:
+        return drain_kom(
+            config,
+            messages * TAG_COUNT,
+            max(180.0, messages / 500),
+            inner=writer,
+            gc_tuned=True,
+            inline=False,
+            before_start=before_start,
+        )
+    finally:
+        writer.close()
+
+
 def run(settings: Settings) -> Report:
     report = Report("historian", "kom run's path: QoS 1 drain into SQLite, ack after commit")
     n = messages(settings)
@@ -84,19 +112,9 @@ def run(settings: Settings) -> Report:
         for run_index in range(settings.runs):
             client_id = f"bench-historian-r{run_index}"
             loaded = preloader.load(client_id, 1, n)
-            config = loads(kom_config_text(broker.port, client_id, 1, "exact"))
             db = Path(tmp) / f"run{run_index}.db"
-            sink = SqliteSink(db)
-            writer = SinkWriter([sink])
-            seconds, updates, stats = drain_kom(
-                config,
-                n * TAG_COUNT,
-                max(180.0, n / 500),
-                inner=writer,
-                gc_tuned=True,
-                inline=False,
-            )
-            writer.close()
+            writer = SinkWriter([SqliteSink(db)])
+            seconds, updates, stats = drain_into(writer, broker.port, client_id, n)
             preloader.forget(client_id)
             with sqlite3.connect(db) as check:
                 by_kind = dict(

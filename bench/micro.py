@@ -5,6 +5,7 @@ regular expressions with a literal prefix, 1 in 1,000 with none), for topics see
 (decision cached) and topics seen for the first time, beside a plain dict lookup.
 Decoding: `LineCore.process()` of the NETIO document with the 12-tag station, beside
 `json.loads` and `orjson.loads` alone, the naive jsonpath-ng design and a hand-written floor.
+Sparkplug B: a DDATA of 20 metrics beside the protobuf parse alone (bench/sparkplug.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kom import Router, loads
 from kom._core import LineCore
 from kom._station import Message
 
+from . import sparkplug
 from ._common import Report, Row, Settings, median_spread, per_call_ns
 from ._workload import TAGS, NaiveDecoder, kom_config_text, sample_payload
 
@@ -264,4 +266,5 @@ def run(settings: Settings) -> Report:
     )
     routing(settings, report)
     decoding(settings, report)
+    sparkplug.decoding(settings, report)
     return report

@@ -195,14 +195,17 @@ def drain_kom(
     *,
     gc_tuned: bool = False,
     inline: bool = True,
+    before_start: Callable[[Kom], Callable[[], None]] | None = None,
 ) -> tuple[float, int, dict[str, Any]]:
     """Start kom on a pre-loaded session; seconds until `updates` updates were handed over.
 
     `gc_tuned` calls `kom.tune_gc()` first, as `kom run` does (undone afterwards); `inline`
-    is Kom's own (`kom run` passes False).
+    is Kom's own (`kom run` passes False); `before_start(kom)` runs before kom starts (the
+    status server, say) and returns what to call once kom is closed.
     """
     counter = UpdateCounter(updates, inner)
     kom = Kom(config, counter, iterate=False, inline=inline)
+    cleanup = before_start(kom) if before_start is not None else None
     thresholds = gc.get_threshold()
     if gc_tuned:
         tune_gc()
@@ -216,6 +219,8 @@ def drain_kom(
         t_end = counter.t_end if finished else time.perf_counter()
         cpu = time.process_time() - cpu0
         kom.close()
+        if cleanup is not None:
+            cleanup()
     finally:
         gc.callbacks.remove(collector)
         if gc_tuned:

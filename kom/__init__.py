@@ -15,6 +15,7 @@ from ._errors import (
     ConversionError,
     KomError,
     LineError,
+    SinkError,
     TimeMaskError,
     WriteError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Route",
     "Router",
     "Rule",
+    "SinkError",
     "StationConfig",
     "StationState",
     "TagConfig",

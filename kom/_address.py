@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import orjson
 
+from ._binary import BinaryField, parse_layout
 from ._model import ValueType
 
 #: Returned by a reader when the addressed value is not in the document.
@@ -36,6 +37,8 @@ class Kind(enum.Enum):
     JSON = "JA="
     JSONPATH = "JP="
     TOPIC = "TOPIC="
+    BINARY = "BIN="
+    SPB = "SPB="  # a Sparkplug B metric by its BIRTH name (SPEC §14), input or output
     PROP = "PROP="  # SPEC §11: an MQTT 5 property of the PUBLISH
 
 
@@ -49,7 +52,9 @@ FIXED_TYPES = {
     Kind.OUT_VALUE: ValueType.TxtO,
 }
 
-KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+KINDS_TEXT = (
+    "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+)
 
 #: SPEC §11: the PUBLISH properties a PROP= address may name (besides `user:<key>`).
 PROPERTY_NAMES = (
@@ -73,9 +78,15 @@ class Address:
     steps: tuple[Step, ...] = ()
     group: str | None = None
     read: Reader | None = attrs.field(default=None, eq=False, repr=False)
+    #: For BIN=: the field's place, offset and type; `steps` are then the text field's.
+    binary: BinaryField | None = None
+    metric: str | None = None  # SPB=: the Sparkplug metric name, as written
 
     @property
     def is_json(self) -> bool:
+        """Whether the address reads the parsed JSON document (needs payload_type json)."""
+        if self.kind is Kind.BINARY:
+            return self.binary is not None and self.binary.source is not None
         return self.kind in (Kind.JSON, Kind.JSONPATH)
 
 
@@ -298,9 +309,17 @@ def parse_address(text: str) -> Address:
     """
     stripped = text.strip()
     upper = stripped.upper()
-    for kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC):
+    if upper.startswith(Kind.SPB.value):
+        # Metric names are case-sensitive and may hold '/', '.' and blanks inside (§6.4.3).
+        metric = stripped[len(Kind.SPB.value) :].strip()
+        if not metric:
+            raise AddressSyntaxError("SPB= takes a Sparkplug metric name, found nothing")
+        return Address(stripped, Kind.SPB, metric=metric)
+    for kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC, Kind.BINARY):
         if upper.startswith(kind.value):
             body = stripped[len(kind.value) :].strip()
+            if kind is Kind.BINARY:
+                return _binary_address(stripped, body)
             if kind is Kind.JSON:
                 steps = parse_json_address(body)
                 return Address(stripped, kind, steps=steps, read=compile_steps(steps))
@@ -318,18 +337,42 @@ def parse_address(text: str) -> Address:
         kind = Kind(upper)
     except ValueError:
         raise AddressSyntaxError(f"unknown address {stripped!r} (expected {KINDS_TEXT})") from None
-    if kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC):  # pragma: no cover - prefixes above
+    if kind in (Kind.JSON, Kind.JSONPATH, Kind.TOPIC, Kind.BINARY):  # pragma: no cover
         raise AddressSyntaxError(f"{stripped!r} needs a path")
     return Address(stripped, kind)
 
 
+def _binary_address(text: str, body: str) -> Address:
+    """`BIN=<json address>@<offset>:<type>`; `$` before the `@` is the payload itself."""
+    source, at, layout = body.rpartition("@")
+    if not at:
+        raise AddressSyntaxError(
+            f"BIN= takes <json address>@<offset>:<type> (like BIN=data@0:u16be), found {body!r}"
+        )
+    try:
+        offset, kind = parse_layout(layout)
+    except ValueError as exc:
+        raise AddressSyntaxError(str(exc)) from None
+    source = source.strip()
+    if not source:
+        raise AddressSyntaxError("BIN= needs a JSON address before '@' ($ for the payload itself)")
+    if source == "$":
+        return Address(text, Kind.BINARY, binary=BinaryField(None, offset, kind))
+    steps = parse_json_address(source)
+    field = BinaryField(steps, offset, kind)
+    return Address(text, Kind.BINARY, steps=steps, read=compile_steps(steps), binary=field)
+
+
 def check_type(address: Address, value_type: ValueType) -> str | None:
-    """Why `value_type` cannot be used with `address`, or None."""
+    """Why `value_type` cannot be used with `address`, or None.
+
+    JA=, JP=, TOPIC= and BIN= fit every type: on an output type the device reports the
+    output's state, which the tag reads like an input (seeds/004 allows JA= on TxtO, Co,
+    Ao, Do and ToR); the tag is still written through `publish`.
+    """
     wanted = FIXED_TYPES.get(address.kind)
     if wanted is not None and value_type is not wanted:
         return f"{address.kind.value} needs type {wanted.value}, found {value_type.value}"
-    if wanted is None and value_type.is_output:  # SPEC §4: JA=, JP=, TOPIC= fill input tags
-        return f"{address.kind.value} is for input types, found {value_type.value}"
     return None
 
 

@@ -9,12 +9,14 @@ consumer's callback has returned"). Callbacks never run two at a time.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime
@@ -107,6 +109,9 @@ class Kom:
         self._clock = clock
         self.consumer_errors = 0
         self.delivered = 0
+        #: Completed writes by (line, outcome): "completed" or the WriteError's reason.
+        self.write_outcomes: Counter[tuple[str, str]] = Counter()
+        self._outcomes_lock = threading.Lock()
         self.lines: dict[str, Line] = {}
         for line in config.lines:
             self.lines[line.name] = Line(line, config.stations_of(line.name), self._deliver, clock)
@@ -288,8 +293,20 @@ class Kom:
         except KomError:
             future: Future[WriteResult] = Future()
             future.set_exception(WriteError(f"{tag}: no such tag", tag, "not-output"))
+            self._count_write("", future)
             return future
-        return line.write(station, name, value)
+        future = line.write(station, name, value)
+        future.add_done_callback(functools.partial(self._count_write, line.name))
+        return future
+
+    def _count_write(self, line: str, future: Future[WriteResult]) -> None:
+        if future.cancelled():
+            outcome = "cancelled"
+        else:
+            exc = future.exception()
+            outcome = "completed" if exc is None else getattr(exc, "reason", None) or "error"
+        with self._outcomes_lock:
+            self.write_outcomes[line, outcome] += 1
 
     def ack(self, station: str, value: int) -> None:
         """Acknowledge a station's message: the same as writing its ACK_ID tag."""
@@ -354,5 +371,10 @@ def _same_connection(old: LineConfig, new: LineConfig) -> bool:
     """Whether two line configurations differ only where no reconnection is needed."""
     keep = ("topic_filters", "payload_type", "time_field", "time_mask", "time_zone",
             "ignore_missing_time", "debug", "max_payload", "max_held", "publish_qos",
-            "publish_retain", "subscribe_qos")  # fmt: skip
+            "publish_retain", "subscribe_qos",
+            "max_future", "max_past", "sparkplug_rebirth_interval")  # fmt: skip
+    if old.sparkplug_host_id and new.will is None:
+        # A running line's will is the STATE will kom made for sparkplug_host_id (a file
+        # cannot give both): the same host id is the same will.
+        old = attrs.evolve(old, will=None)
     return attrs.evolve(old, **{k: getattr(new, k) for k in keep}) == new

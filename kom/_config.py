@@ -29,12 +29,16 @@ from ._address import (
     parse_address,
     parse_json_address,
 )
+from ._advice import model_hint, regex_problem, type_hint
+from ._binary import ENCODINGS
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
 from ._processing import Processing
 from ._timemask import TimeMask, Zone
 from ._topic import TopicFilter, check_topic
+from .sparkplug._topic import check_id as _check_sparkplug_id
+from .sparkplug._topic import state_topic
 
 T = TypeVar("T")
 
@@ -108,7 +112,7 @@ class LineConfig:
     publish_qos: int = 0
     publish_retain: bool = False
     will: Will | None = None
-    payload_type: Literal["text", "json"] = "text"
+    payload_type: Literal["text", "json", "sparkplug_b"] = "text"
     time_field: tuple[Step, ...] | None = None
     time_mask: TimeMask = attrs.field(factory=lambda: TimeMask.parse(DEFAULT_MASK))
     time_zone: Zone = attrs.field(factory=lambda: Zone.parse("local"))
@@ -119,6 +123,15 @@ class LineConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     outbox: str | None = None
+    sparkplug_host_id: str | None = None  # SPEC §14: kom publishes its STATE as this host
+    #: SPEC §14: rebirth requests to one edge node at most this often (seconds; 0: no limit).
+    sparkplug_rebirth_interval: float = 5.0
+    #: SPEC §16: a source time further ahead of / behind the receive time (seconds) is refused.
+    max_future: float | None = None
+    max_past: float | None = None
+    #: ioBroker-style publishing (seeds/003), the defaults of every output tag of the line.
+    publish_only_changes: bool = False
+    publish_on_connect: bool = False
     # MQTT 5 (SPEC §11); sent only on a version-5 connection.
     #: Session Expiry Interval in seconds; None: 0 with a clean session, else "never".
     session_expiry: int | None = None
@@ -144,6 +157,9 @@ class Publish:
 
     topic: str
     payload: str
+    #: None: the line's `publish_only_changes` / `publish_on_connect`.
+    only_changes: bool | None = None
+    on_connect: bool | None = None
 
 
 @attrs.frozen
@@ -156,6 +172,8 @@ class TagConfig:
     processing: Processing = attrs.field(factory=Processing)
     publish: Publish | None = None
     default: Value = None
+    #: BIN= only: how the bytes are written (SPEC §15): base64, hex, or raw (BIN=$ only).
+    encoding: str | None = None
 
 
 @attrs.frozen
@@ -167,8 +185,15 @@ class StationConfig:
     will_topic: str | None = None
     will_payload: bytes | None = None
     mode: Mode = "on"
-    payload_type: Literal["text", "json"] | None = None
+    payload_type: Literal["text", "json", "sparkplug_b"] | None = None
+    sparkplug: str | None = None  # SPEC §14: "group/node" or "group/node/device"
     regex: re.Pattern[str] | None = attrs.field(default=None, eq=False, repr=False)
+    #: SPEC §16: seconds without a message before the input tags turn `stale`.
+    stale_after: float | None = None
+    #: The line's, unless the station gives its own (SPEC §16, §2 time_zone).
+    max_future: float | None = None
+    max_past: float | None = None
+    time_zone: Zone | None = None
 
     def tag(self, name: str) -> TagConfig | None:
         for tag in self.tags:
@@ -243,6 +268,12 @@ LINE_KEYS = frozenset(
         "reconnect_min",
         "reconnect_max",
         "outbox",
+        "sparkplug_host_id",
+        "sparkplug_rebirth_interval",
+        "max_future",
+        "max_past",
+        "publish_only_changes",
+        "publish_on_connect",
         "session_expiry",
         "receive_maximum",
         "maximum_packet_size",
@@ -255,6 +286,7 @@ LINE_KEYS = frozenset(
 )
 STATION_KEYS = frozenset(
     {"name", "line", "address", "will_topic", "will_payload", "mode", "payload_type", "tag"}
+    | {"stale_after", "max_future", "max_past", "time_zone", "sparkplug"}
 )
 TAG_KEYS = frozenset(
     {
@@ -272,6 +304,7 @@ TAG_KEYS = frozenset(
         "limits",
         "deadband",
         "on_change",
+        "encoding",
     }
 )
 
@@ -300,6 +333,7 @@ class _Table:
             if key not in keys:
                 near = _nearest(key, keys)
                 hint = f" (did you mean {near!r}?)" if near else ""
+                hint = model_hint(key, keys) or hint
                 errors.add(f"{self.at(key)}", f"unknown key{hint}")
 
     def at(self, key: str) -> str:
@@ -381,6 +415,25 @@ def _non_negative(value: float) -> str | None:
     if math.isfinite(value) and value >= 0:
         return None
     return f"expected a finite number >= 0, found {value!r}"
+
+
+#: The longest `stale_after`, `max_future` or `max_past` (about 31 years): a longer one could
+#: not be added to a date (Python's datetime ends in 9999), and means "off" anyway.
+MAX_SECONDS = 1e9
+
+
+def _positive(value: float) -> str | None:
+    if math.isfinite(value) and 0 < value <= MAX_SECONDS:
+        return None
+    if math.isfinite(value) and value > 0:
+        return f"expected at most {MAX_SECONDS:.0f} seconds (about 31 years), found {value!r}"
+    return f"expected a number of seconds > 0, found {value!r}"
+
+
+def _seconds(t: _Table, key: str) -> float | None:
+    """An optional duration in seconds, above zero (SPEC §16 keys: absent means off)."""
+    value = t.get(key, (int, float), None, _positive)
+    return None if value is None else float(value)
 
 
 def _nearest(key: str, keys: frozenset[str]) -> str | None:
@@ -489,15 +542,41 @@ def from_dict(
         elif other is not None:
             errors.add(
                 f"{path}.address",
-                f"station {other!r} of line {station.line!r} has the same address",
+                f"station {other!r} of line {station.line!r} has the same address "
+                f"{station.address!r}",
             )
         names.add(station.name)
         by_address.setdefault((station.line, station.address), station.name)
         stations.append(station)
 
+    explicit = {table.get("name", "line") for _, table in line_tables if "topic_filter" in table}
+    lines = [_sparkplug_filters(line, stations, line.name in explicit) for line in lines]
     if errors.items:
         raise ConfigError(errors.items, source=source)
     return Config(lines=tuple(lines), stations=tuple(stations), source=source)
+
+
+def _sparkplug_filters(
+    line: LineConfig, stations: Sequence[StationConfig], explicit: bool
+) -> LineConfig:
+    """SPEC §14 "kom subscribes to what it needs": a line without `topic_filter` whose stations
+    are all Sparkplug stations subscribes to their edge nodes' topics only."""
+    own = [s for s in stations if s.line == line.name]
+    filters = line.topic_filters
+    if not explicit and own and all(s.sparkplug for s in own):
+        nodes = sorted({"/".join((s.sparkplug or "").split("/")[:2]) for s in own})
+        filters = tuple(
+            TopicFilter(f"spBv1.0/{group_node.replace('/', '/+/', 1)}/#") for group_node in nodes
+        )
+    if line.sparkplug_host_id:
+        # Sparkplug 3.0.0 §4.2.3.1 (tck-id-host-topic-phid-birth-sub-required): a host
+        # application subscribes to its own STATE topic, to answer an offline on it.
+        own_state = state_topic(line.sparkplug_host_id)
+        if not any(f.matches(own_state) for f in filters):
+            filters = (*filters, TopicFilter(own_state))
+    if filters == line.topic_filters:
+        return line
+    return attrs.evolve(line, topic_filters=filters)
 
 
 def _derive_client_id(line_name: str, identity: str) -> str:
@@ -556,6 +635,12 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
     outbox = t.get("outbox", str, None)
     if outbox:
         outbox = str((base / outbox).resolve())
+    host_id = t.get("sparkplug_host_id", str, None, _check_sparkplug_id)
+    if host_id and will is not None:
+        t.error(
+            "will",
+            f"sparkplug_host_id makes the will ({state_topic(host_id)} offline): leave will out",
+        )
     return LineConfig(
         name=name,
         endpoints=endpoints,
@@ -567,7 +652,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         protocol=protocol,  # type: ignore[arg-type]
         username=username,
         password=password,
-        clean_session=t.get("clean_session", bool, False),
+        clean_session=_clean_session(t, host_id),
         keep_alive=t.integer("keep_alive", 0, 0, 65535),
         ping_interval=t.number("ping_interval", 60, 0, 3600),
         reply_timeout=t.number("reply_timeout", 20, 0, 3600),
@@ -576,7 +661,7 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         publish_qos=t.integer("publish_qos", 0, 0, 2),
         publish_retain=t.get("publish_retain", bool, False),
         will=will,
-        payload_type=t.choice("payload_type", "text", ("text", "json")),
+        payload_type=t.choice("payload_type", "text", ("text", "json", "sparkplug_b")),
         time_field=time_field,
         time_mask=mask or TimeMask.parse(DEFAULT_MASK),
         time_zone=zone or Zone.parse("local"),
@@ -587,6 +672,12 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         reconnect_min=reconnect_min if reconnect_min is not None else 0.5,
         reconnect_max=reconnect_max if reconnect_max is not None else 30.0,
         outbox=outbox,
+        sparkplug_host_id=host_id or None,
+        sparkplug_rebirth_interval=t.number("sparkplug_rebirth_interval", 5.0, 0, 3600),
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
+        publish_only_changes=t.get("publish_only_changes", bool, False),
+        publish_on_connect=t.get("publish_on_connect", bool, False),
         session_expiry=_read_session_expiry(t),
         receive_maximum=t.integer("receive_maximum", 65535, 1, 65535),
         maximum_packet_size=t.get("maximum_packet_size", int, None, _in_range(64, 268_435_460)),
@@ -625,10 +716,34 @@ def _read_user_properties(t: _Table) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _clean_session(t: _Table, host_id: str | None) -> bool:
+    """`clean_session`, true by default on a Sparkplug host application: Sparkplug 3.0.0 §5.3
+    (tck-id-message-flow-phid-sparkplug-clean-session-311/-50) requires a clean session."""
+    clean: bool = t.get("clean_session", bool, bool(host_id))
+    if host_id and clean is False:
+        t.error(
+            "clean_session",
+            "a Sparkplug host application (sparkplug_host_id) uses a clean session "
+            "(Sparkplug 3.0.0 §5.3): leave clean_session out or set it to true",
+        )
+    return clean
+
+
 def _check_name(value: str) -> str | None:
     if NAME.fullmatch(value):
         return None
     return f"a name matches [A-Za-z_][A-Za-z0-9_-]*, found {value!r}"
+
+
+def _check_sparkplug_key(value: str) -> str | None:
+    parts = value.split("/")
+    if len(parts) not in (2, 3):
+        return f'expected "group/node" or "group/node/device", found {value!r}'
+    for part in parts:
+        problem = _check_sparkplug_id(part)
+        if problem:
+            return problem
+    return None
 
 
 def _check_will_topic(value: str) -> str | None:
@@ -708,7 +823,7 @@ def _read_secret(t: _Table, key: str, base: Path) -> Secret | None:
     if raw is None:
         return None
     if not isinstance(raw, str | dict):  # not shown: it may be the password itself
-        t.error(key, f"expected a string or a table, found a {_type_name(type(raw))} value")
+        t.error(key, f"expected a string or a table, found {_type_name(type(raw))}")
         return None
     if isinstance(raw, str):
         return Secret(raw)
@@ -735,8 +850,11 @@ def _read_secret(t: _Table, key: str, base: Path) -> Secret | None:
 
 def _read_filters(t: _Table) -> tuple[TopicFilter, ...]:
     raw = t.get("topic_filter", (str, list), "#")
-    items = [raw] if isinstance(raw, str) else raw
+    # One string may hold several filters separated by commas, as integrators write them for
+    # ioBroker (seeds/003 "Patterns"); a filter that contains a comma must come in a list.
+    items = [part.strip() for part in raw.split(",")] if isinstance(raw, str) else raw
     filters: list[TopicFilter] = []
+    split = isinstance(raw, str) and len(items) > 1
     for i, item in enumerate(items, 1):
         where = "topic_filter" if isinstance(raw, str) else f"topic_filter[{i}]"
         if not isinstance(item, str):
@@ -745,7 +863,9 @@ def _read_filters(t: _Table) -> tuple[TopicFilter, ...]:
         try:
             filters.append(TopicFilter(item))
         except ValueError as exc:
-            t.error(where, str(exc))
+            t.error(
+                where, f"filter {i} of the comma-separated {raw!r}: {exc}" if split else str(exc)
+            )
     if not filters and not t.errors.items:
         t.error("topic_filter", "at least one topic filter is needed")
     return tuple(filters)
@@ -779,7 +899,7 @@ class _Memo:
 
     def __init__(self) -> None:
         self.tags: dict[tuple[Any, ...], TagConfig] = {}
-        self.tables: dict[tuple[str, int, str], tuple[TagConfig, ...]] = {}
+        self.tables: dict[tuple[str, int, str, str], tuple[TagConfig, ...]] = {}
 
 
 def _read_station(
@@ -789,7 +909,16 @@ def _read_station(
     memo: _Memo,
 ) -> StationConfig | None:
     name = t.get("name", str, check=_check_name)
-    address = t.get("address", str, check=lambda v: None if v else "may not be empty")
+    sparkplug = t.get("sparkplug", str, None, _check_sparkplug_key)
+    if "sparkplug" in t.data:
+        # SPEC §14: the node or device is the station's address.
+        if "address" in t.data:
+            t.error(
+                "address", "a Sparkplug station is chosen by its sparkplug key: leave address out"
+            )
+        address = f"sparkplug:{sparkplug}" if sparkplug else None
+    else:
+        address = t.get("address", str, check=lambda v: None if v else "may not be empty")
     line_name = t.get("line", str, None)
     line: LineConfig | None = None
     if line_name is None:
@@ -805,24 +934,44 @@ def _read_station(
     will_payload = t.get("will_payload", str, None)
     mode = t.choice("mode", "on", MODES)
     payload_type = t.get("payload_type", str, None)
-    if payload_type not in (None, "text", "json"):
-        t.error("payload_type", f"expected 'text' or 'json', found {payload_type!r}")
+    if payload_type not in (None, "text", "json", "sparkplug_b"):
+        t.error("payload_type", f"expected 'text', 'json' or 'sparkplug_b', found {payload_type!r}")
         payload_type = None
+    if sparkplug and payload_type not in (None, "sparkplug_b"):
+        t.error("payload_type", f"a Sparkplug station reads 'sparkplug_b', found {payload_type!r}")
     regex: re.Pattern[str] | None = None
+    address_ok = True
     if address and address not in ("#", ".*") and not _REGEX_META.isdisjoint(address):
         try:
             regex = re.compile(address)
-        except re.error:
-            regex = None  # not a regular expression: the address can still match exactly
+        except re.error as exc:
+            # Taken silently as an exact topic, a typo such as a missing ")" would route
+            # nothing and leave its TOPIC= tags to take the blame.
+            t.error("address", regex_problem(address, exc))
+            address_ok = False
+    time_zone = _read_zone(t)
     raw_tags = t.get("tag", list, [])
     effective_payload = payload_type or (line.payload_type if line else "text")
-    table = (repr(raw_tags), id(line), effective_payload) if raw_tags else None
+    if "sparkplug" in t.data:
+        effective_payload = "sparkplug_b"
+    elif effective_payload == "sparkplug_b":
+        t.error("sparkplug", 'required on a sparkplug_b line: "group/node" or "group/node/device"')
+    zone = time_zone or (line.time_zone if line else Zone.parse("local"))
+    table = (repr(raw_tags), id(line), effective_payload, zone.text) if raw_tags else None
     shared = memo.tables.get(table) if table is not None else None
     if shared is not None:
         tags = list(shared)
     else:
         tags = _read_tags(
-            t, raw_tags, line, regex, memo, payload_type=effective_payload, table=table
+            t,
+            raw_tags,
+            line,
+            regex,
+            memo,
+            payload_type=effective_payload,
+            table=table,
+            zone=zone,
+            address_ok=address_ok,
         )
     if name is None or address is None or (line is None and line_list):
         return None
@@ -835,8 +984,25 @@ def _read_station(
         will_payload=will_payload.encode() if will_payload else None,
         mode=mode,
         payload_type=payload_type,
+        sparkplug=sparkplug,
         regex=regex,
+        stale_after=_seconds(t, "stale_after"),
+        max_future=_seconds(t, "max_future"),
+        max_past=_seconds(t, "max_past"),
+        time_zone=time_zone,
     )
+
+
+def _read_zone(t: _Table) -> Zone | None:
+    """A station's own `time_zone` (overrides the line's), or None."""
+    text = t.get("time_zone", str, None)
+    if text is None:
+        return None
+    try:
+        return Zone.parse(text)
+    except TimeMaskError as exc:
+        t.error("time_zone", str(exc))
+        return None
 
 
 def _read_tags(
@@ -847,7 +1013,9 @@ def _read_tags(
     memo: _Memo,
     *,
     payload_type: str,
-    table: tuple[str, int, str] | None,
+    table: tuple[str, int, str, str] | None,
+    zone: Zone,
+    address_ok: bool = True,
 ) -> list[TagConfig]:
     """A station's tags, each read (or taken from `memo`), and checked together.
 
@@ -861,12 +1029,19 @@ def _read_tags(
         if not isinstance(item, dict):
             t.errors.add(path, f"expected a table, found {_show(item)}")
             continue
-        key = _memo_key(item, line, payload_type)
+        key = _memo_key(item, line, payload_type, zone)
         shareable = shareable and key is not None
         tag = memo.tags.get(key) if key is not None else None
         if tag is None:
             before = len(t.errors.items)
-            tag = _read_tag(_Table(item, path, t.errors, TAG_KEYS), line, regex, payload_type)
+            tag = _read_tag(
+                _Table(item, path, t.errors, TAG_KEYS),
+                line,
+                regex,
+                payload_type,
+                zone,
+                address_ok=address_ok,
+            )
             if tag is None:
                 continue
             if key is not None and len(t.errors.items) == before:
@@ -881,7 +1056,7 @@ def _read_tags(
 
 
 def _memo_key(
-    item: Mapping[str, Any], line: LineConfig | None, payload_type: str
+    item: Mapping[str, Any], line: LineConfig | None, payload_type: str, zone: Zone
 ) -> tuple[Any, ...] | None:
     """The key under which an error-free tag record is shared, or None when it cannot be.
 
@@ -897,11 +1072,13 @@ def _memo_key(
     address = item.get("address")
     if isinstance(address, str) and address.lstrip().upper().startswith("TOPIC"):
         return None
-    return (values, id(line), payload_type)
+    return (values, id(line), payload_type, zone.text)
 
 
 def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
     kinds = [tag.address.kind for tag in tags if tag.address is not None]
+    if Kind.SPB in kinds and Kind.ACK_ID in kinds:
+        t.error("tag", "a Sparkplug station has no ACK_ID (its messages are settled when decoded)")
     for kind in (Kind.ACK_ID, Kind.OUT_TOPIC, Kind.OUT_VALUE, Kind.IN_ID):
         if kinds.count(kind) > 1:
             t.error("tag", f"at most one tag with address {kind.value}")
@@ -910,7 +1087,13 @@ def _check_station_tags(t: _Table, tags: Sequence[TagConfig]) -> None:
 
 
 def _read_tag(
-    t: _Table, line: LineConfig | None, regex: re.Pattern[str] | None, payload_type: str
+    t: _Table,
+    line: LineConfig | None,
+    regex: re.Pattern[str] | None,
+    payload_type: str,
+    zone: Zone,
+    *,
+    address_ok: bool = True,
 ) -> TagConfig | None:
     name = t.get("name", str, check=_check_name)
     type_text = t.get("type", str)
@@ -920,7 +1103,8 @@ def _read_tag(
             value_type = ValueType(type_text)
         except ValueError:
             names = ", ".join(v.value for v in ValueType)
-            t.error("type", f"unknown type {type_text!r} (expected {names})")
+            hint = type_hint(type_text) or f" (expected {names})"
+            t.error("type", f"unknown type {type_text!r}{hint}")
     publish = _read_publish(t, value_type, regex)
     address: Address | None = None
     raw_address = t.get("address", str, None if publish else _MISSING)
@@ -935,11 +1119,23 @@ def _read_tag(
             t.error("address", problem)
         if address.is_json and payload_type != "json":
             t.error("address", f'{address.kind.value} needs payload_type = "json" on the line')
-        if address.kind is Kind.TOPIC and (regex is None or address.group not in regex.groupindex):
+        if (address.kind is Kind.SPB) != (payload_type == "sparkplug_b"):
+            t.error(
+                "address",
+                "SPB= is for Sparkplug stations, which use only SPB= (SPEC §14)"
+                if address.kind is Kind.SPB
+                else f"a Sparkplug station's tags use SPB= addresses, found {address.text!r}",
+            )
+        # A station address that does not compile is reported at its own key path.
+        if (
+            address.kind is Kind.TOPIC
+            and address_ok
+            and (regex is None or address.group not in regex.groupindex)
+        ):
             t.error("address", f"the station address has no group named {address.group!r}")
+    encoding = _read_encoding(t, address, payload_type)
     processing = _read_processing(t, value_type)
     mask = line.time_mask if line else TimeMask.parse(DEFAULT_MASK)
-    zone = line.time_zone if line else Zone.parse("local")
     default: Value = None
     raw_default = t.get("default", (str, int, float, bool), None)
     if raw_default is not None and value_type is not None:
@@ -958,7 +1154,29 @@ def _read_tag(
         processing=processing,
         publish=publish,
         default=default,
+        encoding=encoding,
     )
+
+
+def _read_encoding(t: _Table, address: Address | None, payload_type: str) -> str | None:
+    """A BIN= tag's `encoding` (SPEC §15), its default filled in; None for other tags."""
+    binary = address.binary if address is not None else None
+    if binary is None:
+        if "encoding" in t.data:
+            found = address.kind.value if address is not None else "a tag without an address"
+            t.error("encoding", f"encoding is for BIN= addresses, not {found}")
+        return None
+    whole = binary.source is None
+    if whole and payload_type != "text":
+        t.error(
+            "address", 'BIN=$ reads the payload as bytes: give the station payload_type = "text"'
+        )
+    encoding: str = t.choice("encoding", "raw" if whole else "base64", ENCODINGS) or "base64"
+    if encoding == "raw" and not whole:
+        t.error(
+            "encoding", "'raw' is for BIN=$ (the payload itself); a JSON field is base64 or hex"
+        )
+    return encoding
 
 
 _PROCESSING_KEYS = frozenset({"invert", "scale", "min", "max", "limits", "deadband", "on_change"})
@@ -1026,7 +1244,12 @@ def _read_publish(
     raw = t.get("publish", dict, None)
     if raw is None:
         return None
-    pt = _Table(raw, t.at("publish"), t.errors, frozenset({"topic", "payload"}))
+    pt = _Table(
+        raw,
+        t.at("publish"),
+        t.errors,
+        frozenset({"topic", "payload", "only_changes", "on_connect"}),
+    )
     topic = pt.get("topic", str)
     payload = pt.get("payload", str, "{value}")
     if value_type is not None and not value_type.is_output:
@@ -1047,4 +1270,9 @@ def _read_publish(
                 )
     if topic is None:
         return None
-    return Publish(topic=topic, payload=payload)
+    return Publish(
+        topic=topic,
+        payload=payload,
+        only_changes=pt.get("only_changes", bool, None),
+        on_connect=pt.get("on_connect", bool, None),
+    )

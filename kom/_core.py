@@ -13,9 +13,11 @@ from typing import Any, NamedTuple
 import attrs
 
 from ._config import LineConfig, StationConfig, collector_paused
+from ._freshness import StaleClock
 from ._model import Update, new_record
 from ._router import Route, Router, Rule
 from ._station import Delivery, Message, Station, StationState
+from .sparkplug._station import SparkplugLine
 
 
 @attrs.define
@@ -32,9 +34,16 @@ class Counters:
     overflow: int = 0
     bad_topics: int = 0
     callback_errors: int = 0
+    stale: int = 0
     reconnects: int = 0
     pauses: int = 0
     connect_failures: int = 0
+    #: SPEC §14, Sparkplug B: rebirth requests sent, and what made kom distrust a node's
+    #: messages (sequence gaps, aliases no BIRTH declared, NDEATHs of another bdSeq).
+    rebirths: int = 0
+    seq_gaps: int = 0
+    unknown_aliases: int = 0
+    stale_deaths: int = 0
     last_message: datetime | None = None
     #: Topic filters the broker refused in SUBACK (0x80 or above); kom retries them.
     refused_subscriptions: int = 0
@@ -87,6 +96,13 @@ class LineCore:
         self._index()
         self.counters = Counters()
         self.station_counters = StationCounters()
+        #: SPEC §14: the Sparkplug host part of the line (None on lines without Sparkplug).
+        self.sparkplug: SparkplugLine | None = None
+        if SparkplugLine.wanted(line, stations):
+            self.sparkplug = SparkplugLine(line, self.stations)
+        watched = {i: s.stale_after for i, s in enumerate(stations) if s.stale_after}
+        #: SPEC §16: the stations with `stale_after`, or None when no station has it.
+        self.staleness = StaleClock(watched) if watched else None
 
     def _index(self) -> None:
         """The lookups derived from `stations` (made again when a reload swaps stations in)."""
@@ -116,6 +132,8 @@ class LineCore:
                 station.move(StationState.ON)
         self._index()
         self.counters = old.counters
+        if self.sparkplug is not None and old.sparkplug is not None:
+            self.sparkplug.carry_over(old.sparkplug)
 
     def holding_too_much(self) -> bool:
         """Whether an ACK_ID station holds max_held messages (the line stops reading)."""
@@ -123,7 +141,13 @@ class LineCore:
 
     @property
     def wants_connection(self) -> bool:
-        """SPEC §2 forced disconnection: only while some station is neither off nor simulated."""
+        """SPEC §2 forced disconnection: only while some station is neither off nor simulated.
+
+        A Sparkplug line without stations (a host application alone, `kom discover`) stays
+        connected (SPEC §14).
+        """
+        if not self.stations and self.sparkplug is not None:
+            return True
         return any(s.active for s in self.stations)
 
     def process(self, msg: Message) -> Processed:
@@ -133,6 +157,8 @@ class LineCore:
         counters.last_message = msg.received
         if msg.dup:
             counters.duplicates += 1
+        if self.sparkplug is not None and msg.topic.startswith("spBv1.0/"):
+            return self.sparkplug.process(self, msg)
         router = self.router
         if router.has_wills:
             hit = router.will(msg.topic, msg.payload)
@@ -157,6 +183,8 @@ class LineCore:
         sc = self.station_counters[station.config.name]
         sc.received += 1
         sc.last_message = msg.received
+        if self.staleness is not None:
+            self.staleness.seen(route.station, msg.received)
         if msg.dup:
             sc.duplicates += 1
         decoder = station.decoder
@@ -178,22 +206,58 @@ class LineCore:
         settled = not (delivery.awaiting_ack or delivery.held)
         return new_record(Processed, (delivery.updates, settled, station, route))
 
+    def stale(self, now: datetime) -> list[Update]:
+        """SPEC §16: the input tags of stations quiet for their `stale_after`, invalid.
+
+        Called by the line's loop while connected; a station that is not on (off, simulated,
+        in will or communication error) reports nothing: its tags say more already.
+        """
+        clock = self.staleness
+        if clock is None:
+            return []
+        updates: list[Update] = []
+        for index in clock.due(now):
+            station = self.stations[index]
+            if station.state is StationState.ON:
+                updates.extend(station.stale(now))
+                self.counters.stale += 1
+                self.station_counters[station.name].stale += 1
+        return updates
+
+    def switched_on(self, name: str, now: datetime) -> None:
+        """A station was switched on: its `stale_after` count starts now (SPEC §16)."""
+        if self.staleness is not None:
+            self.staleness.seen(self.stations.index(self.by_name[name]), now)
+
     def lost(self, now: datetime) -> list[Update]:
         """The connection is gone: active stations in communication error, inputs invalid."""
         updates: list[Update] = []
         for station in self.stations:
-            if station.active and station.state is not StationState.COMM:
+            # Once per outage: a station already in comm error is skipped, unless it has been
+            # in it since start-up without its updates (the broker unreachable from the start).
+            if station.active and not (
+                station.state is StationState.COMM and station.comm_reported
+            ):
                 updates.extend(station.lost(now))
         return updates
 
-    def connected(self, generation: int) -> list[Update]:
+    def connected(self, generation: int, now: datetime | None = None) -> list[Update]:
         """A new connection: stations leave communication error (values stay invalid).
+
+        `now` (the line's clock) stamps the rebirth requests a Sparkplug host sends to the
+        edge nodes it knew before the connection was lost.
 
         Returns the updates of held QoS 0 messages that may now go out: the message an
         ACK_ID station was processing is redelivered by the broker when it was QoS 1/2,
         so the next held one must not wait behind it (nor be overtaken by new ones).
         """
         updates: list[Update] = []
+        if self.sparkplug is not None:
+            self.sparkplug.connected()
+            if now is not None:
+                self.sparkplug.reconnected(self, now)
+        if self.staleness is not None:
+            self.staleness.restart()
         for station in self.stations:
             if station.state is StationState.COMM:
                 station.move(StationState.ON)

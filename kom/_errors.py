@@ -63,3 +63,12 @@ class WriteError(KomError, RuntimeError):
 
 class AckError(KomError, ValueError):
     """An ACK_ID write did not match the message the station is holding."""
+
+
+class SinkError(KomError, OSError):
+    """A sink could not open or store a batch; `sink` names it, `reason` is disk-full or error."""
+
+    def __init__(self, message: str, sink: str | None = None, reason: str = "error") -> None:
+        self.sink = sink
+        self.reason = reason
+        super().__init__(message)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import attrs
 
+from . import _subscriptions as subscriptions
 from ._acks import AckOrder
 from ._address import Kind
 from ._backoff import backoff
@@ -32,10 +33,14 @@ from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineErr
 from ._model import Quality, Update, Value, ValueType, new_record
 from ._mqtt import Events, RawMessage, Session, SkippedPayload
 from ._outbox import Outbox
+from ._outputs import Message as OutputMessage
+from ._outputs import OutputMemory, on_connect, only_changes
 from ._publish import render
 from ._station import Message, StationState
+from ._timemask import Zone
 from ._topic import check_topic
 from .mqtt import reason_name
+from .sparkplug._station import state_will
 
 log = logging.getLogger("kom.line")
 
@@ -77,6 +82,8 @@ class WriteResult:
     local: bool = False
     #: The broker took a QoS 2 write at QoS 1 (answered PUBACK): `qos` is then 1.
     downgraded: bool = False
+    #: Left out: the message repeated the tag's last one (publish only changes).
+    unchanged: bool = False
 
 
 class _PendingWrite(NamedTuple):
@@ -126,6 +133,7 @@ class Line(Events):
         deliver: Callable[[Batch], None],
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        config = state_will(config, clock())  # SPEC §14: sparkplug_host_id's STATE will
         self.config = config
         self.core = LineCore(config, stations)
         if config.debug:
@@ -174,17 +182,22 @@ class Line(Events):
         self._early: dict[int, tuple[bool, str]] = {}
         self._requests: dict[int, tuple[str, float]] = {}  # SUBACK/UNSUBACK deadlines
         self._subscribed: tuple[str, ...] = ()
+        self._subscribing: dict[int, tuple[str, ...]] = {}  # filters by SUBSCRIBE mid
         self._wanted = tuple(f.text for f in config.topic_filters)
         self._filters_changed = False  # a reload changed the filters: the line's thread acts
-        self._sub_filters: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE packet id -> filters
         #: Filters the broker refused (SUBACK 0x80 or above): retried with back-off.
         self.refused_filters: dict[str, int] = {}  # filter -> refusals in a row
         self._retry_at: float | None = None
+        # What a kept session holds from an earlier run (see _subscriptions).
+        self._held = (
+            None if config.effective_clean_session else subscriptions.load(config.client_id)
+        )
         self._ping_sent: float | None = None
         self._half_read_since: float | None = None
         self._missing_time_warned: set[str] = set()
         self._stamp = clock()  # the receive time of the messages of the last socket read
         self._stamped_reads = -1
+        self._outputs = OutputMemory()
         self.connected_event = threading.Event()
 
     def __repr__(self) -> str:
@@ -196,6 +209,11 @@ class Line(Events):
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def acks_pending(self) -> int:
+        """QoS 1/2 messages received and not yet acknowledged to the broker (SPEC §13)."""
+        return len(self._acks) + len(self._arrivals)
+
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -204,6 +222,7 @@ class Line(Events):
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread: flush, send DISCONNECT, fail writes still pending."""
+        self._say_offline(min(timeout, 2.0))
         self._closed.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -227,8 +246,9 @@ class Line(Events):
         """New stations and tags on the same session (configuration reload, SPEC §2).
 
         A station whose configuration is unchanged keeps its state, held messages and
-        last values; changed topic filters go out as UNSUBSCRIBE/SUBSCRIBE.
+        last values; changed topic filters go out as SUBSCRIBE, then UNSUBSCRIBE.
         """
+        config = state_will(config, self._clock(), self.config.will)
         core = LineCore(config, stations)
         with self._lock:
             core.carry_over(self.core, connected=self.state is LineState.CONNECTED)
@@ -318,10 +338,10 @@ class Line(Events):
             self._arrivals.clear()
             self._settles.clear()
             self._requests.clear()
-            self._sub_filters.clear()
+            self._subscribing.clear()
             self._filters_changed = False
             self._ping_sent = None
-            released = self.core.connected(self.generation)
+            released = self.core.connected(self.generation, self._clock())
             if released:
                 self._batch.extend(released)
             if self.state is not LineState.CONNECTING:
@@ -351,7 +371,9 @@ class Line(Events):
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
             )
         self._subscribe(session, connected.session_present)
+        self._send_sparkplug()
         self._resend_recovered(session)
+        self._publish_on_connect()
         self.connected_event.set()
         started = time.monotonic()
         lost = self._serve(session)
@@ -425,24 +447,31 @@ class Line(Events):
         wanted = self._wanted
         now = time.monotonic()
         timeout = self.config.reply_timeout
+        qos = self.config.subscribe_qos
         with self._lock:
-            if session_present and self._subscribed:
-                gone = [f for f in self._subscribed if f not in wanted]
-                new = [f for f in wanted if f not in self._subscribed]
-            else:
-                gone, new = [], list(wanted)
+            if self._subscribed:
+                self._held = subscriptions.Subscriptions(self._subscribed, qos)
+            # A kept session keeps its subscriptions: subscribing a held filter again would
+            # make the broker resend its retained messages (MQTT 3.1.1 §3.8.4).
+            new, gone = subscriptions.plan(wanted, qos, self._held, session_present)
+            # The new filters first, then the old ones go: a message published between the
+            # two requests then matches a subscription either way (MQTT 3.1.1 §3.8.4, §3.10.4:
+            # the broker handles one client's packets in order). Overlapping filters may
+            # deliver a message twice meanwhile: at least once, never none.
+            if new:
+                mid = session.subscribe(new, qos)
+                self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+                self._subscribing[mid] = tuple(new)
+            elif session_present and wanted:
+                log.info("line %s: the kept session holds %s", self.name, ", ".join(wanted))
             if gone:
                 mid = session.unsubscribe(gone)
                 self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
-            if new:
-                mid = session.subscribe(new, self.config.subscribe_qos)
-                self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
-                self._sub_filters[mid] = tuple(new)
             self._subscribed = wanted
             self.refused_filters = {f: n for f, n in self.refused_filters.items() if f in wanted}
 
     def change_filters(self, filters: Sequence[str]) -> None:
-        """New topic filters: UNSUBSCRIBE the old and SUBSCRIBE the new on the same session
+        """New topic filters: SUBSCRIBE the new, then UNSUBSCRIBE the old, on the same session
         (sent by the line's thread, which owns the session)."""
         with self._lock:
             self._wanted = tuple(filters)
@@ -466,7 +495,7 @@ class Line(Events):
         with self._lock:
             mid = session.subscribe(filters, self.config.subscribe_qos)
             self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
-            self._sub_filters[mid] = filters
+            self._subscribing[mid] = filters
         log.info("line %s: subscribing again to %s", self.name, ", ".join(filters))
 
     def on_own_thread(self) -> bool:
@@ -517,6 +546,8 @@ class Line(Events):
             now = time.monotonic()
             self._retry_refused(session, now)
             problem = self._check_timers(session, now)
+            if self.core.staleness is not None:
+                self._check_stale()
             if problem is not None:
                 log.warning("line %s: %s; reconnecting", self.name, problem)
                 self.last_error = problem
@@ -551,27 +582,17 @@ class Line(Events):
             dropped = self._acks.reset()
             self._arrivals.clear()
             self._settles.clear()
-        session = self._session
-        if session is not None:
-            # Writes not yet published join the session, in order, as writes made while the
-            # line is down do (QoS 0 ones fail); the session sends them after reconnecting.
-            while True:
-                with self._writes_lock:
-                    waiting = self._take_outgoing(in_transit=True)
-                if not waiting:
-                    break
-                self._publish_now(waiting, session)
+        # Writes not yet published stay in kom's queue, in order, with the writes made while
+        # the line is down: the line's thread sends them after reconnecting, unless their
+        # reply_timeout has passed by then (QoS 0 ones fail below).
         with self._writes_lock:
-            failed = [w for w in self._writes.values() if w.qos == 0]
+            failed = [(w.future, w.result.tag) for w in self._writes.values() if w.qos == 0]
             for mid in [m for m, w in self._writes.items() if w.qos == 0]:
                 del self._writes[mid]
-        for write in failed:
-            _fail(
-                write.future,
-                WriteError(
-                    f"{write.result.tag}: connection lost", write.result.tag, "not-connected"
-                ),
-            )
+            if self._outgoing and self._outgoing[0].qos == 0:
+                failed += [(w.future, w.tag) for w in self._take_outgoing()]
+        for future, tag in failed:
+            _fail(future, WriteError(f"{tag}: connection lost", tag, "not-connected"))
         if dropped:
             log.info("line %s: %d unacknowledged messages will be redelivered", self.name, dropped)
         self.last_error = reason
@@ -604,12 +625,24 @@ class Line(Events):
             self._expire_writes(now)
         return None
 
+    def _check_stale(self) -> None:
+        """SPEC §16: the inputs of stations quiet for their `stale_after` turn invalid."""
+        with self._lock:
+            updates = self.core.stale(self._clock())
+            if updates:
+                self._batch.extend(updates)
+        if updates:
+            self._flush()
+
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
 
-        A write that timed out may still be sent when the line comes back (the session keeps
-        QoS 1/2 messages queued): "timeout" means kom stopped waiting, not that the
-        message is gone; with `outbox`, its row stays until the broker completes it.
+        A write still in kom's queue (made while the line was down, or waiting for the
+        window) is dropped with its outbox row: a write that reports failure is never sent
+        later. A write already handed to the session was sent: "timeout" then means kom
+        stopped waiting, and the broker may have it; if the connection drops before its
+        PUBACK, the kept session sends it again (MQTT 3.1.1 §4.4), and with `outbox` its
+        row stays until the broker completes it.
         """
         with self._writes_lock:
             expired = [
@@ -620,18 +653,26 @@ class Line(Events):
             for mid, _ in expired:
                 del self._writes[mid]
                 self._expired.add(mid)
-            late: list[tuple[Future[WriteResult], str]] = []
+            late: list[_Outgoing] = []
             if self._outgoing:
                 waiting = self._take_outgoing()
-                late = [(w.future, w.tag) for w in waiting if w.deadline and now >= w.deadline]
+                late = [w for w in waiting if w.deadline and now >= w.deadline]
                 self._outgoing.extend(w for w in waiting if not (w.deadline and now >= w.deadline))
-        for future, tag in [(w.future, w.result.tag) for _, w in expired] + late:
-            _fail(
-                future,
-                WriteError(
-                    f"{tag}: no completion within {self.config.reply_timeout:g} s", tag, "timeout"
-                ),
-            )
+        for future, tag in [(w.future, w.result.tag) for _, w in expired]:
+            _fail(future, self._timeout_error(tag))
+        self._time_out(late)
+
+    def _time_out(self, late: Sequence[_Outgoing]) -> None:
+        """Fail writes that were never sent, and forget their outbox rows: never sent later."""
+        for write in late:
+            if write.outbox_id is not None and self._outbox is not None:
+                self._outbox.done(write.outbox_id)
+            _fail(write.future, self._timeout_error(write.tag))
+
+    def _timeout_error(self, tag: str) -> WriteError:
+        return WriteError(
+            f"{tag}: no completion within {self.config.reply_timeout:g} s", tag, "timeout"
+        )
 
     def _wait(self, event: threading.Event, seconds: float) -> bool:
         """Wait for `event` up to `seconds`, deciding writes and failing overdue ones meanwhile.
@@ -710,6 +751,9 @@ class Line(Events):
                 self._batch.extend(processed.updates)
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
+        sparkplug = self.core.sparkplug
+        if sparkplug is not None and (sparkplug.outgoing or sparkplug.problems):
+            self._send_sparkplug()
         station = processed.station
         if raw.dup:
             # SPEC §5: a redelivery is reported (counted in `duplicates`, and logged).
@@ -745,6 +789,34 @@ class Line(Events):
                 log.debug(
                     "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
                 )
+
+    def _say_offline(self, timeout: float) -> None:
+        """SPEC §14: a host application that stops cleanly says so in its STATE itself
+        (DISCONNECT discards the will that would have)."""
+        sparkplug = self.core.sparkplug
+        offline = sparkplug.offline() if sparkplug is not None else None
+        if offline is None or self.state is not LineState.CONNECTED:
+            return
+        topic, payload = offline
+        try:
+            self.publish_raw(topic, payload, qos=1, retain=True).result(timeout)
+        except Exception as exc:  # closing goes on: the broker still has the will
+            log.warning("line %s: sparkplug: STATE offline not confirmed: %s", self.name, exc)
+
+    def _send_sparkplug(self) -> None:
+        """Publish what the Sparkplug host part asks for (SPEC §14: STATE, rebirth NCMDs)."""
+        sparkplug = self.core.sparkplug
+        if sparkplug is None:
+            return
+        with self._lock:
+            outgoing, sparkplug.outgoing = sparkplug.outgoing, []
+            problems, sparkplug.problems = sparkplug.problems, []
+        for problem in problems:
+            log.warning("line %s: sparkplug: %s", self.name, problem)
+        for topic, payload, qos, retain in outgoing:
+            log.info("line %s: sparkplug: publishing %s", self.name, topic)
+            future = self.publish_raw(topic, payload, qos=qos, retain=retain)
+            future.add_done_callback(functools.partial(_log_failure, self.name, topic))
 
     def _flush(self) -> None:
         with self._lock:
@@ -811,7 +883,7 @@ class Line(Events):
         and `refused_filters`, and subscribed again after a back-off."""
         with self._lock:
             self._requests.pop(mid, None)
-            filters = self._sub_filters.pop(mid, self._subscribed)
+            filters = self._subscribing.pop(mid, self._subscribed)
         refused = []
         for f, code in zip(filters, granted, strict=False):
             if code >= 0x80:
@@ -827,11 +899,21 @@ class Line(Events):
             most = max(self.refused_filters[f] for f in refused)
             wait = backoff(most, self.config.reconnect_min, self.config.reconnect_max)
             self._retry_at = time.monotonic() + wait
+        self._keep_subscriptions(all(code < 0x80 for code in granted))
         log.info("line %s: subscribed %s (granted %s)", self.name, ", ".join(filters), granted)
 
     def unsubscribed(self, mid: int) -> None:
         with self._lock:
             self._requests.pop(mid, None)
+        self._keep_subscriptions(True)
+
+    def _keep_subscriptions(self, granted: bool) -> None:
+        """Remember what the kept session holds now, for the next run (forget it on refusal)."""
+        cfg = self.config
+        if cfg.effective_clean_session:
+            return
+        held = subscriptions.Subscriptions(self._subscribed, cfg.subscribe_qos)
+        subscriptions.save(cfg.client_id, held if granted else None)
 
     def disconnected(self, reason: str) -> None:
         if reason.startswith("protocol error"):
@@ -867,6 +949,8 @@ class Line(Events):
                 target = StationState.COMM
             if station.state is not target and not (target is StationState.ON and station.active):
                 station.move(target)
+                if target is StationState.ON:
+                    self.core.switched_on(station_name, self._clock())
         self._wake.set()
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:
@@ -925,7 +1009,8 @@ class Line(Events):
             except Exception as exc:  # the caller always learns the outcome
                 _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
         session = self._session
-        if session is not None and self._outgoing:
+        if session is not None and self._outgoing and self.state is LineState.CONNECTED:
+            # While the line is down writes wait in kom's queue (see _publish).
             self._send_outgoing(session)
 
     def _write(
@@ -946,7 +1031,7 @@ class Line(Events):
             _complete(future, WriteResult(full, None, None, local=True))
             return
         if station.state is StationState.SIMULATION:
-            converted = self._convert(tag.type, value, full)
+            converted = self._convert(tag.type, value, full, station.config.time_zone)
             update = Update(
                 full,
                 converted,
@@ -962,7 +1047,7 @@ class Line(Events):
             return
         if not tag.type.is_output:
             raise WriteError(f"{full}: {tag.type.value} is not an output type", full, "not-output")
-        converted = self._convert(tag.type, value, full)
+        converted = self._convert(tag.type, value, full, station.config.time_zone)
         if kind is Kind.OUT_TOPIC:
             station.output_values[tag_name] = converted
             _complete(future, WriteResult(full, None, None, local=True))
@@ -975,6 +1060,11 @@ class Line(Events):
                     f"{full}: OUT_TOPIC has no value yet (give it a default)", full, "topic"
                 )
             payload = str(converted).encode()
+        elif kind is Kind.SPB and self.core.sparkplug is not None:
+            # SPEC §14: an NCMD or DCMD with the metric (by alias when the BIRTH gave one).
+            topic, payload = self.core.sparkplug.command(
+                station.config, tag, converted, self._clock()
+            )
         elif tag.publish is not None:
             topic, payload = render(tag.publish, converted, station_name, tag_name, station.groups)
         else:
@@ -984,19 +1074,69 @@ class Line(Events):
         problem = check_topic(topic)
         if problem:
             raise WriteError(f"{full}: {problem}", full, "topic")
+        changes = only_changes(tag, self.config)
+        if (changes or on_connect(tag, self.config)) and not self._remember(
+            future, OutputMessage(full, topic, payload), changes
+        ):
+            return
         self._publish(future, full, topic, payload)
 
-    def _convert(self, value_type: ValueType, value: object, full: str) -> Value:
+    def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
+        """Note an output's message for its publishing options; False: leave it out (unchanged)."""
+        outputs = self._outputs
+        if changes and outputs.unchanged(message):
+            result = WriteResult(message.tag, message.topic, None, local=True, unchanged=True)
+            _complete(future, result)
+            return False
+        outputs.write(message)
+        if changes:
+
+            def forget_failed(done: Future[WriteResult]) -> None:
+                if done.exception() is not None:
+                    outputs.failed(message)
+
+            future.add_done_callback(forget_failed)
+        return True
+
+    def _publish_on_connect(self) -> None:
+        """Publish the current value of every output with `on_connect` (ioBroker, seeds/003)."""
+        with self._lock:
+            messages = self._outputs.on_connect(self.core.stations, self.config)
+        for message in messages:
+            future: Future[WriteResult] = Future()
+            future.add_done_callback(_log_on_connect_failure)
+            try:
+                self._publish(future, message.tag, message.topic, message.payload)
+            except WriteError as exc:
+                _fail(future, exc)
+        if messages:
+            log.info("line %s: published %d output value(s) on connect", self.name, len(messages))
+
+    def _convert(
+        self, value_type: ValueType, value: object, full: str, zone: Zone | None = None
+    ) -> Value:
+        """A written value as the tag's type; `zone` is the station's own, when it has one."""
         try:
             return parse_write_value(
-                value_type, value, self.config.time_mask, self.config.time_zone
+                value_type, value, self.config.time_mask, zone or self.config.time_zone
             )
         except ConversionError as exc:
             raise WriteError(f"{full}: {exc}", full, "rejected") from exc
 
-    def _publish(self, future: Future[WriteResult], full: str, topic: str, payload: bytes) -> None:
+    def _publish(
+        self,
+        future: Future[WriteResult],
+        full: str,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int | None = None,
+        retain: bool | None = None,
+    ) -> None:
+        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain."""
         cfg = self.config
-        qos = cfg.publish_qos
+        qos = cfg.publish_qos if qos is None else qos
+        retain = cfg.publish_retain if retain is None else retain
         session = self._session
         if session is None or (qos == 0 and self.state is not LineState.CONNECTED):
             raise WriteError(f"{full}: line {self.name!r} is not connected", full, "not-connected")
@@ -1005,14 +1145,13 @@ class Line(Events):
         outbox_id = None
         if outbox is not None and qos > 0:
             # Committed before the session sees it: a crash from here on loses nothing.
-            outbox_id = outbox.add(full, topic, payload, qos, cfg.publish_retain)
-        write = _Outgoing(
-            future, full, topic, payload, qos, cfg.publish_retain, deadline, outbox_id
-        )
+            outbox_id = outbox.add(full, topic, payload, qos, retain)
+        write = _Outgoing(future, full, topic, payload, qos, retain, deadline, outbox_id)
         with self._writes_lock:
-            # Published by _send_outgoing after the writes before it, in one burst. While
-            # the line is down, the session keeps QoS 1/2 messages and sends them once it is
-            # connected again.
+            # Published by _send_outgoing, on the line's thread, after the writes before it,
+            # in one burst. While the line is down a write waits in kom's queue, not the
+            # session's: one whose reply_timeout passes there is dropped as it fails, never
+            # sent later (SPEC §6).
             self._outgoing.append(write)
 
     def _send_outgoing(self, session: Session) -> None:
@@ -1020,8 +1159,15 @@ class Line(Events):
         self._woken = False
         if not self._outgoing:
             return
+        now = time.monotonic()
         with self._writes_lock:
             writes = self._take_outgoing(in_transit=True, most=WINDOW - len(self._writes))
+            # Overdue while waiting (a reconnection takes time): failed, not sent.
+            late = [w for w in writes if w.deadline is not None and now >= w.deadline]
+            if late:
+                writes = [w for w in writes if not (w.deadline is not None and now >= w.deadline)]
+                self._in_transit -= len(late)
+        self._time_out(late)
         self._publish_now(writes, session)
 
     def _publish_now(self, writes: Sequence[_Outgoing], session: Session) -> None:
@@ -1082,15 +1228,17 @@ class Line(Events):
             self._in_transit += len(waiting)
         return waiting
 
-    def publish_raw(self, topic: str, payload: bytes) -> Future[WriteResult]:
-        """Publish a message not tied to a tag (the line's QoS and retain)."""
+    def publish_raw(
+        self, topic: str, payload: bytes, qos: int | None = None, retain: bool | None = None
+    ) -> Future[WriteResult]:
+        """Publish a message not tied to a tag (by default the line's QoS and retain)."""
         future: Future[WriteResult] = Future()
 
         def decide() -> None:
             problem = check_topic(topic)
             if problem:
                 raise WriteError(problem, None, "topic")
-            self._publish(future, topic, topic, payload)
+            self._publish(future, topic, topic, payload, qos=qos, retain=retain)
 
         self._ask(future, topic, decide)
         return future
@@ -1102,6 +1250,18 @@ def _as_int(value: object) -> object:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _log_failure(line: str, topic: str, future: Future[WriteResult]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("line %s: sparkplug: %s not published: %s", line, topic, exc)
+
+
+def _log_on_connect_failure(future: Future[WriteResult]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("publish on connect: %s", exc)
 
 
 def _complete(future: Future[WriteResult], result: WriteResult) -> None:

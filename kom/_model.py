@@ -78,6 +78,8 @@ class Reason(enum.StrEnum):
     LIMITS = "limits"
     WILL = "will"
     COMM = "comm"
+    STALE = "stale"
+    QUALITY = "quality"  # the source itself reports the value bad (Sparkplug B Quality property)
 
 
 #: Builds a NamedTuple record from the tuple of its fields, skipping NamedTuple's Python-level
@@ -101,6 +103,10 @@ class Update(NamedTuple):
     received: datetime
     topic: str | None
     detail: str | None = None
+    #: The message was a retained one: the broker's last stored value, sent on subscribing,
+    #: not a reading that just happened (with no time in the payload, `ts` is when kom
+    #: received it, not when the value was measured).
+    retained: bool = False
 
     @property
     def valid(self) -> bool:

@@ -23,6 +23,7 @@ class Rule(enum.StrEnum):
     REGEX = "regex"
     FALLBACK = "fallback"
     UNROUTED = "unrouted"
+    SPARKPLUG = "sparkplug"  # SPEC §14: by the Sparkplug topic's group, node and device
 
 
 class Route(NamedTuple):

@@ -19,16 +19,29 @@ import attrs
 import orjson
 
 from ._address import MISSING, Kind, Step, compile_many
+from ._binary import BinaryDataError, field_reader
 from ._config import LineConfig, StationConfig, TagConfig
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
+from ._freshness import time_bounds
+from ._lenient import loads as lenient_json
 from ._model import Quality, Reason, Update, Value, ValueType, new_record
 from ._processing import Processing
+from ._timemask import Zone
 
 VALID = Quality.VALID
 INVALID = Quality.INVALID
 INPUT_KINDS = frozenset(
-    {Kind.IN_TOPIC, Kind.IN_DATA, Kind.IN_ID, Kind.JSON, Kind.JSONPATH, Kind.TOPIC, Kind.PROP}
+    {
+        Kind.IN_TOPIC,
+        Kind.IN_DATA,
+        Kind.IN_ID,
+        Kind.JSON,
+        Kind.JSONPATH,
+        Kind.TOPIC,
+        Kind.BINARY,
+        Kind.PROP,
+    }
 )
 
 
@@ -111,19 +124,26 @@ class Decoder:
         self._props = props
         self._json = plan.json
         self._time_slot = plan.time_slot
+        self._payload_slot = plan.payload_slot
         self._read_many = plan.read_many
         self._decode_middle = _compile_middle(self._middle, self._slow)
         self._mask = line.time_mask
-        self._zone = line.time_zone
+        self._zone = station.time_zone or line.time_zone
+        #: SPEC §16: max_future / max_past (the station's, else the line's); None when off.
+        self._time_check = time_bounds(
+            station.max_future if station.max_future is not None else line.max_future,
+            station.max_past if station.max_past is not None else line.max_past,
+        )
         self._max_payload = line.max_payload
         self.input_tags = tuple(r.full for r in (*first, *middle, *last, *props))
         #: Invalid updates handed out so far (the core counts them as decode errors).
         self.invalid = 0
         #: Last reported (value, valid) per tag with dead band or change-only filtering.
         self.last: dict[str, tuple[Value, bool]] = {}
-        #: Set when a message had no time field, or none is configured (SPEC §7: the line
-        #: warns once per station unless ignore_missing_time).
-        self.time_missing = self._time_slot < 0
+        #: Set when a message had no time field, or a JSON station has none configured (SPEC
+        #: §7: the line warns once per station unless ignore_missing_time). A text payload
+        #: has no fields: its values take the receive time without a warning.
+        self.time_missing = plan.json and self._time_slot < 0
 
     def decode(self, msg: Message, groups: Mapping[str, str | None]) -> list[Update]:
         """The updates for `msg`; never raises for any payload or topic."""
@@ -143,7 +163,7 @@ class Decoder:
                 failure = too_big
             else:
                 try:
-                    doc = orjson.loads(payload)
+                    doc = lenient_json(payload)
                 except orjson.JSONDecodeError as exc:
                     failure = (Reason.PARSE, f"payload is not JSON: {exc}")
             if failure is None:
@@ -160,6 +180,20 @@ class Decoder:
                         except TimeMaskError as exc:
                             # SPEC §7: an unreadable timestamp makes the content invalid.
                             failure = (Reason.TIME, str(exc))
+                        else:
+                            check = self._time_check
+                            if check is not None:
+                                problem = check(ts, received)
+                                if problem is not None:
+                                    # SPEC §16: a time far from now is as bad as none.
+                                    failure = (Reason.TIME, problem)
+                                    ts, traw = received, _NO_TIME
+        elif self._payload_slot >= 0:
+            # BIN=$ tags (text stations only) read the payload's own bytes (SPEC §15).
+            if too_big is not None:
+                failure = too_big
+            else:
+                raws = (payload,)
         updates: list[Update] = []
         append = updates.append
         topic = msg.topic
@@ -181,6 +215,8 @@ class Decoder:
             self._decode_properties(msg.properties, ts, received, topic, append)
         for r in self._last:
             self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
+        if msg.retain:
+            return _retained(updates, ts is received)
         return updates
 
     def _decode_properties(
@@ -261,7 +297,9 @@ class Decoder:
         else:
             quality = INVALID
             self.invalid += 1
-        append(new_record(Update, (r.full, value, quality, reason, ts, received, topic, detail)))
+        append(
+            new_record(Update, (r.full, value, quality, reason, ts, received, topic, detail, False))
+        )
 
     def invalidate(self, reason: Reason, now: datetime, detail: str | None = None) -> list[Update]:
         """Every input tag `invalid` with `reason` (will, comm)."""
@@ -269,6 +307,26 @@ class Decoder:
         return [
             Update(name, None, INVALID, reason, now, now, None, detail) for name in self.input_tags
         ]
+
+
+#: The detail of a retained value whose payload had no time of its own.
+RETAINED_UNTIMED = "retained value without a source time: ts is when kom received it"
+
+
+def _retained(updates: list[Update], untimed: bool) -> list[Update]:
+    """The updates of a retained message, marked `retained` (SPEC §9).
+
+    A retained message is the broker's last stored value, sent because kom subscribed, not
+    a reading that just happened. With a time in the payload, `ts` is that time; without
+    one, `ts` stays the receive time (kom knows no better) and the detail says so, so that
+    no reader takes it for a fresh measurement.
+    """
+    return [
+        u._replace(retained=True, detail=RETAINED_UNTIMED)
+        if untimed and u.detail is None
+        else u._replace(retained=True)
+        for u in updates
+    ]
 
 
 #: Inline checks for raw values that need no conversion, by kind (SPEC §4 table): a finite
@@ -350,7 +408,7 @@ def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
             continue
         body.append(f"    raw = raws[{slot}]")
         for n, (test, value) in enumerate(fast):
-            update = f"(N{i}, {value}, VALID, None, ts, received, topic, None)"
+            update = f"(N{i}, {value}, VALID, None, ts, received, topic, None, False)"
             body += [
                 f"    {'if' if n == 0 else 'elif'} {test}:",
                 f"        append(new(Update, {update}))",
@@ -371,6 +429,8 @@ def _converted(r: _Reader, raw: Any, missing: str) -> tuple[Value, Reason | None
         return None, Reason.MISSING, f"{r.full}: {missing}"
     try:
         return r.convert(raw), None, None
+    except BinaryDataError as exc:  # SPEC §15: undecodable or too short
+        return None, Reason.PARSE, f"{r.full}: {exc}"
     except ConversionError as exc:
         return None, Reason.TYPE, f"{r.full}: {exc}"
 
@@ -385,28 +445,33 @@ class _Plan(NamedTuple):
     json: bool
     time_slot: int  # the line's time field in what read_many returns; -1 without
     read_many: Callable[[Any], list[Any]] | None
+    payload_slot: int = -1  # BIN=$ tags: the payload's bytes follow the JSON values
 
 
 def _plan(station: StationConfig, line: LineConfig) -> _Plan:
     """The readers of a station's input tags, named by tag alone, in SPEC §4 order.
 
-    It depends on the tags, the station's payload type and the line only: the stations of
-    one device type share one (building 10,000 stations, this was most of the time).
+    It depends on the tags, the station's payload type and time zone and the line only: the
+    stations of one device type share one (building 10,000 stations, this was most of the time).
     """
     first: list[_Reader] = []
     middle: list[_Reader] = []
     last: list[_Reader] = []
     props: list[_Reader] = []
     paths: list[tuple[Step, ...]] = []
+    zone = station.time_zone or line.time_zone
+    whole = False  # BIN=$ tags: given their slot once the paths are known
     for tag in station.tags:
         if tag.address is None or tag.address.kind not in INPUT_KINDS:
             continue
         kind = tag.address.kind
         slot = -1
-        if kind is Kind.JSON:
+        if kind is Kind.JSON or (kind is Kind.BINARY and tag.address.is_json):
             slot = len(paths)
             paths.append(tag.address.steps)
-        reader = _reader(tag, line, slot)
+        elif kind is Kind.BINARY:
+            whole = True
+        reader = _reader(tag, line, slot, zone)
         if kind is Kind.IN_ID:
             last.append(reader)
         elif kind is Kind.PROP:
@@ -424,23 +489,47 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
         time_slot = len(paths)
         paths.append(line.time_field)
     read_many = compile_many(paths) if paths else None
-    return _Plan(tuple(first), tuple(middle), tuple(last), tuple(props), json, time_slot, read_many)
+    payload_slot = -1
+    if whole and not json:  # the configuration allows BIN=$ on text stations alone
+        payload_slot = 0  # no JSON values: the payload is the only one
+        middle = [
+            r._replace(slot=payload_slot) if r.kind is Kind.BINARY and r.slot < 0 else r
+            for r in middle
+        ]
+    return _Plan(
+        tuple(first),
+        tuple(middle),
+        tuple(last),
+        tuple(props),
+        json,
+        time_slot,
+        read_many,
+        payload_slot,
+    )
 
 
-def _reader(tag: TagConfig, line: LineConfig, slot: int) -> _Reader:
+def _reader(tag: TagConfig, line: LineConfig, slot: int, zone: Zone) -> _Reader:
     """A tag's reader, named by the tag alone (the decoder puts the station's name before)."""
     assert tag.address is not None
     processing, filtered = _processing_for(tag.processing, tag.type)
+    convert = converter(tag.type, line.time_mask, zone)
+    kind_name = tag.type.kind
+    binary = tag.address.binary
+    if binary is not None:
+        # SPEC §15: the text is decoded and unpacked before the type's own conversion;
+        # no inline fast path (kind_name "" has none), the converter does it all.
+        convert = field_reader(binary, tag.encoding or "base64", convert)
+        kind_name = ""
     return _Reader(
         full=tag.name,
         kind=tag.address.kind,
         read=tag.address.read,
         group=tag.address.group,
-        convert=converter(tag.type, line.time_mask, line.time_zone),
+        convert=convert,
         processing=processing,
         filtered=filtered,
         slot=slot,
-        kind_name=tag.type.kind,
+        kind_name=kind_name,
     )
 
 
@@ -504,6 +593,10 @@ class Station:
     groups: Mapping[str, str | None] = attrs.field(factory=dict)
     overflow: int = 0
     output_values: dict[str, Value] = attrs.field(factory=dict)
+    #: Whether the `comm` updates of the current communication error went out. A station
+    #: starts in that error before the line ever connected, and those updates are still due
+    #: when the first attempt fails (the broker unreachable from the start).
+    comm_reported: bool = False
 
     @classmethod
     def build(
@@ -516,7 +609,7 @@ class Station:
         with the same tags (keyed by the tag records' identity, which `config` keeps alive)."""
         plan = None
         if plans is not None:
-            key = (*map(id, config.tags), config.payload_type)
+            key = (*map(id, config.tags), config.payload_type, config.time_zone)
             known = plans.get(key)
             if known is None:
                 plan = _plan(config, line)
@@ -551,6 +644,7 @@ class Station:
         if to not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"station {self.name!r}: {self.state.value} -> {to.value}")
         self.state = to
+        self.comm_reported = False
 
     def receive(self, msg: Message, groups: Mapping[str, str | None]) -> Delivery:
         """Process a routed message; with ACK_ID, hold it behind the one being processed."""
@@ -627,9 +721,17 @@ class Station:
             Reason.WILL, now, f"station {self.name!r}: device will received"
         )
 
+    def stale(self, now: datetime) -> list[Update]:
+        """No message for `stale_after` seconds (SPEC §16): the inputs invalid, `stale`."""
+        seconds = self.config.stale_after or 0
+        return self.decoder.invalidate(
+            Reason.STALE, now, f"station {self.name!r}: no message for {seconds:g} s"
+        )
+
     def lost(self, now: datetime) -> list[Update]:
-        """The line went down: communication error and invalid inputs."""
-        if not self.active:
+        """The line went down: communication error and invalid inputs (once per outage)."""
+        if not self.active or (self.state is StationState.COMM and self.comm_reported):
             return []
         self.move(StationState.COMM)
+        self.comm_reported = True
         return self.decoder.invalidate(Reason.COMM, now, f"station {self.name!r}: line down")

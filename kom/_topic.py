@@ -74,3 +74,37 @@ class TopicFilter:
             if level != "+" and level != parts[i]:
                 return False
         return len(parts) == len(self.levels)
+
+
+def overlap(a: TopicFilter, b: TopicFilter) -> bool:
+    """Whether some topic matches both filters (their `$share/` prefixes aside).
+
+    One client with both subscriptions may get a message on such a topic twice: MQTT 3.1.1
+    §3.3.5 lets a broker send a copy for each matching subscription.
+    """
+    x, y = a.levels, b.levels
+    # MQTT 3.1.1 §4.7.2: a wildcard first level does not match a topic starting with $.
+    if (x[0].startswith("$") and y[0] in ("+", "#")) or (
+        y[0].startswith("$") and x[0] in ("+", "#")
+    ):
+        return False
+    for i in range(max(len(x), len(y)) + 1):
+        p = x[i] if i < len(x) else None
+        q = y[i] if i < len(y) else None
+        if p == "#" or q == "#":  # '#' also matches its parent level (§4.7.1.2)
+            return True
+        if p is None or q is None:
+            return p is None and q is None
+        if "+" not in (p, q) and p != q:
+            return False
+    return True  # pragma: no cover - the loop returns by the level past the shorter end
+
+
+def overlapping(filters: list[TopicFilter]) -> list[tuple[str, str]]:
+    """Each pair of distinct filters (by text) that some topic matches both."""
+    return [
+        (a.text, b.text)
+        for i, a in enumerate(filters)
+        for b in filters[i + 1 :]
+        if a.text != b.text and overlap(a, b)
+    ]

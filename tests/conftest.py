@@ -72,9 +72,21 @@ def topic_prefix(request: pytest.FixtureRequest) -> str:
     return f"kom-test/{name}-{secrets.token_hex(3)}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """kom's state (the subscriptions of kept sessions) in a directory of the test run's own."""
+    before = os.environ.get("KOM_STATE_DIR")
+    os.environ["KOM_STATE_DIR"] = str(tmp_path_factory.mktemp("kom-state"))
+    yield
+    if before is None:
+        os.environ.pop("KOM_STATE_DIR", None)
+    else:
+        os.environ["KOM_STATE_DIR"] = before
+
+
 @pytest.fixture
 def no_backoff() -> Iterator[None]:
-    """Reconnection back-off of zero for this test (kom._backoff.set_testing)."""
+    """Reconnect without back-off pauses for this test (`pytestmark = usefixtures(...)`)."""
     from kom._backoff import set_testing
 
     set_testing(True)

@@ -222,3 +222,43 @@ payloads = st.one_of(
     st.integers(1, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
     st.text(max_size=16).map(lambda s: s.encode("utf-8", "surrogatepass")),
 )
+
+
+#: (Sparkplug datatype code, a value of it) for the scalar datatypes kom encodes (§6.4.16).
+def sparkplug_values() -> st.SearchStrategy[tuple[int, object]]:
+    from kom.sparkplug._payload import DataType as D
+
+    def ints(bits: int, signed: bool) -> st.SearchStrategy[int]:
+        if signed:
+            return st.integers(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        return st.integers(0, (1 << bits) - 1)
+
+    times = st.datetimes(
+        min_value=datetime(1970, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(UTC)
+    ).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+    pairs = [
+        *(
+            st.tuples(st.just(int(code)), ints(bits, True))
+            for code, bits in ((D.Int8, 8), (D.Int16, 16), (D.Int32, 32), (D.Int64, 64))
+        ),
+        *(
+            st.tuples(st.just(int(code)), ints(bits, False))
+            for code, bits in ((D.UInt8, 8), (D.UInt16, 16), (D.UInt32, 32), (D.UInt64, 64))
+        ),
+        st.tuples(st.just(int(D.Double)), st.floats(allow_nan=False)),
+        st.tuples(st.just(int(D.Float)), st.floats(width=32, allow_nan=False)),
+        st.tuples(st.just(int(D.Boolean)), st.booleans()),
+        st.tuples(st.sampled_from([int(D.String), int(D.Text), int(D.UUID)]), st.text()),
+        st.tuples(st.just(int(D.DateTime)), times),
+        st.tuples(st.sampled_from([int(D.Bytes), int(D.File)]), st.binary()),
+        st.tuples(st.just(int(D.Int16Array)), st.lists(ints(16, True))),
+        st.tuples(st.just(int(D.UInt64Array)), st.lists(ints(64, False))),
+        st.tuples(st.just(int(D.DoubleArray)), st.lists(st.floats(allow_nan=False))),
+        st.tuples(st.just(int(D.BooleanArray)), st.lists(st.booleans())),
+        st.tuples(
+            st.just(int(D.StringArray)),
+            st.lists(st.text(alphabet=st.characters(blacklist_characters="\0", codec="utf-8"))),
+        ),
+        st.tuples(st.just(int(D.DateTimeArray)), st.lists(times)),
+    ]
+    return st.one_of(pairs)

@@ -351,13 +351,17 @@ def test_address_steps_and_group() -> None:
         ("OUT_TOPIC", ValueType.TxtO, None),
         ("OUT_VALUE", ValueType.TxtI, "OUT_VALUE needs type TxtO, found TxtI"),
         ("JA=a", ValueType.TiA, None),
-        ("JA=a", ValueType.Ao, "JA= is for input types, found Ao"),
+        ("JA=a", ValueType.Ao, None),
+        ("JA=a", ValueType.TxtO, None),
+        ("JA=a", ValueType.ToR, None),
         ("JP=$.a", ValueType.Qi, None),
-        ("TOPIC=g", ValueType.Do, "TOPIC= is for input types, found Do"),
+        ("JP=$.a", ValueType.Co, None),
+        ("TOPIC=g", ValueType.Do, None),
+        ("BIN=d@0:u8", ValueType.ToA, None),
     ],
 )
 def test_check_type(text: str, value_type: ValueType, problem: str | None) -> None:
-    """Fixed addresses take one type; JSON and topic addresses take any input type."""
+    """Fixed addresses take one type; JSON, topic and binary addresses take every type."""
     assert check_type(parse_address(text), value_type) == problem
 
 

@@ -177,7 +177,10 @@ def test_line_key_accepted(toml: str, attribute: str, expected: object) -> None:
         ("receive_maximum = 0", "line.receive_maximum: expected 1..65535, found 0"),
         ("retain_handling = 3", "line.retain_handling: expected 0..2, found 3"),
         ("user_properties = { n = 1 }", "line.user_properties.n: expected a string, found 1"),
-        ('payload_type = "xml"', "line.payload_type: expected one of 'text', 'json', found 'xml'"),
+        (
+            'payload_type = "xml"',
+            "line.payload_type: expected one of 'text', 'json', 'sparkplug_b', found 'xml'",
+        ),
         ('topic_filter = "a/#/b"', "line.topic_filter: '#' must be a whole last level"),
         ('topic_filter = ["ok", "a+"]', "line.topic_filter[2]: '+' must be a whole level"),
         ('topic_filter = ["ok", 5]', "line.topic_filter[2]: expected a string, found 5"),
@@ -617,8 +620,8 @@ def test_every_error_collected() -> None:
     paths = sorted(e.split(": ", 1)[0] for e in error.errors)
     assert paths == ["line.keep_alive", "station[2].mode", "station[2].tag[3].address"]
     assert (
-        "station[2].tag[3].address: unknown address 'JX=foo' "
-        "(expected IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
+        "station[2].tag[3].address: unknown address 'JX=foo' (expected IN_TOPIC, IN_DATA, "
+        "IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
     ) in error.errors
     assert str(error).startswith("stations.toml: 3 configuration errors\n")
     assert all(f"\n  {e}" in str(error) for e in error.errors)
@@ -796,15 +799,17 @@ def test_station_payload_type_overrides_line() -> None:
         ("JA=v", "Ai", True),
         ("JA=v", "Qi", True),
         ("JA=v", "TiR", True),
-        ("JA=v", "Ao", False),
-        ("JA=v", "Do", False),
-        ("JP=$.v", "TxtO", False),
+        ("JA=v", "Ao", True),
+        ("JA=v", "Do", True),
+        ("JA=v", "ToA", True),
+        ("JP=$.v", "TxtO", True),
         ("TOPIC=g", "TxtI", True),
-        ("TOPIC=g", "Co", False),
+        ("TOPIC=g", "Co", True),
     ],
 )
 def test_address_type(address: str, value_type: str, accepted: bool) -> None:
-    """Each address kind takes its own type: IN_ID Ci, ACK_ID Co, IN_* TxtI, JSON inputs only."""
+    """Each address kind takes its own type: IN_ID Ci, ACK_ID Co, IN_* TxtI; JSON and topic
+    addresses every type (on an output type the device reports the output's state)."""
     tag = f'name = "t"\ntype = "{value_type}"\naddress = "{address}"'
     text = station_file(tag, line='payload_type = "json"', address="d/(?P<g>.*)")
     if accepted:
@@ -956,8 +961,9 @@ def test_processing_refused(tag: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
-def test_example_loads(path: Path) -> None:
-    """Every example configuration loads without error."""
+def test_example_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every example configuration loads without error (given the secrets they name)."""
+    monkeypatch.setenv("TTS_API_KEY", "NNSXS.EXAMPLE")
     cfg = load(path)
     assert cfg.lines
     assert cfg.stations
@@ -973,11 +979,15 @@ def test_netio_example_shape() -> None:
     assert station.will_topic == "devices/netio-4All-25E0/status"
     assert station.will_payload == b"offline"
     writable = [t.name for t in station.tags if t.publish is not None]
-    assert writable == [f"out{n}{suffix}" for n in range(1, 5) for suffix in ("", "_action")]
+    assert writable == [
+        *(f"out{n}{suffix}" for n in range(1, 5) for suffix in ("", "_action", "_restart")),
+        "get_description",
+    ]
 
 
-def test_examples_are_distinct_installations() -> None:
+def test_examples_are_distinct_installations(monkeypatch: pytest.MonkeyPatch) -> None:
     """The example files name their own client ids, distinct from each other."""
+    monkeypatch.setenv("TTS_API_KEY", "NNSXS.EXAMPLE")
     ids = {load(path).lines[0].client_id for path in EXAMPLES.glob("*.toml")}
     assert len(ids) == len(list(EXAMPLES.glob("*.toml")))
 

@@ -781,6 +781,7 @@ NETIO_TYPES: dict[ValueType, type] = {
     ValueType.Di: bool,
     ValueType.TiA: datetime,
     ValueType.TiR: timedelta,
+    ValueType.TxtI: str,
 }
 
 
@@ -813,13 +814,40 @@ def test_netio_document() -> None:
         "total_energy": measure["TotalEnergy"],
         "energy_start": datetime(2026, 11, 22, 9, 0, tzinfo=UTC),
         "out1_state_by_id": doc["Outputs"][0]["State"] == 1,
+        "phase": measure["Phase"],
     }
+    agent = doc["Agent"]
+    for key, name in [
+        ("Model", "model"),
+        ("DeviceName", "device_name"),
+        ("MAC", "mac"),
+        ("SerialNumber", "serial_number"),
+        ("JSONVer", "json_version"),
+        ("Version", "firmware"),
+        ("NumOutputs", "num_outputs"),
+        ("NumInputs", "num_inputs"),
+    ]:
+        expected[name] = agent[key]
     for output in doc["Outputs"]:
         n = output["ID"]
         expected[f"out{n}_state"] = output["State"] == 1
-        for key, name in [("Load", "load"), ("Current", "current"), ("Energy", "energy")]:
+        for key, name in [
+            ("Load", "load"),
+            ("Current", "current"),
+            ("Energy", "energy"),
+            ("PowerFactor", "power_factor"),
+            ("Phase", "phase"),
+            ("ReverseEnergy", "reverse_energy"),
+        ]:
             expected[f"out{n}_{name}"] = float(output[key])
-        expected[f"out{n}_power_factor"] = float(output["PowerFactor"])
+        expected[f"out{n}_name"] = output["Name"]
+        expected[f"out{n}_running_action"] = output["Action"]
+        expected[f"out{n}_delay"] = output["Delay"]
+    for item in doc["Inputs"]:
+        n = item["ID"]
+        expected[f"in{n}_state"] = item["State"] == 1
+        expected[f"in{n}_s0_counter"] = item["S0Counter"]
+        expected[f"in{n}_name"] = item["Name"]
     assert values(result.updates) == expected
 
 

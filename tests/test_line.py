@@ -124,7 +124,7 @@ def test_a_silent_broker_is_detected_within_ping_interval_plus_reply_timeout(
 def test_filter_change_resubscribes_on_the_same_session(
     broker: Mosquitto, topic_prefix: str
 ) -> None:
-    """Reloading with other topic filters sends UNSUBSCRIBE/SUBSCRIBE without a new connection."""
+    """Reloading with other topic filters sends SUBSCRIBE/UNSUBSCRIBE without a new connection."""
     got = Collector()
     line = _line(broker, topic_prefix, topic_filter=f"{topic_prefix}/a/#")
     body = STATION.format(prefix=topic_prefix)
@@ -134,6 +134,7 @@ def test_filter_change_resubscribes_on_the_same_session(
         assert broker.connections(client_id) == 1
         kom.reload(config(body, **{**line, "topic_filter": f"{topic_prefix}/b/#"}))
         broker.wait_for_log(f"{client_id} 1 {topic_prefix}/b/#")
+        broker.wait_for_log("Received UNSUBSCRIBE from " + client_id)  # sent after SUBSCRIBE
         pub.publish(f"{topic_prefix}/a/data", '{"v": 1}')
         pub.publish(f"{topic_prefix}/b/data", '{"v": 2}')
         got.wait(lambda us: any(u.tag == "dev.v" for u in us))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -20,6 +21,7 @@ from kom.sim._netio_model import (
     CommandResult,
     NetioDevice,
     OutputChanged,
+    report_key,
 )
 
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
@@ -48,10 +50,11 @@ def states(device: NetioDevice) -> list[int]:
 def fixture_document() -> dict[str, Any]:
     """The scenario frozen into tests/data/netio-4all-state.json.
 
-    One hour of a 4-output strip ticking every minute; output 3 is switched off after
-    twenty minutes. Regenerate the file from this function if the model changes on purpose.
+    One hour of a 4-output strip with two inputs ticking every minute; output 3 is switched
+    off after twenty minutes. Regenerate the file from this function if the model changes on
+    purpose.
     """
-    device = NetioDevice("netio-4All-25E0", rng=random.Random(2026), started=T0)
+    device = NetioDevice("netio-4All-25E0", rng=random.Random(2026), started=T0, inputs=2)
     now = T0
     for minute in range(1, 61):
         now = T0 + timedelta(minutes=minute)
@@ -221,7 +224,9 @@ BAD_COMMANDS = [
     (b"NaN", "not JSON"),
     (b"[]", "not a JSON object"),
     (b'"SetOutputs"', "not a JSON object"),
-    (b"{}", "unknown Operation None"),
+    (b"{}", "no Operation"),
+    (b'{"Outputs":[{"ID":1,"Action":1}]}', "no Operation"),
+    (b'{"Operation":null}', "unknown Operation None"),
     (b'{"Operation":"setoutputs"}', "unknown Operation 'setoutputs'"),
     (b'{"Operation":"SetOutputs"}', "Outputs must be a list"),
     (b'{"Operation":"SetOutputs","Outputs":{"ID":1}}', "Outputs must be a list"),
@@ -451,6 +456,7 @@ GLOBAL_MEASURE = {
     "Frequency",
     "TotalCurrent",
     "OverallPowerFactor",
+    "Phase",
     "TotalLoad",
     "TotalEnergy",
     "EnergyStart",
@@ -555,6 +561,8 @@ def test_number_of_outputs(outputs: int) -> None:
         {"client_id": ""},
         {"client_id": "a/b"},
         {"client_id": "a+"},
+        {"inputs": 9},
+        {"inputs": -1},
         {"started": datetime(2026, 1, 1)},  # naive on purpose
     ],
 )
@@ -692,3 +700,48 @@ def test_naive_time_is_refused_by_commands() -> None:
         device.handle_command(b'{"Operation":"GetDescription"}', naive)
     with pytest.raises(ValueError, match="timezone-aware"):
         device.handle_flex_action(FLEX + "1/action", b"1", naive)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_inputs_block_follows_the_time_since_start() -> None:
+    """Each input's contact opens and closes in turn and its S0 counter only grows."""
+    device = make(inputs=2)
+    first = device.state(T0)
+    assert first["Agent"]["NumInputs"] == 2
+    assert [set(i) for i in first["Inputs"]] == [{"ID", "Name", "State", "S0Counter"}] * 2
+    assert [i["S0Counter"] for i in first["Inputs"]] == [0, 0]
+    counters = [
+        [i["S0Counter"] for i in device.state(at(seconds))["Inputs"]]
+        for seconds in range(0, 7200, 300)
+    ]
+    for before, after in itertools.pairwise(counters):
+        assert all(a <= b for a, b in zip(before, after, strict=True))
+    assert counters[-1][0] > 0
+    states = {device.state(at(seconds))["Inputs"][0]["State"] for seconds in range(0, 3600, 30)}
+    assert states == {0, 1}
+
+
+def test_inputs_leave_the_measurements_as_they_were() -> None:
+    """A device with inputs measures exactly as the same device without them."""
+    plain, with_inputs = make(rng=random.Random(5)), make(rng=random.Random(5), inputs=3)
+    for device in (plain, with_inputs):
+        for s in range(10, 200, 10):
+            device.tick(at(s))
+    document = with_inputs.state(at(200))
+    assert len(document.pop("Inputs")) == 3
+    document["Agent"]["NumInputs"] = 0
+    assert document == plain.state(at(200))
+    assert "Inputs" not in plain.state(at(200))
+
+
+def test_report_key_ignores_the_clock_only() -> None:
+    """Two documents that differ only in Time and Uptime have one key; any other field counts."""
+    device = make()
+    device.tick(at(10))
+    a, b = device.state(at(10)), device.state(at(11))
+    assert a["Agent"]["Time"] != b["Agent"]["Time"]
+    assert report_key(a) == report_key(b)
+    device.set_action(1, 0, at(11))
+    assert report_key(device.state(at(11))) != report_key(a)

@@ -18,6 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from kom.sim import NetioSimulator, parse_broker, run_netio
+from kom.sim._netio_model import report_key
 from tests._broker import Mosquitto, free_port
 
 TIMEOUT = 5.0
@@ -240,6 +241,47 @@ def test_flex_mode_publishes_state_and_load_and_obeys_action(
     assert sim.device.output_state(3) == 0
 
 
+def test_update_period_0_sends_the_state_only_when_it_changed(
+    make_sim: SimFactory, observer: Observer
+) -> None:
+    """With period 0 the state goes out on connect and on change, never periodically."""
+    # Measurements are looked at only hourly here, so nothing changes unless commanded.
+    sim = make_sim(period=0, measure_interval=3600)
+    topic = sim.device.events_topic
+    observer.next(on(topic))
+    with pytest.raises(AssertionError, match="no matching message"):
+        observer.next(on(topic), timeout=3 * FAST_PERIOD + QUIET)
+    observer.publish(sim.device.devicebound_topic, set_outputs({"ID": 2, "Action": 0}))
+    _, msg = observer.next(on(topic), timeout=PROMPT)
+    assert output(msg, 2)["State"] == 0
+    # A command that changes nothing (output 2 is already off) is not news either.
+    observer.publish(sim.device.devicebound_topic, set_outputs({"ID": 2, "Action": 0}))
+    with pytest.raises(AssertionError, match="no matching message"):
+        observer.next(on(topic), timeout=QUIET)
+
+
+def test_update_period_0_reports_measured_values_that_changed(
+    make_sim: SimFactory, observer: Observer
+) -> None:
+    """With period 0, a change of a measured value is sent when it is looked at, and only then."""
+    sim = make_sim(period=0, measure_interval=FAST_PERIOD)
+    topic = sim.device.events_topic
+    keys = [report_key(document(observer.next(on(topic))[1])) for _ in range(4)]
+    assert all(a != b for a, b in itertools.pairwise(keys)), "an unchanged state was sent"
+
+
+def test_inputs_block_carries_id_name_state_and_s0_counter(
+    make_sim: SimFactory, observer: Observer
+) -> None:
+    """The simulated strip has two digital inputs with S0 counters by default."""
+    sim = make_sim(period=LONG_PERIOD)
+    _, msg = observer.next(on(sim.device.events_topic))
+    state = document(msg)
+    assert state["Agent"]["NumInputs"] == 2
+    assert [(i["ID"], i["Name"]) for i in state["Inputs"]] == [(1, "Input 1"), (2, "Input 2")]
+    assert all(i["State"] in (0, 1) and type(i["S0Counter"]) is int for i in state["Inputs"])
+
+
 def test_flex_mode_ignores_generic_commands(make_sim: SimFactory, observer: Observer) -> None:
     """A flex-mode device is not subscribed to the Generic devicebound topic."""
     sim = make_sim(mode="flex", period=LONG_PERIOD)
@@ -381,7 +423,8 @@ def test_run_netio_refuses_bad_arguments(broker: str, error: str) -> None:
     [
         ({"mode": "json"}, "mode"),
         ({"outputs": 9}, "outputs"),
-        ({"period": 0}, "period"),
+        ({"period": -1}, "period"),
+        ({"inputs": 9}, "inputs"),
         ({"id": "a/b"}, "client_id"),
     ],
 )

@@ -158,6 +158,11 @@ def test_render_topic_wildcard_refused(value: str, problem: str) -> None:
         ("out1", False, '{"Operation":"SetOutputs","Outputs":[{"ID":1,"Action":0}]}'),
         ("out3", True, '{"Operation":"SetOutputs","Outputs":[{"ID":3,"Action":1}]}'),
         ("out2_action", 4, '{"Operation":"SetOutputs","Outputs":[{"ID":2,"Action":4}]}'),
+        (
+            "out4_restart",
+            2500,
+            '{"Operation":"SetOutputs","Outputs":[{"ID":4,"Action":2,"Delay":2500}]}',
+        ),
     ],
 )
 def test_netio_command(tag: str, value: Value, payload: str) -> None:
@@ -169,6 +174,15 @@ def test_netio_command(tag: str, value: Value, payload: str) -> None:
     assert check_topic(topic) is None  # the write goes out: MQTT allows the trailing level
     assert body.decode() == payload
     assert orjson.loads(body)["Operation"] == "SetOutputs"
+
+
+def test_netio_get_description() -> None:
+    """The NETIO profile's get_description tag sends the GetDescription operation."""
+    station, config = load(EXAMPLES / "netio-4all.toml").find_tag("netio.get_description")
+    assert config.publish is not None
+    topic, body = render(config.publish, True, station.name, "get_description", {})
+    assert topic == "devices/netio-4All-25E0/messages/devicebound/"
+    assert orjson.loads(body) == {"Operation": "GetDescription"}
 
 
 @pytest.mark.parametrize(("value", "payload"), [(True, "1"), (False, "0")])

@@ -101,8 +101,8 @@ def test_unrouted_constant() -> None:
 
 
 def test_rule_names() -> None:
-    """The rules print as `kom route --json` names them (SPEC §9)."""
-    names = ["will", "catch-all", "exact", "regex", "fallback", "unrouted"]
+    """The rules print as `kom route --json` names them (SPEC §9, and §14 for Sparkplug)."""
+    names = ["will", "catch-all", "exact", "regex", "fallback", "unrouted", "sparkplug"]
     assert [str(rule) for rule in Rule] == names
 
 

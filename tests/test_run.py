@@ -128,7 +128,16 @@ def test_run_jsonl_to_stdout_has_the_spec_record_format(
     records = [json.loads(line) for line in out.decode().splitlines()]
     assert [r["value"] for r in records] == [5, None, None]
     assert records[2]["reason"] == "comm"  # closed off on stop
-    assert set(records[0]) == {"tag", "value", "quality", "reason", "ts", "received", "topic"}
+    assert set(records[0]) == {
+        "tag",
+        "value",
+        "quality",
+        "reason",
+        "ts",
+        "received",
+        "topic",
+        "retained",
+    }
     assert records[1]["quality"] == "invalid"
     assert records[1]["reason"] == "type"
 
@@ -182,8 +191,8 @@ def test_kom_write_publishes_and_waits_for_completion(
         assert b"QoS 1" in done.stdout
         wait_until(lambda: [m.payload for m in sub.messages()] == [b"start"])
     failed = subprocess.run([*KOM, "write", str(cfg), "a.n", "1"], capture_output=True, timeout=30)
-    assert failed.returncode == 1
-    assert b"not-output" in failed.stderr
+    assert failed.returncode == 2  # a user error, said before connecting
+    assert failed.stderr == b"kom write: a.n: Ci is not an output type [not-output]\n"
 
 
 def test_check_prints_the_routing_table_and_exit_codes(tmp_path: Path) -> None:
@@ -274,7 +283,11 @@ def test_sqlite_rows_match_the_jsonl_records(tmp_path: Path) -> None:
     sink.close()
     with sqlite3.connect(tmp_path / "h.db") as conn:
         rows = conn.execute(
-            "SELECT tag, value, quality, reason, ts, received, topic FROM updates ORDER BY id"
+            "SELECT tag, value, quality, reason, ts, received, topic, retained FROM updates"
+            " ORDER BY id"
         ).fetchall()
     expected = [tuple(record(u).values()) for u in updates]
-    assert rows == [(e[0], int(e[1]) if isinstance(e[1], bool) else e[1], *e[2:]) for e in expected]
+    assert rows == [
+        (e[0], int(e[1]) if isinstance(e[1], bool) else e[1], *e[2:-1], int(e[-1]))
+        for e in expected
+    ]

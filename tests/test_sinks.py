@@ -27,7 +27,7 @@ values = st.one_of(
 )
 updates = st.lists(
     st.builds(
-        lambda tag, value, reason, topic, detail: Update(
+        lambda tag, value, reason, topic, detail, retained: Update(
             tag,
             value if reason is None else None,
             Quality.VALID if reason is None else Quality.INVALID,
@@ -36,12 +36,14 @@ updates = st.lists(
             T + timedelta(milliseconds=2),
             topic,
             detail,
+            retained,
         ),
         st.text(min_size=1),
         values,
         st.none() | st.sampled_from(Reason),
         st.none() | st.text(),
         st.none() | st.text(),
+        st.booleans(),
     ),
     min_size=1,
     max_size=30,
@@ -51,7 +53,8 @@ updates = st.lists(
 def stored(path: Path) -> list[tuple[object, ...]]:
     with sqlite3.connect(path) as conn:
         return conn.execute(
-            "SELECT tag, value, quality, reason, ts, received, topic, detail FROM updates"
+            "SELECT tag, value, quality, reason, ts, received, topic, retained, detail"
+            " FROM updates"
             " ORDER BY id"
         ).fetchall()
 
@@ -61,7 +64,7 @@ def expected(batch: list[Update]) -> list[tuple[object, ...]]:
     with sqlite3.connect(":memory:") as conn:
         return [
             conn.execute(
-                "SELECT ?, ?, ?, ?, ?, ?, ?, ?", (*record(u).values(), u.detail)
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?", (*record(u).values(), u.detail)
             ).fetchone()
             for u in batch
         ]

@@ -33,6 +33,7 @@ import orjson
 __all__ = [
     "IDLE_ACTION",
     "MAX_DELAY_MS",
+    "MAX_INPUTS",
     "MAX_OUTPUTS",
     "OFFLINE",
     "ONLINE",
@@ -41,6 +42,7 @@ __all__ = [
     "Event",
     "NetioDevice",
     "OutputChanged",
+    "report_key",
 ]
 
 #: What the ``Action`` field of an output reads when no timed action is running. The NETIO
@@ -50,6 +52,8 @@ IDLE_ACTION = 6
 MAX_DELAY_MS = 86_400_000
 #: NETIO devices have 1 to 8 outputs ("there can be 1 or 8 outputs").
 MAX_OUTPUTS = 8
+#: Digital inputs with S0 pulse counters: none on a 4All, two on a PowerDIN 4PZ (seeds/001).
+MAX_INPUTS = 8
 #: Payloads of the status topic: published on connect, and set as the last will.
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -63,6 +67,8 @@ _FREQUENCY_STEP = 0.01
 _LOAD_RANGE = (20.0, 400.0)  # nominal load of an appliance, W
 _POWER_FACTOR_RANGE = (0.95, 1.0)
 _LOAD_JITTER = 0.02  # a running appliance draws its nominal load ± 2 %
+_S0_RATE_RANGE = (100.0, 2000.0)  # pulses an hour from the S0 meter on an input
+_CONTACT_PERIOD_RANGE = (60.0, 900.0)  # seconds an input's contact stays closed, then open
 _MAC_PREFIX = (0x24, 0xA4, 0x2C)  # the OUI printed on NETIO devices
 _HEX_SUFFIX = re.compile(r"([0-9A-Fa-f]{4})$")
 
@@ -135,6 +141,40 @@ class _Output:
         return self.nominal_power_factor if self.state else 0.0
 
 
+@attrs.frozen
+class _Input:
+    """One digital input: a contact that opens and closes, and the S0 meter that pulses it.
+
+    Both follow from the time since the device started (no random steps per tick), so adding
+    inputs leaves the random walk of the measurements as it was.
+    """
+
+    id: int
+    pulses_per_hour: float
+    contact_seconds: float
+
+    @property
+    def name(self) -> str:
+        return f"Input {self.id}"
+
+    def state(self, elapsed: float) -> int:
+        return 1 if int(elapsed // self.contact_seconds) % 2 == 0 else 0
+
+    def counter(self, elapsed: float) -> int:
+        return math.floor(self.pulses_per_hour * elapsed / 3600.0)
+
+
+def report_key(document: dict[str, Any]) -> bytes:
+    """What a state document says beyond the clock: equal keys, nothing new to report.
+
+    With an update period of 0, NETIO sends a message only when something changed (seeds/000:
+    "only change messages ... whenever an output state changes", and on measured values for
+    a 4All); `Agent.Time` and `Agent.Uptime` move every second and are not news by themselves.
+    """
+    agent = {k: v for k, v in document.get("Agent", {}).items() if k not in ("Time", "Uptime")}
+    return orjson.dumps({**document, "Agent": agent}, option=orjson.OPT_SORT_KEYS)
+
+
 def _aware_utc(now: datetime, what: str = "now") -> datetime:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, found naive {now.isoformat()}")
@@ -177,7 +217,9 @@ class NetioDevice:
     started: datetime | None = attrs.field(default=None, kw_only=True)
     version: str = attrs.field(default="3.4.2", kw_only=True)
     oem_id: int = attrs.field(default=300, kw_only=True)
+    inputs: int = attrs.field(default=0, kw_only=True)
     _outs: list[_Output] = attrs.field(init=False, factory=list)
+    _ins: list[_Input] = attrs.field(init=False, factory=list)
     _voltage: float = attrs.field(init=False, default=_NOMINAL_VOLTAGE)
     _frequency: float = attrs.field(init=False, default=_NOMINAL_FREQUENCY)
     _mac: str = attrs.field(init=False, default="")
@@ -205,6 +247,20 @@ class NetioDevice:
                     nominal_load=round(self.rng.uniform(*_LOAD_RANGE), 1),
                     nominal_power_factor=round(self.rng.uniform(*_POWER_FACTOR_RANGE), 2),
                     delay_ms=self.default_delay_ms,
+                )
+            )
+        if not _is_int(self.inputs) or not 0 <= self.inputs <= MAX_INPUTS:
+            raise ValueError(f"inputs must be 0..{MAX_INPUTS}, found {self.inputs!r}")
+        # Drawn from a copy of the generator: the device's own stream (the random walk of the
+        # measurements) stays as it was, so a device with inputs measures as one without.
+        draws = random.Random()
+        draws.setstate(self.rng.getstate())
+        for n in range(1, self.inputs + 1):
+            self._ins.append(
+                _Input(
+                    id=n,
+                    pulses_per_hour=round(draws.uniform(*_S0_RATE_RANGE), 1),
+                    contact_seconds=round(draws.uniform(*_CONTACT_PERIOD_RANGE)),
                 )
             )
 
@@ -384,7 +440,11 @@ class NetioDevice:
             return CommandResult("GetDescription", publish=True)
         if operation != "SetOutputs":
             expected = "expected SetOutputs or GetDescription"
-            error = f"unknown Operation {_show(operation)} ({expected})"
+            error = (
+                f"no Operation ({expected})"
+                if "Operation" not in document
+                else f"unknown Operation {_show(operation)} ({expected})"
+            )
             return CommandResult(None, False, error=error)
         try:
             plan = self._plan(document.get("Outputs"))
@@ -491,7 +551,8 @@ class NetioDevice:
         total_load = sum(out["Load"] for out in outputs)
         apparent = self._voltage * total_current / 1000
         overall_pf = min(1.0, total_load / apparent) if apparent else 0.0
-        return {
+        elapsed = max(0.0, (now - started).total_seconds())
+        document: dict[str, Any] = {
             "Agent": {
                 "Model": "NETIO 4All",
                 "DeviceName": self.client_id,
@@ -504,19 +565,31 @@ class NetioDevice:
                 "OemID": self.oem_id,
                 "VendorID": 0,
                 "NumOutputs": self.outputs,
-                "NumInputs": 0,
+                "NumInputs": self.inputs,
             },
             "GlobalMeasure": {
                 "Voltage": round(self._voltage, 1),
                 "Frequency": round(self._frequency, 2),
                 "TotalCurrent": total_current,
                 "OverallPowerFactor": round(overall_pf, 2),
+                "Phase": round(math.degrees(math.acos(overall_pf)), 2) if overall_pf else 0.0,
                 "TotalLoad": total_load,
                 "TotalEnergy": sum(out["Energy"] for out in outputs),
                 "EnergyStart": _iso(started),
             },
             "Outputs": outputs,
         }
+        if self._ins:  # a device without inputs (a 4All) sends no Inputs block
+            document["Inputs"] = [
+                {
+                    "ID": i.id,
+                    "Name": i.name,
+                    "State": i.state(elapsed),
+                    "S0Counter": i.counter(elapsed),
+                }
+                for i in self._ins
+            ]
+        return document
 
     def to_json(self, now: datetime) -> bytes:
         """The state document as the device sends it: compact JSON, UTF-8."""

@@ -7,7 +7,10 @@ the model says it. Everything the device *means* lives in the model; this module
 session alive.
 
 What goes on the wire (SPEC section 10): on connect ``online`` on ``devices/<id>/status`` and
-the state once; then the state every ``period`` and at once after each output change. Every
+the state once; then the state every ``period`` and at once after each output change. With a
+period of 0 (NETIO's "Update period" 0), there is no periodic message: the state goes out only
+when something in it changed, an output or a measured value (looked at every
+``measure_interval`` seconds). Every
 message is QoS 1 without retain, as the real device sends. The last will is ``offline`` on the
 status topic, so an abrupt end (``stop(abrupt=True)``) makes the broker announce it; a clean
 stop publishes ``offline`` itself before DISCONNECT, which discards the will.
@@ -29,7 +32,7 @@ from typing import Literal, Self, TextIO
 from .._config import Endpoint, LineConfig, Will
 from .._errors import LineError
 from .._mqtt import Events, RawMessage, Session
-from ._netio_model import OFFLINE, ONLINE, Action, CommandResult, NetioDevice
+from ._netio_model import OFFLINE, ONLINE, Action, CommandResult, NetioDevice, report_key
 
 __all__ = ["DEFAULT_CLIENT_ID", "Mode", "NetioSimulator", "parse_broker", "run_netio"]
 
@@ -53,6 +56,10 @@ CLOSE_TIMEOUT = 2.0
 JOIN_TIMEOUT = 10.0
 #: paho's own keep-alive: the session notices a broker that went silent without closing.
 KEEP_ALIVE = 30
+#: With an update period of 0, how often the measured values are looked at for changes.
+MEASURE_INTERVAL = 1.0
+#: The simulated strip's digital inputs (S0 counters), as on a PowerDIN 4PZ; 0 is a true 4All.
+DEFAULT_INPUTS = 2
 
 _QOS = 1  # SPEC section 10: "The device publishes with QoS 1 and never sets retain."
 _PULSES = (Action.SHORT_OFF, Action.SHORT_ON)
@@ -95,7 +102,9 @@ class NetioSimulator:
     """A NETIO 4All that lives on an MQTT broker, on a thread of its own.
 
     ``mode`` is ``"generic"`` (JSON state and commands) or ``"flex"`` (one topic per output and
-    quantity). ``period`` is NETIO's update period in seconds. ``seed`` makes the measurements
+    quantity). ``period`` is NETIO's update period in seconds; 0 sends messages only on change
+    (measured values are looked at every ``measure_interval`` seconds). ``inputs`` is the number
+    of digital inputs with S0 counters (the ``Inputs`` block). ``seed`` makes the measurements
     reproducible; left out, the device is seeded with its client id. ``clock`` gives the
     device's time (aware datetimes); the pace of the thread follows ``time.monotonic``.
 
@@ -116,23 +125,30 @@ class NetioSimulator:
         outputs: int = 4,
         period: float = 1.0,
         default_delay_ms: int = 5000,
+        inputs: int = DEFAULT_INPUTS,
+        measure_interval: float = MEASURE_INTERVAL,
         seed: int | None = None,
         clock: Clock = _utcnow,
         on_publish: PublishHook | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be 'generic' or 'flex', found {mode!r}")
-        if not period > 0:
-            raise ValueError(f"period must be a positive number of seconds, found {period!r}")
+        if not period >= 0:
+            raise ValueError(f"period must be a number of seconds >= 0, found {period!r}")
+        if not measure_interval > 0:
+            raise ValueError(
+                f"measure_interval must be a positive number of seconds, found {measure_interval!r}"
+            )
         if not 1 <= broker_port <= 65535:
             raise ValueError(f"broker_port must be 1..65535, found {broker_port!r}")
         # Without a seed, the model's own default: a device reproducible by its name alone.
         rng = random.Random(client_id if seed is None else seed)
         self.device = NetioDevice(
-            client_id, outputs=outputs, default_delay_ms=default_delay_ms, rng=rng
+            client_id, outputs=outputs, default_delay_ms=default_delay_ms, rng=rng, inputs=inputs
         )
         self.mode: Mode = mode
         self.period = float(period)
+        self.measure_interval = float(measure_interval)
         self.endpoint = Endpoint(broker_host, broker_port)
         self._clock = clock
         self._on_publish = on_publish
@@ -159,6 +175,10 @@ class NetioSimulator:
         # Device time at which a running short pulse ends, by output: tick() is due then.
         self._pulse_ends: dict[int, datetime] = {}
         self._next_report = 0.0
+        # What was last sent, for an update period of 0: the state document's key (generic),
+        # or the payload of each topic (flex).
+        self._sent_key: bytes | None = None
+        self._sent: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
         state = "connected" if self._connected.is_set() else "running" if self.running else "idle"
@@ -360,10 +380,10 @@ class NetioSimulator:
 
     def _on_time(self, session: Session) -> None:
         """Tick the model when a report or a pulse end is due, and publish what changed."""
-        periodic = time.monotonic() >= self._next_report
+        due = time.monotonic() >= self._next_report
         now = self._clock()
         pulse_due = any(end <= now for end in self._pulse_ends.values())
-        if not (periodic or pulse_due):
+        if not (due or pulse_due):
             return
         self._pulse_ends = {k: end for k, end in self._pulse_ends.items() if end > now}
         changes = self.device.tick(now)
@@ -371,18 +391,34 @@ class NetioSimulator:
             log.debug(
                 "%s: output %d is now %d", self.device.client_id, change.output_id, change.state
             )
-        if periodic or changes:
+        if self.period == 0:
+            if due or changes:
+                self._report(session, now, only_changes=True)
+        elif due or changes:
             self._report(session, now)
 
-    def _report(self, session: Session, now: datetime) -> None:
-        """Publish the whole state, and count the period from now."""
+    def _report(self, session: Session, now: datetime, only_changes: bool = False) -> None:
+        """Publish the state (with `only_changes`, only what differs from the last sent), and
+        count the period (or, with a period of 0, the measuring interval) from now."""
         if self.mode == "generic":
-            messages = [(self.device.events_topic, self.device.to_json(now))]
+            document = self.device.state(now)
+            key = report_key(document)
+            messages = (
+                []
+                if only_changes and key == self._sent_key
+                else [(self.device.events_topic, self.device.to_json(now))]
+            )
+            self._sent_key = key
         else:
-            messages = self.device.flex_messages(now)
+            messages = [
+                (topic, payload)
+                for topic, payload in self.device.flex_messages(now)
+                if not (only_changes and self._sent.get(topic) == payload)
+            ]
+            self._sent.update(messages)
         for topic, payload in messages:
             self._publish(session, topic, payload)
-        self._next_report = time.monotonic() + self.period
+        self._next_report = time.monotonic() + (self.period or self.measure_interval)
 
     def _publish(self, session: Session, topic: str, payload: bytes) -> int:
         mid, _ = session.publish(topic, payload, _QOS, False)
@@ -423,6 +459,7 @@ def run_netio(
     mode: str = "generic",
     outputs: int = 4,
     period: float = 1.0,
+    inputs: int = DEFAULT_INPUTS,
     duration: float | None = None,
     verbose: bool = False,
     connect_timeout: float | None = 10.0,
@@ -452,6 +489,7 @@ def run_netio(
             mode=mode,
             outputs=outputs,
             period=period,
+            inputs=inputs,
             on_publish=hook,
         )
     except ValueError as exc:
@@ -459,7 +497,7 @@ def run_netio(
         return 2
     print(
         f"kom sim netio: {id} ({mode} mode, {outputs} output{'s' if outputs != 1 else ''}, "
-        f"every {period:g} s) "
+        f"{f'every {period:g} s' if period else 'on change only'}) "
         f"on {sim.endpoint}; Ctrl-C stops",
         file=err,
         flush=True,

@@ -1,0 +1,8 @@
+"""Sparkplug B (Eclipse Sparkplug 3.0.0): kom as a host application (SPEC §14).
+
+`_payload` decodes and encodes the protobuf payload, `_host` keeps each edge node's state
+(births, aliases, seq, bdSeq) without I/O, `_station` turns metrics into tag updates on a
+line, `_discover` lists what BIRTHs declared, `_sim` is an edge node for tests and the demo.
+The package imports nothing itself: kom's configuration reads its topic rules without
+loading protobuf.
+"""

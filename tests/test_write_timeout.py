@@ -1,0 +1,68 @@
+"""Writes made while the line is down: one that reports a timeout is never sent later."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from kom import LineState, WriteError
+from kom._outbox import Outbox
+
+from ._broker import Mosquitto
+from ._kom import Publisher, config, start, text_station, wait_until
+from ._proxy import FaultProxy
+from ._stream import record, tally
+
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("no_backoff")]
+
+
+@pytest.mark.parametrize("outbox", [False, True])
+def test_a_write_that_timed_out_during_an_outage_never_arrives(
+    broker: Mosquitto, topic_prefix: str, tmp_path: Path, outbox: bool
+) -> None:
+    """Broker unreachable, a QoS 1 write times out, the line comes back: the broker never gets it,
+    while a write made during the same outage that has not timed out arrives."""
+    extra = {"outbox": str(tmp_path / "outbox.db")} if outbox else {}
+    with FaultProxy(broker.host, broker.port) as proxy, Publisher(broker.port) as sub:
+        sub.subscribe(f"{topic_prefix}/out", 1)
+        cfg = config(
+            text_station(topic_prefix),
+            host=proxy.address,
+            client_id=f"kom-wt-{topic_prefix.rsplit('/', 1)[-1]}",
+            topic_filter=f"{topic_prefix}/#",
+            publish_qos=1,
+            reply_timeout=1,
+            **extra,
+        )
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            proxy.refuse()
+            proxy.reset()
+            wait_until(lambda: kom.lines["line"].state is not LineState.CONNECTED, what="down")
+            doomed = kom.write("s.cmd", "doomed")
+            with pytest.raises(WriteError) as info:
+                doomed.result(timeout=5)
+            assert info.value.reason == "timeout"
+            if outbox:
+                box = Outbox(tmp_path / "outbox.db", "line")
+                assert box.pending() == []  # its row went with the failure
+                box.close()
+            time.sleep(0.5)
+            kept = kom.write("s.cmd", "kept")  # made during the outage, back within its time
+            proxy.pass_through()
+            assert kept.result(timeout=5).qos == 1
+            assert kom.write("s.cmd", "after").result(timeout=5).qos == 1
+            wait_until(lambda: len(sub.messages()) >= 2, what="two writes at the subscriber")
+            time.sleep(0.5)  # a late copy would come with or just after the others
+        payloads = [m.payload for m in sub.messages(f"{topic_prefix}/out")]
+    record(
+        tally(
+            f"14 write timed out during an outage{' (outbox)' if outbox else ''}",
+            [1, 2],
+            [{b"doomed": 0, b"kept": 1, b"after": 2}[p] for p in payloads],
+            failed_then_sent=payloads.count(b"doomed"),
+        )
+    )
+    assert payloads == [b"kept", b"after"]
