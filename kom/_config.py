@@ -174,6 +174,8 @@ class TagConfig:
     default: Value = None
     #: BIN= only: how the bytes are written (SPEC §15): base64, hex, or raw (BIN=$ only).
     encoding: str | None = None
+    #: SPEC §11: MQTT 5 user properties of the PUBLISH an output tag makes.
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -305,6 +307,7 @@ TAG_KEYS = frozenset(
         "deadband",
         "on_change",
         "encoding",
+        "user_properties",
     }
 )
 
@@ -703,7 +706,7 @@ def _read_session_expiry(t: _Table) -> int | None:
 
 
 def _read_user_properties(t: _Table) -> tuple[tuple[str, str], ...]:
-    """A table of strings, sent as MQTT 5 user properties in CONNECT."""
+    """A table of strings: MQTT 5 user properties (a line's in CONNECT, a tag's in its PUBLISH)."""
     raw = t.get("user_properties", dict, None)
     if raw is None:
         return ()
@@ -1155,6 +1158,7 @@ def _read_tag(
         publish=publish,
         default=default,
         encoding=encoding,
+        user_properties=_read_user_properties(t),
     )
 
 

@@ -105,6 +105,8 @@ class _Outgoing(NamedTuple):
     retain: bool
     deadline: float | None
     outbox_id: int | None
+    #: MQTT 5 PUBLISH properties (a tag's user_properties), None without.
+    properties: dict[str, object] | None = None
 
 
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
@@ -1079,7 +1081,10 @@ class Line(Events):
             future, OutputMessage(full, topic, payload), changes
         ):
             return
-        self._publish(future, full, topic, payload)
+        properties: dict[str, object] | None = None
+        if tag.user_properties:
+            properties = {"user_property": tag.user_properties}
+        self._publish(future, full, topic, payload, properties=properties)
 
     def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
         """Note an output's message for its publishing options; False: leave it out (unchanged)."""
@@ -1132,8 +1137,10 @@ class Line(Events):
         *,
         qos: int | None = None,
         retain: bool | None = None,
+        properties: dict[str, object] | None = None,
     ) -> None:
-        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain."""
+        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain;
+        `properties` go with it on MQTT 5 (SPEC §11)."""
         cfg = self.config
         qos = cfg.publish_qos if qos is None else qos
         retain = cfg.publish_retain if retain is None else retain
@@ -1146,7 +1153,9 @@ class Line(Events):
         if outbox is not None and qos > 0:
             # Committed before the session sees it: a crash from here on loses nothing.
             outbox_id = outbox.add(full, topic, payload, qos, retain)
-        write = _Outgoing(future, full, topic, payload, qos, retain, deadline, outbox_id)
+        write = _Outgoing(
+            future, full, topic, payload, qos, retain, deadline, outbox_id, properties
+        )
         with self._writes_lock:
             # Published by _send_outgoing, on the line's thread, after the writes before it,
             # in one burst. While the line is down a write waits in kom's queue, not the
@@ -1181,7 +1190,8 @@ class Line(Events):
         sent: Sequence[int | Exception]
         try:
             sent = session.publish_many(
-                [(w.topic, w.payload, w.qos, w.retain) for w in writes], self.on_own_thread()
+                [(w.topic, w.payload, w.qos, w.retain, w.properties) for w in writes],
+                self.on_own_thread(),
             )
         except Exception as exc:  # a write's caller always learns the outcome
             sent = [exc] * len(writes)

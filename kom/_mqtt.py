@@ -585,15 +585,18 @@ class Session:
         return mid
 
     def publish_many(
-        self, messages: Sequence[tuple[str, bytes, int, bool]], own_thread: bool = True
+        self, messages: Sequence[tuple[Any, ...]], own_thread: bool = True
     ) -> list[int | LineError]:
-        """PUBLISH several messages (topic, payload, qos, retain), written together after the
-        last: the id of each, or why not. QoS 1/2 messages made while disconnected wait in
-        the session and go out after the next CONNACK."""
+        """PUBLISH several messages (topic, payload, qos, retain[, MQTT 5 properties]),
+        written together after the last: the id of each, or why not. QoS 1/2 messages made
+        while disconnected wait in the session and go out after the next CONNACK. Properties
+        are dropped on a 3.1.1 connection."""
         out: list[int | LineError] = []
-        for topic, payload, qos, retain in messages:
+        for message in messages:
+            topic, payload, qos, retain = message[:4]
+            properties = message[4] if len(message) > 4 and self._v5 else None
             try:
-                out.append(self._publish(topic, payload, qos, retain))
+                out.append(self._publish(topic, payload, qos, retain, properties))
             except LineError as exc:
                 out.append(exc)
         self._flush_quietly()

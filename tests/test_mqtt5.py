@@ -242,3 +242,47 @@ def test_prop_addresses_read_the_publish_properties(broker: Mosquitto, topic_pre
     assert first["p.site"].value == "north"
     assert first["p.corr"].value == "req-7"
     assert (first["p.rt"].quality.value, first["p.rt"].reason) == ("invalid", "missing")
+
+
+def test_an_output_tag_user_properties_go_with_its_publish(
+    broker: Mosquitto, topic_prefix: str
+) -> None:
+    """An output tag's user_properties reach a paho subscriber (MQTT 5) with its write."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    body = f"""
+[[station]]
+name = "o"
+address = "{topic_prefix}/in"
+[[station.tag]]
+name = "cmd"
+type = "TxtO"
+publish = {{ topic = "{topic_prefix}/cmd", payload = "{{value}}" }}
+user_properties = {{ origin = "kom", unit = "V" }}
+"""
+    received: list[object] = []
+    peer = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    peer.on_message = lambda client, userdata, message: received.append(message)
+    peer.connect("127.0.0.1", broker.port)
+    peer.loop_start()
+    try:
+        peer.subscribe(f"{topic_prefix}/cmd", 1)
+        cfg = config(
+            body,
+            host=broker.address,
+            client_id=f"kom5-u-{topic_prefix[-6:]}",
+            protocol="5",
+            publish_qos=1,
+        )
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            kom.write("o.cmd", "on").result(5)
+            wait_until(lambda: bool(received), what="the write received")
+    finally:
+        peer.loop_stop()
+        peer.disconnect()
+    (message,) = received
+    assert message.payload == b"on"  # type: ignore[attr-defined]
+    props = message.properties.json()  # type: ignore[attr-defined]
+    assert props["UserProperty"] == [("origin", "kom"), ("unit", "V")]
