@@ -32,7 +32,17 @@ BENCHMARKS = (
     "writes",
     "operations",
 )
-PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex", "kom-tuned")
+PIPELINES = (
+    "raw",
+    "paho",
+    "naive",
+    "gmqtt",
+    "mqttjs",
+    "mqttjs-fields",
+    "kom-exact",
+    "kom-regex",
+    "kom-tuned",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
