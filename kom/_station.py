@@ -23,6 +23,7 @@ from ._binary import BinaryDataError, field_reader
 from ._config import LineConfig, StationConfig, TagConfig
 from ._convert import converter
 from ._errors import AckError, ConversionError, KomError, TimeMaskError
+from ._fastjson import FAST_FAILURES, compile_fast
 from ._freshness import time_bounds
 from ._lenient import loads as lenient_json
 from ._model import Quality, Reason, Update, Value, ValueType, new_record
@@ -126,6 +127,7 @@ class Decoder:
         self._time_slot = plan.time_slot
         self._payload_slot = plan.payload_slot
         self._read_many = plan.read_many
+        self._read_fast = plan.read_fast
         self._decode_middle = _compile_middle(self._middle, self._slow)
         self._mask = line.time_mask
         self._zone = station.time_zone or line.time_zone
@@ -159,15 +161,26 @@ class Decoder:
         if len(payload) > self._max_payload:
             too_big = (Reason.PARSE, f"payload of {len(payload)} bytes is over max_payload")
         if self._json and (self._middle or self._time_slot >= 0):
+            fast: list[Any] | None = None
             if too_big is not None:
                 failure = too_big
             else:
-                try:
-                    doc = lenient_json(payload)
-                except orjson.JSONDecodeError as exc:
-                    failure = (Reason.PARSE, f"payload is not JSON: {exc}")
+                if self._read_fast is not None and payload.isascii():
+                    # msgspec decodes the addressed fields alone (kom/_fastjson.py); it
+                    # gives up where its answer could differ, and orjson reads it all.
+                    try:
+                        fast = self._read_fast(payload)
+                    except FAST_FAILURES:
+                        fast = None  # the general path below says what is wrong
+                if fast is None:
+                    try:
+                        doc = lenient_json(payload)
+                    except orjson.JSONDecodeError as exc:
+                        failure = (Reason.PARSE, f"payload is not JSON: {exc}")
             if failure is None:
-                if self._read_many is not None:
+                if fast is not None:
+                    raws = fast
+                elif self._read_many is not None:
                     raws = self._read_many(doc)
                 if self._time_slot >= 0:
                     raw = raws[self._time_slot]
@@ -446,6 +459,8 @@ class _Plan(NamedTuple):
     time_slot: int  # the line's time field in what read_many returns; -1 without
     read_many: Callable[[Any], list[Any]] | None
     payload_slot: int = -1  # BIN=$ tags: the payload's bytes follow the JSON values
+    #: read_many's values straight from the payload (msgspec), where no tag needs the document.
+    read_fast: Callable[[bytes], list[Any]] | None = None
 
 
 def _plan(station: StationConfig, line: LineConfig) -> _Plan:
@@ -496,6 +511,9 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
             r._replace(slot=payload_slot) if r.kind is Kind.BINARY and r.slot < 0 else r
             for r in middle
         ]
+    # JP= tags read the whole document: their stations parse it all.
+    whole_doc = any(r.slot < 0 and r.kind is not Kind.TOPIC for r in middle)
+    read_fast = compile_fast(paths) if json and paths and not whole_doc else None
     return _Plan(
         tuple(first),
         tuple(middle),
@@ -505,6 +523,7 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
         time_slot,
         read_many,
         payload_slot,
+        read_fast,
     )
 
 
