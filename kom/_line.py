@@ -471,6 +471,7 @@ class Line(Events):
             self._flush()
             self._send_outgoing(session)
             if not alive:
+                log.warning("line %s: connection lost; reconnecting", self.name)
                 break
             problem = self._check_timers(session, time.monotonic())
             if self.core.staleness is not None:

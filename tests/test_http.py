@@ -133,6 +133,8 @@ def test_endpoints_of_a_running_kom(
         doc = orjson.loads(run.get("/health")[2])
         assert doc["status"] == "failing"
         assert any(r.startswith("line line is ") for r in doc["reasons"]), doc
+        # ... and so does the log, at the default level (warning), where the journal has it.
+        assert "line line: connection lost; reconnecting" in run.stderr
         samples = metrics(run)
         assert value(samples, "kom_line_connected", line="line") == 0
         # Every input tag of the station went invalid with reason comm (SPEC §1).
