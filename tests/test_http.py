@@ -148,6 +148,8 @@ def test_endpoints_of_a_running_kom(
         status_doc = run.json("/api/status")
         assert status_doc["healthy"] is False
         assert status_doc["lines"][0]["state"] != "connected"
+        voltage = next(t for t in status_doc["tags"] if t["tag"] == "netio.voltage")
+        assert (voltage["reason"], voltage["detail"]) == ("comm", "station 'netio': line down")
         # ... and comes back: connected and healthy again.
         broker.restart()
         wait_until(lambda: run.get("/health")[0] == 200, 30, "health 200 again")
