@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +205,26 @@ def test_http_address_errors_are_one_clear_error() -> None:
         )
     assert done.returncode == 2
     assert done.stderr.decode() == f"kom run: --http 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_status_server_binds_an_ipv6_address() -> None:
+    """`--http [::1]:0` serves on IPv6 loopback, as docs/operations.md says."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    kom = Kom(config(text_station("plant/s", "s"), host="127.0.0.1", port=1), Collector())
+    server = serve(kom, None, "[::1]:0")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        # kom is not started: its line is not connected, /health says so over IPv6.
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.url + "health", timeout=10)
+        assert caught.value.code == 503
+        assert orjson.loads(caught.value.read())["lines"][0]["name"] == "line"
+    finally:
+        server.close()
 
 
 def test_json_logs_name_the_line(tmp_path: Path) -> None:
