@@ -1,6 +1,6 @@
 """`python -m bench [BENCHMARK] [--quick] [--runs N] [--json PATH]`: kom's benchmark suite.
 
-Benchmarks: micro, throughput, historian, latency, scale, writes, operations, or all
+Benchmarks: micro, throughput, historian, postgres, latency, scale, writes, operations, or all
 (the default).
 Each broker benchmark starts its own mosquitto on a free loopback port and stops it.
 """
@@ -22,7 +22,16 @@ from typing import Any
 
 from ._common import Report, Settings, cpu_summary, mosquitto_version, render
 
-BENCHMARKS = ("micro", "throughput", "historian", "latency", "scale", "writes", "operations")
+BENCHMARKS = (
+    "micro",
+    "throughput",
+    "historian",
+    "postgres",
+    "latency",
+    "scale",
+    "writes",
+    "operations",
+)
 PIPELINES = ("raw", "paho", "naive", "kom-exact", "kom-regex", "kom-tuned")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,29 +30,38 @@ GOAL_MSGS = 20_000
 RECEIVED = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 
-def sink_alone(pool: list[bytes], messages: int) -> float:
-    """Rows/s of SqliteSink.write on pre-decoded updates, as many rows as a drain writes.
+def decoded_batches(pool: list[bytes], messages: int) -> Iterator[list[Update]]:
+    """The updates of a drain's messages, a batch of the dispatcher's largest call at a time.
 
-    The messages of a drain (their payloads stamped with moving times as the publishers do,
-    received 50 µs apart) are decoded a batch at a time, untimed, and only the sink's writes
-    are timed, in batches of the dispatcher's largest call.
+    The messages are those of a drain (their payloads stamped with moving times as the
+    publishers do, received 50 µs apart), decoded as the line decodes them.
     """
     config = loads(kom_config_text(1883, "bench-sink", 1, "exact"))
     core = LineCore(config.lines[0], config.stations)
     offsets = time_offsets(pool)
     per_batch = MERGED // TAG_COUNT
+    for first in range(0, messages, per_batch):
+        batch: list[Update] = []
+        for i in range(first, min(messages, first + per_batch)):
+            k = i % len(pool)
+            payload = stamped(pool[k], offsets[k], BASE_EPOCH + i)
+            received = RECEIVED + timedelta(microseconds=50 * i)
+            msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
+            batch.extend(core.process(msg).updates)
+        yield batch
+
+
+def sink_alone(pool: list[bytes], messages: int) -> float:
+    """Rows/s of SqliteSink.write on pre-decoded updates, as many rows as a drain writes.
+
+    The messages of a drain are decoded a batch at a time, untimed, and only the sink's
+    writes are timed, in batches of the dispatcher's largest call.
+    """
     seconds = 0.0
     written = 0
     with tempfile.TemporaryDirectory(prefix="kom-bench-sink-") as tmp:
         sink = SqliteSink(Path(tmp) / "sink.db")
-        for first in range(0, messages, per_batch):
-            batch: list[Update] = []
-            for i in range(first, min(messages, first + per_batch)):
-                k = i % len(pool)
-                payload = stamped(pool[k], offsets[k], BASE_EPOCH + i)
-                received = RECEIVED + timedelta(microseconds=50 * i)
-                msg = Message(device_topic(i % DEVICES), payload, received, 1, i % 65535 + 1)
-                batch.extend(core.process(msg).updates)
+        for batch in decoded_batches(pool, messages):
             t0 = time.perf_counter()
             sink.write(batch)
             seconds += time.perf_counter() - t0

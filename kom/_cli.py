@@ -106,9 +106,18 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every line of a configuration into historian sinks")
     run.add_argument("config")
     run.add_argument(
-        "--sink", action="append", help="sqlite:PATH (default sqlite:kom.db), jsonl:- or jsonl:PATH"
+        "--sink",
+        action="append",
+        help="sqlite:PATH (default sqlite:kom.db), jsonl:-, jsonl:PATH or "
+        "postgresql://USER@HOST[:PORT]/DB[?table=NAME]; several: a batch is acknowledged "
+        "when every sink has stored it",
     )
     run.add_argument("--broker", help="HOST[:PORT] replacing every line's host")
+    run.add_argument(
+        "--instance",
+        help="NAME of this instance: each line's client id gets -NAME (several instances "
+        "sharing a $share/GROUP/FILTER subscription)",
+    )
     run.add_argument("--watch", action="store_true", help="show a live table of tags")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument(
@@ -420,12 +429,20 @@ def describe(update: Update, unit: str | None = None) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ._client import Kom, tune_gc
+    from ._scaleout import share_warnings, with_instance
     from ._sinks import SinkWriter, open_sink
 
     config = load(args.config)
     tune_gc()
     if args.broker:
         config = with_broker(config, args.broker)
+    if args.instance is not None:
+        try:
+            config = with_instance(config, args.instance)
+        except ConfigError as exc:  # a bad --instance: one line, as for --sink
+            raise UsageError("; ".join(exc.errors)) from exc
+    for warning in share_warnings(config):
+        log.warning("%s", warning)
     sinks = []
     for url in args.sink or ["sqlite:kom.db"]:
         try:
@@ -477,18 +494,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             from rich.live import Live
 
             with Live(view.render(), refresh_per_second=4, screen=False) as live:
-                while _running(stop, deadline):
+                while _running(stop, deadline, writer.ended):
                     _maybe_reload(reload_requested, kom, args)
                     live.update(view.render())
         else:
-            while _running(stop, deadline):
+            while _running(stop, deadline, writer.ended):
                 _maybe_reload(reload_requested, kom, args)
     finally:
-        kom.close()
-        writer.close()
+        if writer.ended.is_set():
+            # A sink that can never write again holds its batch on the dispatcher: close the
+            # lines first (nothing of that batch is acknowledged), then let the batch go.
+            for line in kom.lines.values():
+                line.close()
+            writer.close()
+            kom.close()
+        else:
+            kom.close()
+            writer.close()
         if status is not None:
             status.close()
     log.warning("kom run: stopped; %d updates written", writer.updates)
+    if writer.ended.is_set():
+        _quiet_stdout()
+        return EXIT_PIPE
     return EXIT_OK
 
 
@@ -504,13 +532,16 @@ def with_broker(config: Config, broker: str) -> Config:
         raise UsageError(f"--broker {broker!r}: expected HOST[:PORT] or [IPv6]:PORT") from exc
 
 
-def _running(stop: threading.Event, deadline: float | None) -> bool:
+def _running(stop: threading.Event, deadline: float | None, ended: threading.Event) -> bool:
     stop.wait(0.25)
-    return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
+    if stop.is_set() or ended.is_set():
+        return False
+    return deadline is None or time.monotonic() < deadline
 
 
 def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) -> None:
     from ._client import Kom
+    from ._scaleout import with_instance
 
     if not flag.is_set():
         return
@@ -520,6 +551,8 @@ def _maybe_reload(flag: threading.Event, kom: object, args: argparse.Namespace) 
         config = load(args.config)
         if args.broker:
             config = with_broker(config, args.broker)
+        if args.instance is not None:
+            config = with_instance(config, args.instance)
     except (ConfigError, UsageError) as exc:
         log.error("reload refused, the running configuration stays: %s", exc)
         return

@@ -45,6 +45,14 @@ class Counters:
     unknown_aliases: int = 0
     stale_deaths: int = 0
     last_message: datetime | None = None
+    #: Topic filters the broker refused in SUBACK (0x80 or above); kom retries them.
+    refused_subscriptions: int = 0
+    #: PUBLISH packets over the line's size limit, skipped as they streamed in.
+    oversize: int = 0
+    #: Connections closed because the broker broke the protocol (garbage, wrong packets).
+    protocol_errors: int = 0
+    #: QoS 2 writes the broker took at QoS 1 (answered with PUBACK).
+    downgraded_writes: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return attrs.asdict(self)

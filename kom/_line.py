@@ -1,8 +1,10 @@
 """A running line: one thread owns the MQTT session, connects, fails over, reconnects.
 
-The loop is thin: read from paho, ask the core what each message means, queue the
-updates for the host, keep kom's own timers (PINGREQ, reply timeouts), and acknowledge
-to the broker in arrival order once the host has taken the updates (SPEC §2, §5, §6).
+The loop is thin: read from the session (kom's own MQTT engine, `kom/_mqtt.py`), ask the
+core what each message means, queue the updates for the host, keep kom's own timers
+(PINGREQ, reply timeouts), and acknowledge to the broker in arrival order once the host has
+taken the updates (SPEC §2, §5, §6). Writes are decided and published on this thread too:
+a station's output values and topic groups change nowhere else.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
 from ._model import Quality, Update, Value, ValueType, new_record
-from ._mqtt import Events, RawMessage, Session
+from ._mqtt import Events, RawMessage, Session, SkippedPayload
 from ._outbox import Outbox
 from ._outputs import Message as OutputMessage
 from ._outputs import OutputMemory, on_connect, only_changes
@@ -37,6 +39,7 @@ from ._publish import render
 from ._station import Message, StationState
 from ._timemask import Zone
 from ._topic import check_topic
+from .mqtt import reason_name
 from .sparkplug._station import state_will
 
 log = logging.getLogger("kom.line")
@@ -77,6 +80,8 @@ class WriteResult:
     qos: int | None
     mid: int | None = None
     local: bool = False
+    #: The broker took a QoS 2 write at QoS 1 (answered PUBACK): `qos` is then 1.
+    downgraded: bool = False
     #: Left out: the message repeated the tag's last one (publish only changes).
     unchanged: bool = False
 
@@ -100,10 +105,12 @@ class _Outgoing(NamedTuple):
     retain: bool
     deadline: float | None
     outbox_id: int | None
+    #: MQTT 5 PUBLISH properties (a tag's user_properties), None without.
+    properties: dict[str, object] | None = None
 
 
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
-#: the line's queue. paho's own window is off (see Session.__init__).
+#: the line's queue (the broker's Receive Maximum may bound them further, in the session).
 WINDOW = 1000
 
 
@@ -153,22 +160,22 @@ class Line(Events):
         self._thread: threading.Thread | None = None
         self._batch: list[Update] = []
         self._settles: list[tuple[int, int, int]] = []
-        # Writes have a lock of their own that is never held while calling paho: paho
-        # reports completions while holding its own message lock, so holding a kom lock
-        # across paho's publish() would deadlock against it.
+        # Writes have a lock of their own, never held while calling the session.
         self._writes_lock = threading.Lock()
         self._writes: dict[int, _PendingWrite] = {}
-        # Writes made while connected, for the line's thread to publish: paho is then used
-        # from one thread only (no lock hand-offs between the writer and the reader), and a
-        # burst of writes goes out in one system call.
+        # Writes asked for by any thread, decided on the line's thread (a station's output
+        # values and groups are the line's): (future, full tag name, decision).
+        self._asked: deque[tuple[Future[WriteResult], str, Callable[[], None]]] = deque()
+        # Writes decided, for the line's thread to publish: a burst of writes goes out in
+        # one system call.
         self._outgoing: deque[_Outgoing] = deque()
         self._woken = False  # a wake-up for the outgoing queue is on its way
-        # Writes taken to be handed to paho, not yet registered in _writes (under
+        # Writes taken to be handed to the session, not yet registered in _writes (under
         # _writes_lock): while any are, later writes queue behind them, keeping their order.
         self._in_transit = 0
         self._expired: set[int] = set()  # mids whose writes timed out, completion still due
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
-        # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
+        # Outbox rows by packet id, kept apart from futures: a write that timed out for its
         # caller may still complete later, and only then may its row go.
         self._outbox_ids: dict[int, int] = {}
         self._recovered = self._outbox.pending() if self._outbox else []
@@ -179,6 +186,10 @@ class Line(Events):
         self._subscribed: tuple[str, ...] = ()
         self._subscribing: dict[int, tuple[str, ...]] = {}  # filters by SUBSCRIBE mid
         self._wanted = tuple(f.text for f in config.topic_filters)
+        self._filters_changed = False  # a reload changed the filters: the line's thread acts
+        #: Filters the broker refused (SUBACK 0x80 or above): retried with back-off.
+        self.refused_filters: dict[str, int] = {}  # filter -> refusals in a row
+        self._retry_at: float | None = None
         # What a kept session holds from an earlier run (see _subscriptions).
         self._held = (
             None if config.effective_clean_session else subscriptions.load(config.client_id)
@@ -222,6 +233,9 @@ class Line(Events):
             pending = [(w.future, w.result.tag) for w in self._writes.values()]
             self._writes.clear()
             pending += [(w.future, w.tag) for w in self._take_outgoing()]
+            while self._asked:
+                future, full, _ = self._asked.popleft()
+                pending.append((future, full))
         with self._lock:
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
                 self._session.close()
@@ -261,10 +275,14 @@ class Line(Events):
         endpoints = self.config.endpoints
         while not self._closed.is_set():
             try:
+                if self._asked:
+                    self._decide_writes()
                 if not self.core.wants_connection:
                     self._move(LineState.IDLE)
                     self._wait(self._wake, 1.0)
                     self._wake.clear()
+                    if self._asked:
+                        self._decide_writes()
                     continue
                 self._move(LineState.CONNECTING)
                 endpoint = endpoints[index % len(endpoints)]
@@ -287,11 +305,20 @@ class Line(Events):
                 log.exception("line %s: unexpected error: %s", self.name, exc)
                 self._closed.wait(0.5)
         self._move(LineState.CLOSED)
+        with self._lock:
+            if self._session is not None:
+                self._session.close()  # the thread that owns the socket releases it
 
     def _session_for_line(self) -> Session:
+        with self._lock:
+            return self._make_session()
+
+    def _make_session(self) -> Session:
         if self._session is None:
             self._session = Session(self.config, self)
             self._session.pause_reading = self._stop_reading
+            # SIGTERM while connecting: the session gives up at once (SPEC §9).
+            self._session.cancelled = self._closed.is_set
         return self._session
 
     def _connect_and_serve(self, endpoint: Endpoint) -> bool:
@@ -314,6 +341,7 @@ class Line(Events):
             self._settles.clear()
             self._requests.clear()
             self._subscribing.clear()
+            self._filters_changed = False
             self._ping_sent = None
             released = self.core.connected(self.generation, self._clock())
             if released:
@@ -329,7 +357,18 @@ class Line(Events):
             endpoint,
             connected.session_present,
         )
-        if self.config.client_id == "" and connected.assigned_client_id:
+        server_keep_alive = connected.properties.get("server_keep_alive")
+        if server_keep_alive is not None and server_keep_alive != self.config.keep_alive:
+            # MQTT 5 §3.2.2.3.14: the broker's keep-alive replaces the one kom asked for.
+            log.info(
+                "line %s: the broker sets the keep-alive to %d s (kom asked for %d s)",
+                self.name,
+                server_keep_alive,
+                self.config.keep_alive,
+            )
+        if self.config.protocol == "auto":
+            log.info("line %s: speaking MQTT %s", self.name, connected.protocol)
+        if connected.assigned_client_id:
             log.info(
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
             )
@@ -353,6 +392,12 @@ class Line(Events):
         is reported, counted, and the line backs off instead of reconnecting at once.
         """
         explicit = "taken over" in (self.last_error or "").lower()
+        session = self._session
+        if not explicit and session is not None and session.explained:
+            # The loss has a named cause (a protocol error, a refused QoS 2 PUBLISH, the
+            # broker's DISCONNECT): that is what the log says, not a takeover.
+            self._short_sessions = 0
+            return False
         short = lasted < max(5.0, 2 * self.config.reply_timeout)
         self._short_sessions = self._short_sessions + 1 if short else 0
         if not explicit and self._short_sessions < 3:
@@ -425,15 +470,35 @@ class Line(Events):
                 mid = session.unsubscribe(gone)
                 self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
             self._subscribed = wanted
+            self.refused_filters = {f: n for f, n in self.refused_filters.items() if f in wanted}
 
     def change_filters(self, filters: Sequence[str]) -> None:
-        """New topic filters: SUBSCRIBE the new, then UNSUBSCRIBE the old, on the same session."""
+        """New topic filters: SUBSCRIBE the new, then UNSUBSCRIBE the old, on the same session
+        (sent by the line's thread, which owns the session)."""
         with self._lock:
             self._wanted = tuple(filters)
-            session = self._session
-            if session is None or self.state is not LineState.CONNECTED:
-                return
-            self._subscribe(session, True)
+            self._filters_changed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the line's thread, wherever it waits (for the broker, or to reconnect)."""
+        self._wake.set()
+        session = self._session
+        if session is not None:
+            session.wake()
+
+    def _retry_refused(self, session: Session, now: float) -> None:
+        """SUBSCRIBE again the filters the broker refused, once their back-off has passed."""
+        if self._retry_at is None or now < self._retry_at or not self.refused_filters:
+            return
+        self._retry_at = None
+        filters = tuple(self.refused_filters)
+        timeout = self.config.reply_timeout
+        with self._lock:
+            mid = session.subscribe(filters, self.config.subscribe_qos)
+            self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+            self._subscribing[mid] = filters
+        log.info("line %s: subscribing again to %s", self.name, ", ".join(filters))
 
     def on_own_thread(self) -> bool:
         """Whether the caller is this line's network thread."""
@@ -460,12 +525,20 @@ class Line(Events):
                     log.warning(
                         "line %s: a station holds max_held messages; reading paused", self.name
                     )
+                if self._asked:
+                    self._decide_writes()  # an ACK_ID write is what frees the station
                 session.idle(0.05)
                 self._ping_sent = None  # the broker's answers wait unread in the socket
                 self._expire_writes(time.monotonic())
                 self._send_outgoing(session)  # writes go out while reading waits
                 continue
             paused = False
+            if self._asked:
+                self._decide_writes()
+            if self._filters_changed:
+                with self._lock:
+                    self._filters_changed = False
+                    self._subscribe(session, True)
             busy = self._batch or (self._outgoing and len(self._writes) < WINDOW)
             alive = session.loop(0.0 if busy else 0.05)
             self._flush()
@@ -473,7 +546,9 @@ class Line(Events):
             if not alive:
                 log.warning("line %s: connection lost; reconnecting", self.name)
                 break
-            problem = self._check_timers(session, time.monotonic())
+            now = time.monotonic()
+            self._retry_refused(session, now)
+            problem = self._check_timers(session, now)
             if self.core.staleness is not None:
                 self._check_stale()
             if problem is not None:
@@ -603,10 +678,19 @@ class Line(Events):
         )
 
     def _wait(self, event: threading.Event, seconds: float) -> bool:
-        """Wait for `event` up to `seconds`, failing overdue writes meanwhile."""
+        """Wait for `event` up to `seconds`, deciding writes and failing overdue ones meanwhile.
+
+        Writes wake `_wake`: waiting for `_closed`, the thread wakes for them too.
+        """
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if event.wait(min(left, 0.25)):
+            if event is not self._wake and self._wake.wait(min(left, 0.25)):
+                self._wake.clear()
+            elif event is self._wake and event.wait(min(left, 0.25)):
+                return True
+            if self._asked:
+                self._decide_writes()
+            if event.is_set():
                 return True
             self._expire_writes(time.monotonic())
         return event.is_set()
@@ -636,9 +720,30 @@ class Line(Events):
                     self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
+        payload = raw.payload
+        if raw.size >= 0:
+            # Skipped as it streamed in (over max_payload): the station reports it (SPEC §8).
+            payload = SkippedPayload(raw.size)
+            self.core.counters.oversize += 1
+            log.warning(
+                "line %s: skipped a PUBLISH of %d bytes on %s (over max_payload)",
+                self.name,
+                raw.size,
+                topic,
+            )
         msg = new_record(
             Message,
-            (topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
+            (
+                topic,
+                payload,
+                received,
+                raw.qos,
+                raw.mid,
+                raw.dup,
+                raw.retain,
+                self.generation,
+                raw.properties,
+            ),
         )
         with self._lock:
             if raw.qos:
@@ -753,8 +858,12 @@ class Line(Events):
             if session is not None and ready:
                 session.ack_many(ready)
 
-    def published(self, mid: int, ok: bool, reason: str) -> None:
-        """paho completed a PUBLISH (network thread, paho's message lock held)."""
+    def published(self, mid: int, ok: bool, reason: str, granted_qos: int | None = None) -> None:
+        """The session finished a PUBLISH (the line's thread)."""
+        if granted_qos is not None:
+            # SPEC §11: a QoS 2 write answered with PUBACK is reported as downgraded.
+            self.core.counters.downgraded_writes += 1
+            log.warning("line %s: write m%d %s", self.name, mid, reason)
         with self._writes_lock:
             write = self._writes.pop(mid, None)
             outbox_id = self._outbox_ids.pop(mid, None)
@@ -767,17 +876,32 @@ class Line(Events):
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
         if write is not None:
-            _completed(write.future, write.result, ok, reason)
+            result = write.result
+            if granted_qos is not None:
+                result = attrs.evolve(result, qos=granted_qos, downgraded=True)
+            _completed(write.future, result, ok, reason)
 
     def subscribed(self, mid: int, granted: list[int]) -> None:
+        """SUBACK: a refused filter (0x80 or above) is logged, counted, kept in `last_error`
+        and `refused_filters`, and subscribed again after a back-off."""
         with self._lock:
             self._requests.pop(mid, None)
             filters = self._subscribing.pop(mid, self._subscribed)
+        refused = []
         for f, code in zip(filters, granted, strict=False):
             if code >= 0x80:
-                log.error(
-                    "line %s: the broker refused the subscription %r (code %d)", self.name, f, code
-                )
+                refused.append(f)
+                tries = self.refused_filters[f] = self.refused_filters.get(f, 0) + 1
+                self.core.counters.refused_subscriptions += 1
+                why = reason_name(code, packet="SUBACK", v5=self.config.protocol == "5")
+                self.last_error = f"the broker refused the subscription {f!r}: {why}"
+                log.error("line %s: %s (refusal %d)", self.name, self.last_error, tries)
+            else:
+                self.refused_filters.pop(f, None)
+        if refused:
+            most = max(self.refused_filters[f] for f in refused)
+            wait = backoff(most, self.config.reconnect_min, self.config.reconnect_max)
+            self._retry_at = time.monotonic() + wait
         self._keep_subscriptions(all(code < 0x80 for code in granted))
         log.info("line %s: subscribed %s (granted %s)", self.name, ", ".join(filters), granted)
 
@@ -795,6 +919,8 @@ class Line(Events):
         subscriptions.save(cfg.client_id, held if granted else None)
 
     def disconnected(self, reason: str) -> None:
+        if reason.startswith("protocol error"):
+            self.core.counters.protocol_errors += 1
         self.last_error = f"disconnected: {reason}"
 
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
@@ -831,18 +957,64 @@ class Line(Events):
         self._wake.set()
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:
-        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6)."""
+        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6).
+
+        Any thread may write; the write is decided (value converted, topic rendered from the
+        station's output values and groups) and published on the line's thread.
+        """
         future: Future[WriteResult] = Future()
         full = f"{station_name}.{tag_name}"
-        try:
-            self._write(future, station_name, tag_name, full, value)
-        except WriteError as exc:
-            _fail(future, exc)
-        except AckError as exc:
-            _fail(future, WriteError(str(exc), full, "rejected"))
-        except Exception as exc:  # the caller always learns the outcome
-            _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        self._ask(future, full, lambda: self._write(future, station_name, tag_name, full, value))
         return future
+
+    def _ask(self, future: Future[WriteResult], full: str, decide: Callable[[], None]) -> None:
+        """Hand a write to the line's thread (or decide it here if the thread is not running)."""
+        if self._closed.is_set():
+            _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
+            return
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            self._asked.append((future, full, decide))
+            self._decide_writes()
+            return
+        if self._outbox is None:
+            self._asked.append((future, full, decide))
+            self._poke()
+            return
+        # With an outbox, write() returns once the write's row is committed (decided on the
+        # line's thread): a crash of kom after that loses nothing.
+        decided = threading.Event()
+
+        def decide_and_tell() -> None:
+            try:
+                decide()
+            finally:
+                decided.set()
+
+        self._asked.append((future, full, decide_and_tell))
+        self._poke()
+        decided.wait(max(self.config.reply_timeout, 5.0))
+
+    def _decide_writes(self) -> None:
+        """Decide the writes asked for so far, in order, then publish them."""
+        asked = self._asked
+        while asked:
+            try:
+                future, full, decide = asked.popleft()
+            except IndexError:  # another thread took it (a line not running)
+                break
+            try:
+                decide()
+            except WriteError as exc:
+                _fail(future, exc)
+            except AckError as exc:
+                _fail(future, WriteError(str(exc), full, "rejected"))
+            except Exception as exc:  # the caller always learns the outcome
+                _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        session = self._session
+        if session is not None and self._outgoing and self.state is LineState.CONNECTED:
+            # While the line is down writes wait in kom's queue (see _publish).
+            self._send_outgoing(session)
 
     def _write(
         self,
@@ -910,7 +1082,10 @@ class Line(Events):
             future, OutputMessage(full, topic, payload), changes
         ):
             return
-        self._publish(future, full, topic, payload)
+        properties: dict[str, object] | None = None
+        if tag.user_properties:
+            properties = {"user_property": tag.user_properties}
+        self._publish(future, full, topic, payload, properties=properties)
 
     def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
         """Note an output's message for its publishing options; False: leave it out (unchanged)."""
@@ -963,8 +1138,10 @@ class Line(Events):
         *,
         qos: int | None = None,
         retain: bool | None = None,
+        properties: dict[str, object] | None = None,
     ) -> None:
-        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain."""
+        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain;
+        `properties` go with it on MQTT 5 (SPEC §11)."""
         cfg = self.config
         qos = cfg.publish_qos if qos is None else qos
         retain = cfg.publish_retain if retain is None else retain
@@ -975,31 +1152,17 @@ class Line(Events):
         outbox = self._outbox
         outbox_id = None
         if outbox is not None and qos > 0:
-            # Committed before paho sees it: a crash from here on loses nothing.
+            # Committed before the session sees it: a crash from here on loses nothing.
             outbox_id = outbox.add(full, topic, payload, qos, retain)
-        write = _Outgoing(future, full, topic, payload, qos, retain, deadline, outbox_id)
+        write = _Outgoing(
+            future, full, topic, payload, qos, retain, deadline, outbox_id, properties
+        )
         with self._writes_lock:
-            # Writes queued or on their way to paho go first, whatever the line's state;
-            # while connected, so do writes awaiting completion: the line's thread then
-            # publishes this one after them (see _send_outgoing), in one burst. While the
-            # line is down a write waits in kom's queue, not the session's: one whose
-            # reply_timeout passes there is dropped as it fails, never sent later (SPEC §6).
-            connected = self.state is LineState.CONNECTED
-            queue = bool(
-                self._outgoing or self._in_transit or (self._writes and connected) or not connected
-            )
-            if queue:
-                self._outgoing.append(write)
-            else:
-                self._in_transit += 1
-        if queue:
-            if not self._woken:
-                self._woken = True
-                session.wake()
-            return
-        # Nothing under way: publish at once from this thread, sparing a single write the
-        # wake-up of the line's thread.
-        self._publish_now([write], session)
+            # Published by _send_outgoing, on the line's thread, after the writes before it,
+            # in one burst. While the line is down a write waits in kom's queue, not the
+            # session's: one whose reply_timeout passes there is dropped as it fails, never
+            # sent later (SPEC §6).
+            self._outgoing.append(write)
 
     def _send_outgoing(self, session: Session) -> None:
         """Publish the queued writes that fit the window (the line's thread)."""
@@ -1018,7 +1181,7 @@ class Line(Events):
         self._publish_now(writes, session)
 
     def _publish_now(self, writes: Sequence[_Outgoing], session: Session) -> None:
-        """Hand writes to paho and keep their futures until completion (no kom lock held).
+        """Hand writes to the session and keep their futures until completion (no kom lock held).
 
         The caller counted `writes` in `_in_transit` (under _writes_lock); they leave it
         here, registered, in the same hold of the lock.
@@ -1028,7 +1191,8 @@ class Line(Events):
         sent: Sequence[int | Exception]
         try:
             sent = session.publish_many(
-                [(w.topic, w.payload, w.qos, w.retain) for w in writes], self.on_own_thread()
+                [(w.topic, w.payload, w.qos, w.retain, w.properties) for w in writes],
+                self.on_own_thread(),
             )
         except Exception as exc:  # a write's caller always learns the outcome
             sent = [exc] * len(writes)
@@ -1052,7 +1216,8 @@ class Line(Events):
                 else:
                     finished.append((write, result, early))
         for write, problem in refused:
-            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, "rejected"))
+            why = "not-connected" if write.qos == 0 and not session.connected else "rejected"
+            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, why))
         for write, result, (ok, reason) in finished:
             if ok and self._outbox is not None and write.outbox_id is not None:
                 self._outbox.done(write.outbox_id)
@@ -1061,7 +1226,7 @@ class Line(Events):
     def _take_outgoing(self, in_transit: bool = False, most: int | None = None) -> list[_Outgoing]:
         """Take writes not yet published from the queue, oldest first (under _writes_lock).
 
-        `in_transit`: they are to be handed to paho (`_publish_now`), and count as on
+        `in_transit`: they are to be handed to the session (`_publish_now`), and count as on
         their way until then, so that no write made meanwhile overtakes them.
         """
         outgoing = self._outgoing
@@ -1079,13 +1244,14 @@ class Line(Events):
     ) -> Future[WriteResult]:
         """Publish a message not tied to a tag (by default the line's QoS and retain)."""
         future: Future[WriteResult] = Future()
-        try:
+
+        def decide() -> None:
             problem = check_topic(topic)
             if problem:
                 raise WriteError(problem, None, "topic")
             self._publish(future, topic, topic, payload, qos=qos, retain=retain)
-        except WriteError as exc:
-            _fail(future, exc)
+
+        self._ask(future, topic, decide)
         return future
 
 

@@ -332,8 +332,16 @@ class JsonlSink:
             if self._owned:
                 self._append(data)
             else:
-                self._file.write(data)
-                self._file.flush()
+                try:
+                    self._file.write(data)
+                    self._file.flush()
+                except BrokenPipeError as exc:
+                    # The reader of standard output went away (`kom run --sink jsonl:- | head`):
+                    # no retry can write there again, and the batch stays unacknowledged.
+                    self._problem = "standard output was closed (its reader went away)"
+                    raise SinkError(
+                        f"sink jsonl:-: {self._problem}", self.target, "closed"
+                    ) from exc
             self.rows += len(updates)
 
     def _append(self, data: bytes) -> None:
@@ -382,7 +390,8 @@ def record(update: Update) -> dict[str, object]:
 
 
 def open_sink(url: str) -> Sink:
-    """`sqlite:PATH[?index=tag_ts]`, `jsonl:-` or `jsonl:PATH`; a bare path is SQLite."""
+    """`sqlite:PATH[?index=tag_ts]`, `jsonl:-`, `jsonl:PATH` or `postgresql://…` (SPEC §12);
+    a bare path is SQLite."""
     kind, sep, rest = url.partition(":")
     if not sep:
         return SqliteSink(url)
@@ -393,7 +402,13 @@ def open_sink(url: str) -> Sink:
         return SqliteSink(path, tag_index=query == "index=tag_ts")
     if kind == "jsonl" and rest:
         return JsonlSink(rest)
-    raise ConfigError([f"--sink {url!r}: expected sqlite:PATH, jsonl:- or jsonl:PATH"])
+    if kind in ("postgresql", "postgres"):
+        from ._pgsink import PostgresSink
+
+        return PostgresSink(url)
+    raise ConfigError(
+        [f"--sink {url!r}: expected sqlite:PATH, jsonl:-, jsonl:PATH or postgresql://USER@HOST/DB"]
+    )
 
 
 def _free_bytes(path: Path) -> int:
@@ -419,6 +434,8 @@ class SinkWriter:
         self.updates = 0
         self.failures = 0
         self._closed = threading.Event()
+        #: Set when a sink can never write again (standard output closed): `kom run` stops.
+        self.ended = threading.Event()
         #: Per sink, in the order of `sinks`: rows, failures, commit latency (SPEC §13 metrics).
         self.stats = [SinkStats.of(sink, i) for i, sink in enumerate(self.sinks)]
 
@@ -436,7 +453,11 @@ class SinkWriter:
                 except Exception as exc:
                     self.failures += 1
                     stats.failed(exc)
-                    if str(exc) != last:
+                    if isinstance(exc, SinkError) and exc.reason == "closed":
+                        if not self.ended.is_set():
+                            log.error("%s; acknowledgements held, stopping", _one_line(sink, exc))
+                            self.ended.set()
+                    elif str(exc) != last:
                         last = str(exc)
                         log.error("%s; acknowledgements held, retrying", _one_line(sink, exc))
                     if failed_since is None:

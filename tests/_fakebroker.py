@@ -102,6 +102,9 @@ class FakeBroker:
         self.ignore_subscribe = False
         #: Leave the client's QoS 1/2 PUBLISH unanswered (no PUBACK/PUBREC).
         self.ignore_publish = False
+        #: Like a 3.1.1-only broker, answer an MQTT 5 CONNECT with "refuse" (CONNACK return
+        #: code 1, unacceptable protocol version) or "close" (drop the connection), or accept it.
+        self.version_5: str = "accept"
         #: Keep PUBCOMP back until `release_pubcomp()`.
         self.hold_pubcomp = False
         self._held_pubcomp: list[bytes] = []
@@ -288,6 +291,12 @@ class FakeBroker:
                     if kind is PacketType.CONNECT:
                         self._client_ids.append(_connect_client_id(raw))
                     self._changed.notify_all()
+                if kind is PacketType.CONNECT and raw[_header_length(raw) + 6] == 5:
+                    if self.version_5 == "close":
+                        return
+                    if self.version_5 == "refuse":
+                        client.sendall(packet(PacketType.CONNACK, 0, b"\x00\x01"))
+                        return
                 reply = self._reply(kind, raw)
                 if reply:
                     with self._send_lock:
@@ -366,6 +375,17 @@ def _read_packet(reader: io.BufferedReader) -> bytes | None:
 def _connect_client_id(raw: bytes) -> str:
     body = raw[_header_length(raw) :]
     _, offset = _utf8_string(body, 0)  # protocol name
+    level = body[offset]
     offset += 1 + 1 + 2  # protocol level, connect flags, keep alive
+    if level == 5:  # MQTT 5 §3.1.2.11: properties, their length a variable byte integer
+        length = shift = 0
+        while True:
+            byte = body[offset]
+            offset += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        offset += length
     client_id, _ = _utf8_string(body, offset)
     return client_id.decode(errors="replace")

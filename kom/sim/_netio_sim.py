@@ -83,7 +83,7 @@ class _Inbox(Events):
     def message(self, msg: RawMessage) -> None:
         self.messages.append(msg)
 
-    def published(self, mid: int, ok: bool, reason: str) -> None:
+    def published(self, mid: int, ok: bool, reason: str, granted_qos: int | None = None) -> None:
         self.acked.add(mid)
         if not ok:
             log.warning("the broker refused a message (mid %d): %s", mid, reason)
