@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from ._common import Report, Settings, cpu_summary, mosquitto_version, render
+from ._common import PIPELINES, Report, Settings, cpu_summary, mosquitto_version, render
 
 BENCHMARKS = (
     "micro",
@@ -31,17 +31,6 @@ BENCHMARKS = (
     "scale",
     "writes",
     "operations",
-)
-PIPELINES = (
-    "raw",
-    "paho",
-    "naive",
-    "gmqtt",
-    "mqttjs",
-    "mqttjs-fields",
-    "kom-exact",
-    "kom-regex",
-    "kom-tuned",
 )
 
 

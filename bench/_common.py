@@ -37,6 +37,20 @@ class Settings:
     qos: tuple[int, ...] = (0, 1)
 
 
+#: The throughput benchmark's consumers (bench/README.md), in the order they drain.
+PIPELINES = (
+    "raw",
+    "paho",
+    "naive",
+    "gmqtt",
+    "mqttjs",
+    "mqttjs-fields",
+    "kom-exact",
+    "kom-regex",
+    "kom-tuned",
+)
+
+
 # -- results ------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from kom import Config, Kom, Update, loads, tune_gc
 
-from ._common import Broker, Report, Row, Settings, fmt, median_spread
+from ._common import PIPELINES, Broker, Report, Row, Settings, fmt, median_spread
 from ._wire import drain_raw, end_session, prepare_session, publish_worker
 from ._workload import (
     BASE_TIME,
@@ -36,17 +36,6 @@ from ._workload import (
 )
 from .baselines import drain_gmqtt, drain_mqttjs, mqttjs_missing
 
-PIPELINES = (
-    "raw",
-    "paho",
-    "naive",
-    "gmqtt",
-    "mqttjs",
-    "mqttjs-fields",
-    "kom-exact",
-    "kom-regex",
-    "kom-tuned",
-)
 KOM_PIPELINES = ("kom-exact", "kom-regex", "kom-tuned")
 LABELS = {
     "raw": "minimal Python reader (broker ceiling)",

@@ -395,12 +395,7 @@ def _compile_many(paths: tuple[tuple[Step, ...], ...]) -> Callable[[Any], list[A
     # would share a cache entry) is refused.
     if any(type(step) is bool for path in paths for step in path):
         raise TypeError("JSON address steps are str keys and int indexes, not bool")
-    trie: dict[Any, Any] = {}
-    for slot, steps in enumerate(paths):
-        node = trie
-        for step in steps:
-            node = node.setdefault((type(step).__name__, step), {})
-        node.setdefault(_LEAF, []).append(slot)
+    trie = path_trie(paths)
     lines = ["def read_many(doc):", f"    out = [MISSING] * {len(paths)}"]
     counter = [0]
 
@@ -434,4 +429,15 @@ def _compile_many(paths: tuple[tuple[Step, ...], ...]) -> Callable[[Any], list[A
     return reader
 
 
-_LEAF = object()
+_LEAF = object()  # the key of a trie node's slots (the paths that end there)
+
+
+def path_trie(paths: Sequence[tuple[Step, ...]]) -> dict[Any, Any]:
+    """The paths as a trie: keys ("str", key) and ("int", index), `_LEAF` for the slots."""
+    trie: dict[Any, Any] = {}
+    for slot, steps in enumerate(paths):
+        node = trie
+        for step in steps:
+            node = node.setdefault((type(step).__name__, step), {})
+        node.setdefault(_LEAF, []).append(slot)
+    return trie

@@ -25,12 +25,11 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ._address import MISSING, Step
+from ._address import _LEAF, MISSING, Step, path_trie
 
 #: What the fast reader raises when the caller must take the general path.
 FAST_FAILURES = (msgspec.MsgspecError, RecursionError)
 
-_LEAF = object()
 #: What a tag's address may hold here: a scalar, and an integer within 64 bits (orjson reads
 #: larger ones as floats; msgspec refuses them here, and the general path reads them).
 _Scalar = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float | str | bool | None
@@ -49,12 +48,7 @@ def compile_fast(paths: Sequence[tuple[Step, ...]]) -> Callable[[bytes], list[An
 def _compile_fast(paths: tuple[tuple[Step, ...], ...]) -> Callable[[bytes], list[Any]] | None:
     if not paths or any(type(step) is bool for path in paths for step in path):
         return None
-    trie: dict[Any, Any] = {}
-    for slot, steps in enumerate(paths):
-        node = trie
-        for step in steps:
-            node = node.setdefault((type(step).__name__, step), {})
-        node.setdefault(_LEAF, []).append(slot)
+    trie = path_trie(paths)
     if _LEAF in trie or any(kind != "str" for kind, _ in trie):
         return None
     # One attribute name per key, the same in every Struct (the elements of an array share one).
