@@ -16,6 +16,7 @@ from kom import LineState
 from ._fakebroker import FakeBroker, PacketType, packet, packet_id
 from ._http import KomRun
 from ._kom import config, start, wait_until
+from ._stream import record, tally
 
 #: The largest remaining length MQTT can express (§2.2.3): a PUBLISH of 256 MiB.
 LARGEST = 268_435_455
@@ -128,7 +129,15 @@ def test_a_256_mib_publish_streamed_by_a_hostile_broker_keeps_memory_bounded(
                 assert [packet_id(raw) for raw in acks] == [77, 78]
             stderr = run.stderr
         assert f"skipped a PUBLISH of {LARGEST} bytes on x/big (over max_payload)" in stderr
-    print(f"\nQoS {qos}: kom run's peak RSS {before:.1f} MiB before, {peak:.1f} MiB after")
+    record(
+        tally(
+            f"17 a 256 MiB PUBLISH from a hostile broker, then a small one, QoS {qos}",
+            [1, 2],
+            [1 if r["reason"] == "parse" else 2 for r in (skipped, small)],
+            peak_rss_before_mib=before,
+            peak_rss_after_mib=peak,
+        )
+    )
     assert peak - before < 32, f"peak RSS grew from {before:.1f} to {peak:.1f} MiB"
 
 

@@ -111,7 +111,7 @@ def test_a_sent_write_that_timed_out_is_not_resent_after_reconnecting(
     assert broker.connections(client_id) >= 2
     record(
         tally(
-            f"write sent, timed out, then reconnected (QoS {qos}{', outbox' if outbox else ''})",
+            f"19 write sent, timed out, then reconnected (QoS {qos}{', outbox' if outbox else ''})",
             [1],
             [{b"doomed": 0, b"after": 1}[p] for p in payloads],
             failed_then_sent=payloads.count(b"doomed"),
