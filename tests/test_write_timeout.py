@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kom import LineState, WriteError
+from kom import Kom, LineState, WriteError
 from kom._outbox import Outbox
 
 from ._broker import Mosquitto
@@ -16,6 +16,19 @@ from ._proxy import FaultProxy
 from ._stream import record, tally
 
 pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("no_backoff")]
+
+
+def _write_times_out(kom: Kom, outbox_dir: Path | None) -> None:
+    """Write "doomed"; it fails with `timeout`, and its outbox row (if any) goes with it, so that
+    a restart would not send it either."""
+    doomed = kom.write("s.cmd", "doomed")
+    with pytest.raises(WriteError) as info:
+        doomed.result(timeout=5)
+    assert info.value.reason == "timeout"
+    if outbox_dir is not None:
+        box = Outbox(outbox_dir / "outbox.db", "line")
+        assert box.pending() == []
+        box.close()
 
 
 @pytest.mark.parametrize("outbox", [False, True])
@@ -41,14 +54,7 @@ def test_a_write_that_timed_out_during_an_outage_never_arrives(
             proxy.refuse()
             proxy.reset()
             wait_until(lambda: kom.lines["line"].state is not LineState.CONNECTED, what="down")
-            doomed = kom.write("s.cmd", "doomed")
-            with pytest.raises(WriteError) as info:
-                doomed.result(timeout=5)
-            assert info.value.reason == "timeout"
-            if outbox:
-                box = Outbox(tmp_path / "outbox.db", "line")
-                assert box.pending() == []  # its row went with the failure
-                box.close()
+            _write_times_out(kom, tmp_path if outbox else None)
             time.sleep(0.5)
             kept = kom.write("s.cmd", "kept")  # made during the outage, back within its time
             proxy.pass_through()
@@ -93,14 +99,7 @@ def test_a_sent_write_that_timed_out_is_not_resent_after_reconnecting(
             assert kom.wait_connected(5)
             generation = line.generation
             proxy.blackhole()  # kom's PUBLISH leaves kom and is held in the proxy
-            doomed = kom.write("s.cmd", "doomed")
-            with pytest.raises(WriteError) as info:
-                doomed.result(timeout=5)
-            assert info.value.reason == "timeout"
-            if outbox:
-                box = Outbox(tmp_path / "outbox.db", "line")
-                assert box.pending() == []  # a restart would not send it either
-                box.close()
+            _write_times_out(kom, tmp_path if outbox else None)
             proxy.reset()  # the held bytes go with the connection
             proxy.pass_through()
             wait_until(lambda: line.generation > generation, what="reconnected")
