@@ -640,27 +640,40 @@ class Line(Events):
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
 
-        A write still in kom's queue (made while the line was down, or waiting for the
-        window) is dropped with its outbox row: a write that reports failure is never sent
-        later. A write already handed to the session was sent: "timeout" then means kom
-        stopped waiting, and the broker may have it; if the connection drops before its
-        PUBACK, the kept session sends it again (MQTT 3.1.1 §4.4), and with `outbox` its
-        row stays until the broker completes it.
+        A write that reports failure is never sent later. One still in kom's queue (made
+        while the line was down, or waiting for the window) is dropped with its outbox row.
+        One already handed to the session is forgotten there with its outbox row: if it was
+        sent, the broker may have it ("timeout" then means "unknown"), but the session does
+        not send it again after reconnecting, with DUP, nor its PUBREL, as MQTT 3.1.1 §4.4
+        would have it on a kept session (`mqtt.Connection.forget` keeps its packet id out of
+        use meanwhile).
         """
+        forgotten: list[int] = []
+        rows: list[int | None] = []  # their outbox rows
         with self._writes_lock:
             expired = [
                 (m, w)
                 for m, w in self._writes.items()
                 if w.deadline is not None and now >= w.deadline
             ]
-            for mid, _ in expired:
+            for mid, write in expired:
                 del self._writes[mid]
-                self._expired.add(mid)
+                if write.qos == 0:
+                    self._expired.add(mid)  # its "written" may still be reported
+                    continue
+                forgotten.append(mid)
+                rows.append(self._outbox_ids.pop(mid, None))
             late: list[_Outgoing] = []
             if self._outgoing:
                 waiting = self._take_outgoing()
                 late = [w for w in waiting if w.deadline and now >= w.deadline]
                 self._outgoing.extend(w for w in waiting if not (w.deadline and now >= w.deadline))
+        session = self._session
+        if forgotten and session is not None:
+            session.forget(forgotten)
+        for row in rows:
+            if row is not None and self._outbox is not None:
+                self._outbox.done(row)
         for future, tag in [(w.future, w.result.tag) for _, w in expired]:
             _fail(future, self._timeout_error(tag))
         self._time_out(late)

@@ -632,6 +632,14 @@ class Session:
         self._flush_quietly()
         return mid, self.connected
 
+    def forget(self, mids: Sequence[int]) -> None:
+        """Drop QoS 1/2 writes from the session (the line's thread): they are never sent
+        again, not even after reconnecting on a kept session (`mqtt.Connection.forget`)."""
+        for mid in mids:
+            self._conn.forget(mid)
+        if self.connected:
+            self._flush_quietly()  # writes waiting for the broker's quota may go now
+
     # -- closing ----------------------------------------------------------------------
 
     def disconnect(self, timeout: float = 2.0) -> None:

@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
@@ -219,6 +220,17 @@ class FakeBroker:
             raise ConnectionError("the client went away")
         with self._send_lock:
             client.sendall(data)
+
+    def send_stream(self, pieces: Iterable[bytes]) -> None:
+        """Send pieces of one packet back to back: no answer of the broker's (a PUBREL for the
+        client's PUBREC) gets in between them, as one would with `send_raw` per piece."""
+        self.wait_connected()
+        client = self._client
+        if client is None:
+            raise ConnectionError("the client went away")
+        with self._send_lock:
+            for piece in pieces:
+                client.sendall(piece)
 
     def release_pubcomp(self) -> None:
         """Send the PUBCOMPs held back by `hold_pubcomp`."""

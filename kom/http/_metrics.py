@@ -42,6 +42,9 @@ LINE_COUNTERS = (
     ("reconnects", "reconnects", "connections made again after a loss"),
     ("connect_failures", "connect_failures", "connection attempts that failed"),
     ("pauses", "pauses", "times reading paused (held ACK_ID messages)"),
+    ("messages_oversize", "oversize", "PUBLISH packets over max_payload, skipped as they came"),
+    ("protocol_errors", "protocol_errors", "connections ended by a protocol error of the broker's"),
+    ("subscriptions_refused", "refused_subscriptions", "topic filters refused in SUBACK"),
 )
 #: Station counters, written by StationText.
 STATION_COUNTERS = (
