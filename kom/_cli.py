@@ -304,6 +304,13 @@ def _tag_sources(tag: TagConfig) -> str:
             if value is not None
         ]
         parts.append(f"publish {tag.publish.topic}" + (f" ({', '.join(own)})" if own else ""))
+    if tag.confirm is not None:  # SPEC §11 confirmed writes
+        confirm = tag.confirm
+        by = f" of {confirm.tag}" if confirm.tag else ""
+        if confirm.how == "response":
+            by = f" on {confirm.response_topic or 'kom/<client id>/response'}"
+        within = "reply_timeout" if confirm.timeout is None else f"{confirm.timeout:g} s"
+        parts.append(f"confirm {confirm.how}{by} within {within}")
     return ", ".join(parts)
 
 

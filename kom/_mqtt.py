@@ -142,6 +142,11 @@ class Session:
         return f"<Session line={self.line.name!r} connected={self.connected}>"
 
     @property
+    def protocol(self) -> str:
+        """The protocol version of the connection: "5" or "3.1.1" (after `auto` fell back)."""
+        return "5" if self._v5 else "3.1.1"
+
+    @property
     def connected(self) -> bool:
         return self._alive and self._conn.state is mqtt.State.CONNECTED
 
