@@ -1165,7 +1165,12 @@ class Line(Events):
         if tag.user_properties:
             properties = {"user_property": tag.user_properties}
         if tag.confirm is not None:
-            future, properties = self._confirming(future, tag, full, converted, properties)
+            inner, properties = self._confirming(future, tag, full, converted, properties)
+            try:
+                self._publish(inner, full, topic, payload, properties=properties)
+            except WriteError as exc:
+                _fail(inner, exc)  # it waits no more for its confirmation
+            return
         self._publish(future, full, topic, payload, properties=properties)
 
     def _confirming(

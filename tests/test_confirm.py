@@ -418,3 +418,16 @@ def test_no_response_fails_unconfirmed(broker: Mosquitto, topic_prefix: str) -> 
         ) as caught:
             kom.write("sw.set", True).result(5)
         assert caught.value.reason == "unconfirmed"
+
+
+def test_a_write_that_cannot_go_out_waits_for_no_confirmation() -> None:
+    """A confirmed write refused before publishing (line not connected) fails at once with
+    that reason, and leaves nothing waiting for a read-back."""
+    cfg = _cfg("nowhere", READ_BACK, host="127.0.0.1:1", publish_qos=0)
+    with start(cfg) as kom:
+        line = kom.lines["line"]
+        with pytest.raises(WriteError) as caught:
+            kom.write("sw.set", True).result(5)
+        assert caught.value.reason == "not-connected"
+        assert not line._confirmations
+        assert line.core.counters.unconfirmed_writes == 0
