@@ -954,15 +954,21 @@ class Line(Events):
                 return
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
+        if not ok:
+            # SPEC §11: a refusal reaches the log and the counters, not only the write.
+            self.core.counters.refused_writes += 1
+            tag = write.result.tag if write is not None else "a write"
+            log.warning("line %s: the broker refused %s (m%d): %s", self.name, tag, mid, reason)
         if write is not None:
             result = write.result
             if granted_qos is not None:
                 result = attrs.evolve(result, qos=granted_qos, downgraded=True)
             _completed(write.future, result, ok, reason)
 
-    def subscribed(self, mid: int, granted: list[int]) -> None:
+    def subscribed(self, mid: int, granted: list[int], reason_string: str | None = None) -> None:
         """SUBACK: a refused filter (0x80 or above) is logged, counted, kept in `last_error`
-        and `refused_filters`, and subscribed again after a back-off."""
+        and `refused_filters` (with the broker's reason string, SPEC §11), and subscribed
+        again after a back-off."""
         with self._lock:
             self._requests.pop(mid, None)
             filters = self._subscribing.pop(mid, self._subscribed)
@@ -973,6 +979,8 @@ class Line(Events):
                 tries = self.refused_filters[f] = self.refused_filters.get(f, 0) + 1
                 self.core.counters.refused_subscriptions += 1
                 why = reason_name(code, packet="SUBACK", v5=self.config.protocol == "5")
+                if reason_string:
+                    why += f": {reason_string}"
                 self.last_error = f"the broker refused the subscription {f!r}: {why}"
                 log.error("line %s: %s (refusal %d)", self.name, self.last_error, tries)
             else:
@@ -1000,6 +1008,8 @@ class Line(Events):
     def disconnected(self, reason: str) -> None:
         if reason.startswith("protocol error"):
             self.core.counters.protocol_errors += 1
+        elif reason.startswith("the broker sent DISCONNECT"):
+            self.core.counters.broker_disconnects += 1
         self.last_error = f"disconnected: {reason}"
 
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
