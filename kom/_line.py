@@ -838,11 +838,15 @@ class Line(Events):
                 )
 
     def _read_back(self, updates: Sequence[Update]) -> None:
-        """SPEC §11: valid values read may confirm writes waiting for their read-back."""
+        """SPEC §11: valid values read may confirm writes waiting for their read-back.
+
+        Not retained ones: the broker's stored value, sent because kom subscribed, says
+        nothing of what the device did with the write.
+        """
         done: list[Pending] = []
         with self._confirm_lock:
             for u in updates:
-                if u.quality is Quality.VALID:
+                if u.quality is Quality.VALID and not u.retained:
                     done += self._confirmations.read(u.tag, u.value)
         self._confirm(done)
 

@@ -72,6 +72,7 @@ def test_simulator_into_sqlite_then_write_then_will(broker: Mosquitto, tmp_path:
                 timeout=30,
             )
             assert wrote.returncode == 0, wrote.stderr.decode()
+            assert b"confirmed by read-back" in wrote.stdout  # the profile's confirm
             wait_until(lambda: sim.device.output_state(1) != before, 5, "device switched")
             expected = 0 if before else 1
             wait_until(
