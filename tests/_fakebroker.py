@@ -444,14 +444,7 @@ def _connect_client_id(raw: bytes) -> str:
     level = body[offset]
     offset += 1 + 1 + 2  # protocol level, connect flags, keep alive
     if level == 5:  # MQTT 5 §3.1.2.11: properties, their length a variable byte integer
-        length = shift = 0
-        while True:
-            byte = body[offset]
-            offset += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        length, offset = _variable_int(body, offset)
         offset += length
     client_id, _ = _utf8_string(body, offset)
     return client_id.decode(errors="replace")
