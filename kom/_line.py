@@ -841,12 +841,14 @@ class Line(Events):
         """SPEC §11: valid values read may confirm writes waiting for their read-back.
 
         Not retained ones: the broker's stored value, sent because kom subscribed, says
-        nothing of what the device did with the write.
+        nothing of what the device did with the write. With retain_as_published a device's
+        live message keeps its retain flag too, and counts.
         """
         done: list[Pending] = []
+        any_retained = self.config.retain_as_published
         with self._confirm_lock:
             for u in updates:
-                if u.quality is Quality.VALID and not u.retained:
+                if u.quality is Quality.VALID and (any_retained or not u.retained):
                     done += self._confirmations.read(u.tag, u.value)
         self._confirm(done)
 

@@ -431,3 +431,22 @@ def test_a_write_that_cannot_go_out_waits_for_no_confirmation() -> None:
         assert caught.value.reason == "not-connected"
         assert not line._confirmations
         assert line.core.counters.unconfirmed_writes == 0
+
+
+def test_response_on_a_line_that_fell_back_to_3_1_1_fails_at_once() -> None:
+    """protocol = "auto" against a broker without MQTT 5: a response-confirmed write fails
+    `unconfirmed` at once, saying why, and sends nothing."""
+    from ._fakebroker import FakeBroker, PacketType
+
+    with FakeBroker() as fake:
+        fake.version_5 = "refuse"
+        cfg = _cfg("fb", 'confirm = "response"', host=fake.address, protocol="auto")
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            with pytest.raises(
+                WriteError, match=r"needs MQTT 5; the broker speaks 3\.1\.1"
+            ) as caught:
+                kom.write("sw.set", True).result(5)
+            assert caught.value.reason == "unconfirmed"
+            assert not kom.lines["line"]._confirmations
+        assert fake.packets(PacketType.PUBLISH) == []
