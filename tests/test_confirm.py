@@ -450,3 +450,25 @@ def test_response_on_a_line_that_fell_back_to_3_1_1_fails_at_once() -> None:
             assert caught.value.reason == "unconfirmed"
             assert not kom.lines["line"]._confirmations
         assert fake.packets(PacketType.PUBLISH) == []
+
+
+@pytest.mark.broker
+@pytest.mark.usefixtures("no_backoff")
+def test_a_retained_value_does_not_confirm(broker: Mosquitto, topic_prefix: str) -> None:
+    """The broker's retained copy of the state, sent when kom subscribes after the write,
+    is the old state, not the device's answer: the write stays unconfirmed."""
+    from ._kom import Collector, Publisher
+
+    with Publisher(broker.port) as pub:
+        pub.publish(f"{topic_prefix}/state", '{"on": true}', retain=True)
+    got = Collector()
+    cfg = _cfg(topic_prefix, READ_BACK, host=broker.address, topic_filter=f"{topic_prefix}/x")
+    with start(cfg, got) as kom:
+        assert kom.wait_connected(5)
+        future = kom.write("sw.set", True)
+        kom.lines["line"].change_filters([f"{topic_prefix}/state"])
+        got.wait(lambda us: any(u.tag == "sw.state" and u.retained for u in us))
+        with pytest.raises(WriteError) as caught:
+            future.result(5)
+    assert caught.value.reason == "unconfirmed"
+    assert "no reading since the write" in str(caught.value)
