@@ -984,7 +984,9 @@ class Line(Events):
                 refused.append(f)
                 tries = self.refused_filters[f] = self.refused_filters.get(f, 0) + 1
                 self.core.counters.refused_subscriptions += 1
-                why = reason_name(code, packet="SUBACK", v5=self.config.protocol == "5")
+                session = self._session  # "auto" speaks what the broker took
+                v5 = session.protocol == "5" if session is not None else False
+                why = reason_name(code, packet="SUBACK", v5=v5)
                 if reason_string:
                     why += f": {reason_string}"
                 self.last_error = f"the broker refused the subscription {f!r}: {why}"
