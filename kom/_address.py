@@ -39,6 +39,7 @@ class Kind(enum.Enum):
     TOPIC = "TOPIC="
     BINARY = "BIN="
     SPB = "SPB="  # a Sparkplug B metric by its BIRTH name (SPEC §14), input or output
+    PROP = "PROP="  # SPEC §11: an MQTT 5 property of the PUBLISH
 
 
 #: The one type each fixed address allows (SPEC §4 "Addresses").
@@ -51,7 +52,18 @@ FIXED_TYPES = {
     Kind.OUT_VALUE: ValueType.TxtO,
 }
 
-KINDS_TEXT = "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+KINDS_TEXT = (
+    "IN_TOPIC, IN_DATA, IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE"
+)
+
+#: SPEC §11: the PUBLISH properties a PROP= address may name (besides `user:<key>`).
+PROPERTY_NAMES = (
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "message_expiry_interval",
+    "payload_format_indicator",
+)
 
 Step = str | int
 Reader = Callable[[Any], Any]
@@ -237,6 +249,36 @@ def _identity(doc: Any) -> Any:
     return doc
 
 
+def compile_property(name: str) -> Reader:
+    """A reader of one MQTT 5 PUBLISH property (SPEC §11), MISSING when absent.
+
+    `user:<key>` reads the first user property with that key; binary data (correlation data)
+    reads as text (UTF-8, undecodable bytes escaped).
+    """
+    if name.startswith("user:") and len(name) > len("user:"):
+        key = name[len("user:") :]
+
+        def read_user(props: Any) -> Any:
+            for k, v in props.get("user_property", ()):
+                if k == key:
+                    return v
+            return MISSING
+
+        return read_user
+    if name not in PROPERTY_NAMES:
+        raise AddressSyntaxError(
+            f"PROP= takes one of {', '.join(PROPERTY_NAMES)} or user:<key>, found {name!r}"
+        )
+
+    def read(props: Any) -> Any:
+        value = props.get(name, MISSING)
+        if type(value) is bytes:
+            return value.decode("utf-8", "backslashreplace")
+        return value
+
+    return read
+
+
 def compile_jsonpath(expression: str) -> Reader:
     """A reader for a JP= expression (jsonpath-ng extended syntax), first match or MISSING."""
     from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
@@ -288,6 +330,9 @@ def parse_address(text: str) -> Address:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", body):
                 raise AddressSyntaxError(f"TOPIC= takes a regex group name, found {body!r}")
             return Address(stripped, kind, group=body)
+    if upper.startswith(Kind.PROP.value):
+        body = stripped[len(Kind.PROP.value) :].strip()
+        return Address(stripped, Kind.PROP, read=compile_property(body))
     try:
         kind = Kind(upper)
     except ValueError:

@@ -28,6 +28,8 @@ def backoff(
     """
     if _testing or attempt <= 0 or maximum <= 0:
         return 0.0
-    ceiling = min(maximum, minimum * 2.0 ** (attempt - 1))
+    # The exponent is capped: 2.0 ** 1025 overflows a float (round 1,026, about six hours of
+    # outage with the defaults), and past 2 ** 64 any minimum has long reached the maximum.
+    ceiling = min(maximum, minimum * 2.0 ** min(attempt - 1, 64))
     draw = (rng or random).random()
     return ceiling / 2 + draw * ceiling / 2

@@ -248,6 +248,9 @@ class Kom:
             for callback in self._callbacks:
                 try:
                     callback(updates)
+                except KomError as exc:  # kom's own, e.g. a sink given up on close: its message
+                    self.consumer_errors += 1
+                    log.error("update callback failed: %s", exc)
                 except Exception as exc:  # a consumer's bug must not stop the line
                     self.consumer_errors += 1
                     log.exception("update callback failed: %s", exc)

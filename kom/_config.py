@@ -31,6 +31,7 @@ from ._address import (
 )
 from ._advice import model_hint, regex_problem, type_hint
 from ._binary import ENCODINGS
+from ._confirm import Confirm, check_confirm_tags, read_confirm
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
@@ -100,7 +101,7 @@ class LineConfig:
     tls: Tls | None = None
     transport: Literal["tcp", "websockets"] = "tcp"
     ws_path: str = "/mqtt"
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5", "auto"] = "3.1.1"
     username: str | None = None
     password: Secret | None = None
     clean_session: bool = False
@@ -132,6 +133,18 @@ class LineConfig:
     #: ioBroker-style publishing (seeds/003), the defaults of every output tag of the line.
     publish_only_changes: bool = False
     publish_on_connect: bool = False
+    # MQTT 5 (SPEC §11); sent only on a version-5 connection.
+    #: Session Expiry Interval in seconds; None: 0 with a clean session, else "never".
+    session_expiry: int | None = None
+    receive_maximum: int = 65535
+    #: Largest packet kom accepts, announced in CONNECT; None: not announced (kom still
+    #: skips a PUBLISH over `max_payload` plus headers as it streams in).
+    maximum_packet_size: int | None = None
+    topic_alias_maximum: int = 64
+    user_properties: tuple[tuple[str, str], ...] = ()
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
 
     @property
     def effective_clean_session(self) -> bool:
@@ -162,6 +175,10 @@ class TagConfig:
     default: Value = None
     #: BIN= only: how the bytes are written (SPEC §15): base64, hex, or raw (BIN=$ only).
     encoding: str | None = None
+    #: SPEC §11: MQTT 5 user properties of the PUBLISH an output tag makes.
+    user_properties: tuple[tuple[str, str], ...] = ()
+    #: SPEC §11: how a write of this output tag is confirmed (read-back or response).
+    confirm: Confirm | None = None
 
 
 @attrs.frozen
@@ -262,6 +279,14 @@ LINE_KEYS = frozenset(
         "max_past",
         "publish_only_changes",
         "publish_on_connect",
+        "session_expiry",
+        "receive_maximum",
+        "maximum_packet_size",
+        "topic_alias_maximum",
+        "user_properties",
+        "no_local",
+        "retain_as_published",
+        "retain_handling",
     }
 )
 STATION_KEYS = frozenset(
@@ -285,6 +310,11 @@ TAG_KEYS = frozenset(
         "deadband",
         "on_change",
         "encoding",
+        "user_properties",
+        "confirm",
+        "confirm_tag",
+        "confirm_timeout",
+        "response_topic",
     }
 )
 
@@ -499,6 +529,7 @@ def from_dict(
             lines.append(line)
 
     stations: list[StationConfig] = []
+    paths: dict[str, str] = {}  # station name -> key path, for checks across stations
     raw_stations = data.get("station", [])
     if not isinstance(raw_stations, list):
         top.error("station", "expected [[station]] tables")
@@ -528,6 +559,8 @@ def from_dict(
         names.add(station.name)
         by_address.setdefault((station.line, station.address), station.name)
         stations.append(station)
+        paths[station.name] = path
+    check_confirm_tags(stations, paths, errors.add)
 
     explicit = {table.get("name", "line") for _, table in line_tables if "topic_filter" in table}
     lines = [_sparkplug_filters(line, stations, line.name in explicit) for line in lines]
@@ -586,8 +619,8 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         protocol = "3.1.1"
     elif protocol in ("5", "5.0"):
         protocol = "5"
-    else:
-        t.error("protocol", f"expected '3.1.1' or '5', found {protocol!r}")
+    elif protocol != "auto":
+        t.error("protocol", f"expected '3.1.1', '5' or 'auto', found {protocol!r}")
         protocol = "3.1.1"
     username = t.get("username", str, None)
     password = _read_secret(t, "password", base)
@@ -658,7 +691,42 @@ def _read_line(t: _Table, many: bool, base: Path, identity: str) -> LineConfig |
         max_past=_seconds(t, "max_past"),
         publish_only_changes=t.get("publish_only_changes", bool, False),
         publish_on_connect=t.get("publish_on_connect", bool, False),
+        session_expiry=_read_session_expiry(t),
+        receive_maximum=t.integer("receive_maximum", 65535, 1, 65535),
+        maximum_packet_size=t.get("maximum_packet_size", int, None, _in_range(64, 268_435_460)),
+        topic_alias_maximum=t.integer("topic_alias_maximum", 64, 0, 65535),
+        user_properties=_read_user_properties(t),
+        no_local=t.get("no_local", bool, False),
+        retain_as_published=t.get("retain_as_published", bool, False),
+        retain_handling=t.integer("retain_handling", 0, 0, 2),
     )
+
+
+def _read_session_expiry(t: _Table) -> int | None:
+    """SPEC §11: seconds, or "never" (MQTT 5 §3.1.2.11.2: 0xFFFFFFFF never expires)."""
+    raw = t.get("session_expiry", (int, str), None)
+    if raw is None:
+        return None
+    if raw == "never":
+        return 0xFFFF_FFFF
+    if isinstance(raw, str) or not 0 <= raw <= 0xFFFF_FFFE:
+        t.error("session_expiry", f"expected seconds (0..4294967294) or 'never', found {raw!r}")
+        return None
+    return int(raw)
+
+
+def _read_user_properties(t: _Table) -> tuple[tuple[str, str], ...]:
+    """A table of strings: MQTT 5 user properties (a line's in CONNECT, a tag's in its PUBLISH)."""
+    raw = t.get("user_properties", dict, None)
+    if raw is None:
+        return ()
+    pairs = []
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            t.error(f"user_properties.{key}", f"expected a string, found {_show(value)}")
+            continue
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def _clean_session(t: _Table, host_id: str | None) -> bool:
@@ -1100,6 +1168,8 @@ def _read_tag(
         publish=publish,
         default=default,
         encoding=encoding,
+        user_properties=_read_user_properties(t),
+        confirm=read_confirm(t, value_type, line),
     )
 
 

@@ -66,7 +66,8 @@ class AckError(KomError, ValueError):
 
 
 class SinkError(KomError, OSError):
-    """A sink could not open or store a batch; `sink` names it, `reason` is disk-full or error."""
+    """A sink could not open or store a batch; `sink` names it, `reason` is disk-full, closed
+    (standard output whose reader went away: no retry can help) or error."""
 
     def __init__(self, message: str, sink: str | None = None, reason: str = "error") -> None:
         self.sink = sink

@@ -1,8 +1,10 @@
 """A running line: one thread owns the MQTT session, connects, fails over, reconnects.
 
-The loop is thin: read from paho, ask the core what each message means, queue the
-updates for the host, keep kom's own timers (PINGREQ, reply timeouts), and acknowledge
-to the broker in arrival order once the host has taken the updates (SPEC §2, §5, §6).
+The loop is thin: read from the session (kom's own MQTT engine, `kom/_mqtt.py`), ask the
+core what each message means, queue the updates for the host, keep kom's own timers
+(PINGREQ, reply timeouts), and acknowledge to the broker in arrival order once the host has
+taken the updates (SPEC §2, §5, §6). Writes are decided and published on this thread too:
+a station's output values and topic groups change nowhere else.
 """
 
 from __future__ import annotations
@@ -24,12 +26,19 @@ from . import _subscriptions as subscriptions
 from ._acks import AckOrder
 from ._address import Kind
 from ._backoff import backoff
-from ._config import Endpoint, LineConfig, StationConfig
+from ._config import Endpoint, LineConfig, StationConfig, TagConfig
+from ._confirm import (
+    Confirmations,
+    Pending,
+    default_response_topic,
+    new_correlation,
+    response_topics,
+)
 from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
 from ._model import Quality, Update, Value, ValueType, new_record
-from ._mqtt import Events, RawMessage, Session
+from ._mqtt import Events, RawMessage, Session, SkippedPayload
 from ._outbox import Outbox
 from ._outputs import Message as OutputMessage
 from ._outputs import OutputMemory, on_connect, only_changes
@@ -37,6 +46,7 @@ from ._publish import render
 from ._station import Message, StationState
 from ._timemask import Zone
 from ._topic import check_topic
+from .mqtt import reason_name
 from .sparkplug._station import state_will
 
 log = logging.getLogger("kom.line")
@@ -77,8 +87,14 @@ class WriteResult:
     qos: int | None
     mid: int | None = None
     local: bool = False
+    #: The broker took a QoS 2 write at QoS 1 (answered PUBACK): `qos` is then 1.
+    downgraded: bool = False
     #: Left out: the message repeated the tag's last one (publish only changes).
     unchanged: bool = False
+    #: SPEC §11 confirmed writes: "read-back" or "response" when the device confirmed it.
+    confirmed: str | None = None
+    #: confirm = "response": the payload of the response that confirmed it.
+    response: bytes | None = None
 
 
 class _PendingWrite(NamedTuple):
@@ -100,10 +116,12 @@ class _Outgoing(NamedTuple):
     retain: bool
     deadline: float | None
     outbox_id: int | None
+    #: MQTT 5 PUBLISH properties (a tag's user_properties), None without.
+    properties: dict[str, object] | None = None
 
 
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
-#: the line's queue. paho's own window is off (see Session.__init__).
+#: the line's queue (the broker's Receive Maximum may bound them further, in the session).
 WINDOW = 1000
 
 
@@ -153,22 +171,22 @@ class Line(Events):
         self._thread: threading.Thread | None = None
         self._batch: list[Update] = []
         self._settles: list[tuple[int, int, int]] = []
-        # Writes have a lock of their own that is never held while calling paho: paho
-        # reports completions while holding its own message lock, so holding a kom lock
-        # across paho's publish() would deadlock against it.
+        # Writes have a lock of their own, never held while calling the session.
         self._writes_lock = threading.Lock()
         self._writes: dict[int, _PendingWrite] = {}
-        # Writes made while connected, for the line's thread to publish: paho is then used
-        # from one thread only (no lock hand-offs between the writer and the reader), and a
-        # burst of writes goes out in one system call.
+        # Writes asked for by any thread, decided on the line's thread (a station's output
+        # values and groups are the line's): (future, full tag name, decision).
+        self._asked: deque[tuple[Future[WriteResult], str, Callable[[], None]]] = deque()
+        # Writes decided, for the line's thread to publish: a burst of writes goes out in
+        # one system call.
         self._outgoing: deque[_Outgoing] = deque()
         self._woken = False  # a wake-up for the outgoing queue is on its way
-        # Writes taken to be handed to paho, not yet registered in _writes (under
+        # Writes taken to be handed to the session, not yet registered in _writes (under
         # _writes_lock): while any are, later writes queue behind them, keeping their order.
         self._in_transit = 0
         self._expired: set[int] = set()  # mids whose writes timed out, completion still due
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
-        # Outbox rows by paho mid, kept apart from futures: a write that timed out for its
+        # Outbox rows by packet id, kept apart from futures: a write that timed out for its
         # caller may still complete later, and only then may its row go.
         self._outbox_ids: dict[int, int] = {}
         self._recovered = self._outbox.pending() if self._outbox else []
@@ -179,6 +197,10 @@ class Line(Events):
         self._subscribed: tuple[str, ...] = ()
         self._subscribing: dict[int, tuple[str, ...]] = {}  # filters by SUBSCRIBE mid
         self._wanted = tuple(f.text for f in config.topic_filters)
+        self._filters_changed = False  # a reload changed the filters: the line's thread acts
+        #: Filters the broker refused (SUBACK 0x80 or above): retried with back-off.
+        self.refused_filters: dict[str, int] = {}  # filter -> refusals in a row
+        self._retry_at: float | None = None
         # What a kept session holds from an earlier run (see _subscriptions).
         self._held = (
             None if config.effective_clean_session else subscriptions.load(config.client_id)
@@ -190,6 +212,11 @@ class Line(Events):
         self._stamped_reads = -1
         self._outputs = OutputMemory()
         self.connected_event = threading.Event()
+        # SPEC §11 confirmed writes: those waiting for their read-back or response, and the
+        # response topics subscribed beside the line's filters.
+        self._confirmations = Confirmations()
+        self._confirm_lock = threading.Lock()
+        self._response_topics = frozenset(response_topics(stations, config.client_id, config.name))
 
     def __repr__(self) -> str:
         return f"<Line {self.config.name!r} {self.state.value} {self.endpoint or ''}>".replace(
@@ -222,11 +249,16 @@ class Line(Events):
             pending = [(w.future, w.result.tag) for w in self._writes.values()]
             self._writes.clear()
             pending += [(w.future, w.tag) for w in self._take_outgoing()]
+            while self._asked:
+                future, full, _ = self._asked.popleft()
+                pending.append((future, full))
         with self._lock:
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
                 self._session.close()
             if self._outbox is not None:
                 self._outbox.close()
+        with self._confirm_lock:
+            pending += [(p.future, p.tag) for p in self._confirmations.take_all()]
         for future, tag in pending:
             _fail(future, WriteError(f"{tag}: line closed", tag, "not-connected"))
 
@@ -242,6 +274,9 @@ class Line(Events):
             core.carry_over(self.core, connected=self.state is LineState.CONNECTED)
             self.core = core
             self.config = config
+            self._response_topics = frozenset(
+                response_topics(stations, config.client_id, config.name)
+            )
         self.change_filters([f.text for f in config.topic_filters])
         self._wake.set()
 
@@ -261,10 +296,14 @@ class Line(Events):
         endpoints = self.config.endpoints
         while not self._closed.is_set():
             try:
+                if self._asked:
+                    self._decide_writes()
                 if not self.core.wants_connection:
                     self._move(LineState.IDLE)
                     self._wait(self._wake, 1.0)
                     self._wake.clear()
+                    if self._asked:
+                        self._decide_writes()
                     continue
                 self._move(LineState.CONNECTING)
                 endpoint = endpoints[index % len(endpoints)]
@@ -287,11 +326,20 @@ class Line(Events):
                 log.exception("line %s: unexpected error: %s", self.name, exc)
                 self._closed.wait(0.5)
         self._move(LineState.CLOSED)
+        with self._lock:
+            if self._session is not None:
+                self._session.close()  # the thread that owns the socket releases it
 
     def _session_for_line(self) -> Session:
+        with self._lock:
+            return self._make_session()
+
+    def _make_session(self) -> Session:
         if self._session is None:
             self._session = Session(self.config, self)
             self._session.pause_reading = self._stop_reading
+            # SIGTERM while connecting: the session gives up at once (SPEC §9).
+            self._session.cancelled = self._closed.is_set
         return self._session
 
     def _connect_and_serve(self, endpoint: Endpoint) -> bool:
@@ -314,6 +362,7 @@ class Line(Events):
             self._settles.clear()
             self._requests.clear()
             self._subscribing.clear()
+            self._filters_changed = False
             self._ping_sent = None
             released = self.core.connected(self.generation, self._clock())
             if released:
@@ -329,7 +378,18 @@ class Line(Events):
             endpoint,
             connected.session_present,
         )
-        if self.config.client_id == "" and connected.assigned_client_id:
+        server_keep_alive = connected.properties.get("server_keep_alive")
+        if server_keep_alive is not None and server_keep_alive != self.config.keep_alive:
+            # MQTT 5 §3.2.2.3.14: the broker's keep-alive replaces the one kom asked for.
+            log.info(
+                "line %s: the broker sets the keep-alive to %d s (kom asked for %d s)",
+                self.name,
+                server_keep_alive,
+                self.config.keep_alive,
+            )
+        if self.config.protocol == "auto":
+            log.info("line %s: speaking MQTT %s", self.name, connected.protocol)
+        if connected.assigned_client_id:
             log.info(
                 "line %s: broker assigned client id %r", self.name, connected.assigned_client_id
             )
@@ -353,6 +413,12 @@ class Line(Events):
         is reported, counted, and the line backs off instead of reconnecting at once.
         """
         explicit = "taken over" in (self.last_error or "").lower()
+        session = self._session
+        if not explicit and session is not None and session.explained:
+            # The loss has a named cause (a protocol error, a refused QoS 2 PUBLISH, the
+            # broker's DISCONNECT): that is what the log says, not a takeover.
+            self._short_sessions = 0
+            return False
         short = lasted < max(5.0, 2 * self.config.reply_timeout)
         self._short_sessions = self._short_sessions + 1 if short else 0
         if not explicit and self._short_sessions < 3:
@@ -401,7 +467,8 @@ class Line(Events):
             self._deliver(Batch(self, updates, []))
 
     def _subscribe(self, session: Session, session_present: bool) -> None:
-        wanted = self._wanted
+        # SPEC §11: the response topics of confirmed writes are subscribed with the filters.
+        wanted = self._wanted + tuple(sorted(self._response_topics - set(self._wanted)))
         now = time.monotonic()
         timeout = self.config.reply_timeout
         qos = self.config.subscribe_qos
@@ -425,15 +492,35 @@ class Line(Events):
                 mid = session.unsubscribe(gone)
                 self._requests[mid] = ("UNSUBACK", now + timeout if timeout else float("inf"))
             self._subscribed = wanted
+            self.refused_filters = {f: n for f, n in self.refused_filters.items() if f in wanted}
 
     def change_filters(self, filters: Sequence[str]) -> None:
-        """New topic filters: SUBSCRIBE the new, then UNSUBSCRIBE the old, on the same session."""
+        """New topic filters: SUBSCRIBE the new, then UNSUBSCRIBE the old, on the same session
+        (sent by the line's thread, which owns the session)."""
         with self._lock:
             self._wanted = tuple(filters)
-            session = self._session
-            if session is None or self.state is not LineState.CONNECTED:
-                return
-            self._subscribe(session, True)
+            self._filters_changed = True
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the line's thread, wherever it waits (for the broker, or to reconnect)."""
+        self._wake.set()
+        session = self._session
+        if session is not None:
+            session.wake()
+
+    def _retry_refused(self, session: Session, now: float) -> None:
+        """SUBSCRIBE again the filters the broker refused, once their back-off has passed."""
+        if self._retry_at is None or now < self._retry_at or not self.refused_filters:
+            return
+        self._retry_at = None
+        filters = tuple(self.refused_filters)
+        timeout = self.config.reply_timeout
+        with self._lock:
+            mid = session.subscribe(filters, self.config.subscribe_qos)
+            self._requests[mid] = ("SUBACK", now + timeout if timeout else float("inf"))
+            self._subscribing[mid] = filters
+        log.info("line %s: subscribing again to %s", self.name, ", ".join(filters))
 
     def on_own_thread(self) -> bool:
         """Whether the caller is this line's network thread."""
@@ -460,19 +547,30 @@ class Line(Events):
                     log.warning(
                         "line %s: a station holds max_held messages; reading paused", self.name
                     )
+                if self._asked:
+                    self._decide_writes()  # an ACK_ID write is what frees the station
                 session.idle(0.05)
                 self._ping_sent = None  # the broker's answers wait unread in the socket
                 self._expire_writes(time.monotonic())
                 self._send_outgoing(session)  # writes go out while reading waits
                 continue
             paused = False
+            if self._asked:
+                self._decide_writes()
+            if self._filters_changed:
+                with self._lock:
+                    self._filters_changed = False
+                    self._subscribe(session, True)
             busy = self._batch or (self._outgoing and len(self._writes) < WINDOW)
             alive = session.loop(0.0 if busy else 0.05)
             self._flush()
             self._send_outgoing(session)
             if not alive:
+                log.warning("line %s: connection lost; reconnecting", self.name)
                 break
-            problem = self._check_timers(session, time.monotonic())
+            now = time.monotonic()
+            self._retry_refused(session, now)
+            problem = self._check_timers(session, now)
             if self.core.staleness is not None:
                 self._check_stale()
             if problem is not None:
@@ -550,6 +648,8 @@ class Line(Events):
                     if now >= deadline:
                         return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
             self._expire_writes(now)
+        elif self._confirmations:
+            self._expire_confirmations(now)
         return None
 
     def _check_stale(self) -> None:
@@ -564,30 +664,59 @@ class Line(Events):
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
 
-        A write still in kom's queue (made while the line was down, or waiting for the
-        window) is dropped with its outbox row: a write that reports failure is never sent
-        later. A write already handed to the session was sent: "timeout" then means kom
-        stopped waiting, and the broker may have it; if the connection drops before its
-        PUBACK, the kept session sends it again (MQTT 3.1.1 §4.4), and with `outbox` its
-        row stays until the broker completes it.
+        A write that reports failure is never sent later. One still in kom's queue (made
+        while the line was down, or waiting for the window) is dropped with its outbox row.
+        One already handed to the session is forgotten there with its outbox row: if it was
+        sent, the broker may have it ("timeout" then means "unknown"), but the session does
+        not send it again after reconnecting, with DUP, nor its PUBREL, as MQTT 3.1.1 §4.4
+        would have it on a kept session (`mqtt.Connection.forget` keeps its packet id out of
+        use meanwhile).
         """
+        forgotten: list[int] = []
+        rows: list[int | None] = []  # their outbox rows
         with self._writes_lock:
             expired = [
                 (m, w)
                 for m, w in self._writes.items()
                 if w.deadline is not None and now >= w.deadline
             ]
-            for mid, _ in expired:
+            for mid, write in expired:
                 del self._writes[mid]
-                self._expired.add(mid)
+                if write.qos == 0:
+                    self._expired.add(mid)  # its "written" may still be reported
+                    continue
+                forgotten.append(mid)
+                rows.append(self._outbox_ids.pop(mid, None))
             late: list[_Outgoing] = []
             if self._outgoing:
                 waiting = self._take_outgoing()
                 late = [w for w in waiting if w.deadline and now >= w.deadline]
                 self._outgoing.extend(w for w in waiting if not (w.deadline and now >= w.deadline))
+        session = self._session
+        if forgotten and session is not None:
+            session.forget(forgotten)
+        for row in rows:
+            if row is not None and self._outbox is not None:
+                self._outbox.done(row)
         for future, tag in [(w.future, w.result.tag) for _, w in expired]:
             _fail(future, self._timeout_error(tag))
         self._time_out(late)
+        if self._confirmations:
+            self._expire_confirmations(now)
+
+    def _expire_confirmations(self, now: float) -> None:
+        """SPEC §11: a confirmed write whose device did not confirm in time fails `unconfirmed`."""
+        with self._confirm_lock:
+            late = self._confirmations.expire(now)
+        for pending in late:
+            self.core.counters.unconfirmed_writes += 1
+            why = pending.why_not()
+            log.warning("line %s: write not confirmed: %s", self.name, why)
+            _fail(pending.future, WriteError(why, pending.tag, "unconfirmed"))
+
+    def _confirm(self, done: Sequence[Pending]) -> None:
+        for pending in done:
+            _complete(pending.future, pending.result())
 
     def _time_out(self, late: Sequence[_Outgoing]) -> None:
         """Fail writes that were never sent, and forget their outbox rows: never sent later."""
@@ -602,10 +731,19 @@ class Line(Events):
         )
 
     def _wait(self, event: threading.Event, seconds: float) -> bool:
-        """Wait for `event` up to `seconds`, failing overdue writes meanwhile."""
+        """Wait for `event` up to `seconds`, deciding writes and failing overdue ones meanwhile.
+
+        Writes wake `_wake`: waiting for `_closed`, the thread wakes for them too.
+        """
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if event.wait(min(left, 0.25)):
+            if event is not self._wake and self._wake.wait(min(left, 0.25)):
+                self._wake.clear()
+            elif event is self._wake and event.wait(min(left, 0.25)):
+                return True
+            if self._asked:
+                self._decide_writes()
+            if event.is_set():
                 return True
             self._expire_writes(time.monotonic())
         return event.is_set()
@@ -635,9 +773,33 @@ class Line(Events):
                     self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
+        if self._response_topics and topic in self._response_topics:
+            self._responded(raw, topic)
+            return
+        payload = raw.payload
+        if raw.size >= 0:
+            # Skipped as it streamed in (over max_payload): the station reports it (SPEC §8).
+            payload = SkippedPayload(raw.size)
+            self.core.counters.oversize += 1
+            log.warning(
+                "line %s: skipped a PUBLISH of %d bytes on %s (over max_payload)",
+                self.name,
+                raw.size,
+                topic,
+            )
         msg = new_record(
             Message,
-            (topic, raw.payload, received, raw.qos, raw.mid, raw.dup, raw.retain, self.generation),
+            (
+                topic,
+                payload,
+                received,
+                raw.qos,
+                raw.mid,
+                raw.dup,
+                raw.retain,
+                self.generation,
+                raw.properties,
+            ),
         )
         with self._lock:
             if raw.qos:
@@ -648,6 +810,8 @@ class Line(Events):
                 self._batch.extend(processed.updates)
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
+        if self._confirmations and processed.updates:
+            self._read_back(processed.updates)
         sparkplug = self.core.sparkplug
         if sparkplug is not None and (sparkplug.outgoing or sparkplug.problems):
             self._send_sparkplug()
@@ -686,6 +850,47 @@ class Line(Events):
                 log.debug(
                     "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
                 )
+
+    def _read_back(self, updates: Sequence[Update]) -> None:
+        """SPEC §11: valid values read may confirm writes waiting for their read-back.
+
+        Not retained ones: the broker's stored value, sent because kom subscribed, says
+        nothing of what the device did with the write. With retain_as_published a device's
+        live message keeps its retain flag too, and counts.
+        """
+        done: list[Pending] = []
+        any_retained = self.config.retain_as_published
+        with self._confirm_lock:
+            for u in updates:
+                if u.quality is Quality.VALID and (any_retained or not u.retained):
+                    done += self._confirmations.read(u.tag, u.value)
+        self._confirm(done)
+
+    def _responded(self, raw: RawMessage, topic: str) -> None:
+        """SPEC §11: a PUBLISH on a response topic; its correlation data names the write.
+
+        Settled at once (it is kom's own answer, not a station's value). A response for no
+        waiting write (late, or another client's) is counted and logged.
+        """
+        if raw.qos:
+            with self._lock:
+                self._arrivals.append((raw.mid, raw.qos))
+                self._settles.append((self.generation, raw.mid, raw.qos))
+        correlation = (raw.properties or {}).get("correlation_data")
+        done: list[Pending] = []
+        if isinstance(correlation, bytes | bytearray):
+            with self._confirm_lock:
+                done = self._confirmations.responded(bytes(correlation), raw.payload)
+        if done:
+            self._confirm(done)
+            return
+        self.core.counters.stray_responses += 1
+        log.info(
+            "line %s: a response on %s for no waiting write (correlation data %r)",
+            self.name,
+            topic,
+            correlation,
+        )
 
     def _say_offline(self, timeout: float) -> None:
         """SPEC §14: a host application that stops cleanly says so in its STATE itself
@@ -752,8 +957,12 @@ class Line(Events):
             if session is not None and ready:
                 session.ack_many(ready)
 
-    def published(self, mid: int, ok: bool, reason: str) -> None:
-        """paho completed a PUBLISH (network thread, paho's message lock held)."""
+    def published(self, mid: int, ok: bool, reason: str, granted_qos: int | None = None) -> None:
+        """The session finished a PUBLISH (the line's thread)."""
+        if granted_qos is not None:
+            # SPEC §11: a QoS 2 write answered with PUBACK is reported as downgraded.
+            self.core.counters.downgraded_writes += 1
+            log.warning("line %s: write m%d %s", self.name, mid, reason)
         with self._writes_lock:
             write = self._writes.pop(mid, None)
             outbox_id = self._outbox_ids.pop(mid, None)
@@ -765,18 +974,43 @@ class Line(Events):
                 return
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
+        if not ok:
+            # SPEC §11: a refusal reaches the log and the counters, not only the write.
+            self.core.counters.refused_writes += 1
+            tag = write.result.tag if write is not None else "a write"
+            log.warning("line %s: the broker refused %s (m%d): %s", self.name, tag, mid, reason)
         if write is not None:
-            _completed(write.future, write.result, ok, reason)
+            result = write.result
+            if granted_qos is not None:
+                result = attrs.evolve(result, qos=granted_qos, downgraded=True)
+            _completed(write.future, result, ok, reason)
 
-    def subscribed(self, mid: int, granted: list[int]) -> None:
+    def subscribed(self, mid: int, granted: list[int], reason_string: str | None = None) -> None:
+        """SUBACK: a refused filter (0x80 or above) is logged, counted, kept in `last_error`
+        and `refused_filters` (with the broker's reason string, SPEC §11), and subscribed
+        again after a back-off."""
         with self._lock:
             self._requests.pop(mid, None)
             filters = self._subscribing.pop(mid, self._subscribed)
+        refused = []
         for f, code in zip(filters, granted, strict=False):
             if code >= 0x80:
-                log.error(
-                    "line %s: the broker refused the subscription %r (code %d)", self.name, f, code
-                )
+                refused.append(f)
+                tries = self.refused_filters[f] = self.refused_filters.get(f, 0) + 1
+                self.core.counters.refused_subscriptions += 1
+                session = self._session  # "auto" speaks what the broker took
+                v5 = session.protocol == "5" if session is not None else False
+                why = reason_name(code, packet="SUBACK", v5=v5)
+                if reason_string:
+                    why += f": {reason_string}"
+                self.last_error = f"the broker refused the subscription {f!r}: {why}"
+                log.error("line %s: %s (refusal %d)", self.name, self.last_error, tries)
+            else:
+                self.refused_filters.pop(f, None)
+        if refused:
+            most = max(self.refused_filters[f] for f in refused)
+            wait = backoff(most, self.config.reconnect_min, self.config.reconnect_max)
+            self._retry_at = time.monotonic() + wait
         self._keep_subscriptions(all(code < 0x80 for code in granted))
         log.info("line %s: subscribed %s (granted %s)", self.name, ", ".join(filters), granted)
 
@@ -794,6 +1028,10 @@ class Line(Events):
         subscriptions.save(cfg.client_id, held if granted else None)
 
     def disconnected(self, reason: str) -> None:
+        if reason.startswith("protocol error"):
+            self.core.counters.protocol_errors += 1
+        elif reason.startswith("the broker sent DISCONNECT"):
+            self.core.counters.broker_disconnects += 1
         self.last_error = f"disconnected: {reason}"
 
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
@@ -830,18 +1068,64 @@ class Line(Events):
         self._wake.set()
 
     def write(self, station_name: str, tag_name: str, value: object) -> Future[WriteResult]:
-        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6)."""
+        """Write an output tag; the future completes by QoS or fails with a reason (SPEC §6).
+
+        Any thread may write; the write is decided (value converted, topic rendered from the
+        station's output values and groups) and published on the line's thread.
+        """
         future: Future[WriteResult] = Future()
         full = f"{station_name}.{tag_name}"
-        try:
-            self._write(future, station_name, tag_name, full, value)
-        except WriteError as exc:
-            _fail(future, exc)
-        except AckError as exc:
-            _fail(future, WriteError(str(exc), full, "rejected"))
-        except Exception as exc:  # the caller always learns the outcome
-            _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        self._ask(future, full, lambda: self._write(future, station_name, tag_name, full, value))
         return future
+
+    def _ask(self, future: Future[WriteResult], full: str, decide: Callable[[], None]) -> None:
+        """Hand a write to the line's thread (or decide it here if the thread is not running)."""
+        if self._closed.is_set():
+            _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
+            return
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            self._asked.append((future, full, decide))
+            self._decide_writes()
+            return
+        if self._outbox is None:
+            self._asked.append((future, full, decide))
+            self._poke()
+            return
+        # With an outbox, write() returns once the write's row is committed (decided on the
+        # line's thread): a crash of kom after that loses nothing.
+        decided = threading.Event()
+
+        def decide_and_tell() -> None:
+            try:
+                decide()
+            finally:
+                decided.set()
+
+        self._asked.append((future, full, decide_and_tell))
+        self._poke()
+        decided.wait(max(self.config.reply_timeout, 5.0))
+
+    def _decide_writes(self) -> None:
+        """Decide the writes asked for so far, in order, then publish them."""
+        asked = self._asked
+        while asked:
+            try:
+                future, full, decide = asked.popleft()
+            except IndexError:  # another thread took it (a line not running)
+                break
+            try:
+                decide()
+            except WriteError as exc:
+                _fail(future, exc)
+            except AckError as exc:
+                _fail(future, WriteError(str(exc), full, "rejected"))
+            except Exception as exc:  # the caller always learns the outcome
+                _fail(future, WriteError(f"{full}: {exc}", full, "rejected"))
+        session = self._session
+        if session is not None and self._outgoing and self.state is LineState.CONNECTED:
+            # While the line is down writes wait in kom's queue (see _publish).
+            self._send_outgoing(session)
 
     def _write(
         self,
@@ -909,7 +1193,81 @@ class Line(Events):
             future, OutputMessage(full, topic, payload), changes
         ):
             return
-        self._publish(future, full, topic, payload)
+        properties: dict[str, object] | None = None
+        if tag.user_properties:
+            properties = {"user_property": tag.user_properties}
+        if tag.confirm is not None:
+            inner, properties = self._confirming(future, tag, full, converted, properties)
+            try:
+                self._publish(inner, full, topic, payload, properties=properties)
+            except WriteError as exc:
+                _fail(inner, exc)  # it waits no more for its confirmation
+            return
+        self._publish(future, full, topic, payload, properties=properties)
+
+    def _confirming(
+        self,
+        future: Future[WriteResult],
+        tag: TagConfig,
+        full: str,
+        value: Value,
+        properties: dict[str, object] | None,
+    ) -> tuple[Future[WriteResult], dict[str, object] | None]:
+        """SPEC §11: register a confirmed write before it is published.
+
+        Returns the future the publishing completes (the broker's answer) and the PUBLISH's
+        properties; `future`, the caller's, completes when both the broker and the device
+        have answered.
+        """
+        confirm = tag.confirm
+        assert confirm is not None
+        cfg = self.config
+        timeout = cfg.reply_timeout if confirm.timeout is None else confirm.timeout
+        expected: object = None
+        key: str | bytes
+        if confirm.how == "read-back":
+            key = confirm.tag or ""
+            name, _, tag_name = key.partition(".")
+            other = self.core.by_name.get(name)
+            target = other.config.tag(tag_name) if other is not None else None
+            if other is None or target is None:
+                raise WriteError(f"{full}: confirm_tag {key!r} is not on this line", full)
+            # Compared as the input tag reads it (SPEC §11): converted to its type.
+            expected = self._convert(target.type, value, full, other.config.time_zone)
+        else:
+            if self._session is not None and self._session.protocol != "5":
+                raise WriteError(
+                    f'{full}: confirm = "response" needs MQTT 5; the broker speaks 3.1.1',
+                    full,
+                    "unconfirmed",
+                )
+            key = new_correlation()
+            properties = dict(properties or {})
+            properties["response_topic"] = confirm.response_topic or default_response_topic(
+                cfg.client_id, cfg.name
+            )
+            properties["correlation_data"] = key
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        pending = Pending(future, full, confirm.how, key, expected, deadline, timeout)
+        with self._confirm_lock:
+            self._confirmations.add(pending)
+        inner: Future[WriteResult] = Future()
+
+        def published(done: Future[WriteResult]) -> None:
+            exc = done.exception()
+            with self._confirm_lock:
+                if exc is not None:
+                    self._confirmations.drop(pending)
+                    finished = False
+                else:
+                    finished = self._confirmations.published(pending, done.result())
+            if exc is not None:
+                _fail(future, exc)
+            elif finished:
+                self._confirm([pending])
+
+        inner.add_done_callback(published)
+        return inner, properties
 
     def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
         """Note an output's message for its publishing options; False: leave it out (unchanged)."""
@@ -962,8 +1320,10 @@ class Line(Events):
         *,
         qos: int | None = None,
         retain: bool | None = None,
+        properties: dict[str, object] | None = None,
     ) -> None:
-        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain."""
+        """Publish a write; `qos` and `retain` default to the line's publish_qos/_retain;
+        `properties` go with it on MQTT 5 (SPEC §11)."""
         cfg = self.config
         qos = cfg.publish_qos if qos is None else qos
         retain = cfg.publish_retain if retain is None else retain
@@ -974,31 +1334,17 @@ class Line(Events):
         outbox = self._outbox
         outbox_id = None
         if outbox is not None and qos > 0:
-            # Committed before paho sees it: a crash from here on loses nothing.
+            # Committed before the session sees it: a crash from here on loses nothing.
             outbox_id = outbox.add(full, topic, payload, qos, retain)
-        write = _Outgoing(future, full, topic, payload, qos, retain, deadline, outbox_id)
+        write = _Outgoing(
+            future, full, topic, payload, qos, retain, deadline, outbox_id, properties
+        )
         with self._writes_lock:
-            # Writes queued or on their way to paho go first, whatever the line's state;
-            # while connected, so do writes awaiting completion: the line's thread then
-            # publishes this one after them (see _send_outgoing), in one burst. While the
-            # line is down a write waits in kom's queue, not the session's: one whose
-            # reply_timeout passes there is dropped as it fails, never sent later (SPEC §6).
-            connected = self.state is LineState.CONNECTED
-            queue = bool(
-                self._outgoing or self._in_transit or (self._writes and connected) or not connected
-            )
-            if queue:
-                self._outgoing.append(write)
-            else:
-                self._in_transit += 1
-        if queue:
-            if not self._woken:
-                self._woken = True
-                session.wake()
-            return
-        # Nothing under way: publish at once from this thread, sparing a single write the
-        # wake-up of the line's thread.
-        self._publish_now([write], session)
+            # Published by _send_outgoing, on the line's thread, after the writes before it,
+            # in one burst. While the line is down a write waits in kom's queue, not the
+            # session's: one whose reply_timeout passes there is dropped as it fails, never
+            # sent later (SPEC §6).
+            self._outgoing.append(write)
 
     def _send_outgoing(self, session: Session) -> None:
         """Publish the queued writes that fit the window (the line's thread)."""
@@ -1017,7 +1363,7 @@ class Line(Events):
         self._publish_now(writes, session)
 
     def _publish_now(self, writes: Sequence[_Outgoing], session: Session) -> None:
-        """Hand writes to paho and keep their futures until completion (no kom lock held).
+        """Hand writes to the session and keep their futures until completion (no kom lock held).
 
         The caller counted `writes` in `_in_transit` (under _writes_lock); they leave it
         here, registered, in the same hold of the lock.
@@ -1027,7 +1373,8 @@ class Line(Events):
         sent: Sequence[int | Exception]
         try:
             sent = session.publish_many(
-                [(w.topic, w.payload, w.qos, w.retain) for w in writes], self.on_own_thread()
+                [(w.topic, w.payload, w.qos, w.retain, w.properties) for w in writes],
+                self.on_own_thread(),
             )
         except Exception as exc:  # a write's caller always learns the outcome
             sent = [exc] * len(writes)
@@ -1051,7 +1398,8 @@ class Line(Events):
                 else:
                     finished.append((write, result, early))
         for write, problem in refused:
-            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, "rejected"))
+            why = "not-connected" if write.qos == 0 and not session.connected else "rejected"
+            _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, why))
         for write, result, (ok, reason) in finished:
             if ok and self._outbox is not None and write.outbox_id is not None:
                 self._outbox.done(write.outbox_id)
@@ -1060,7 +1408,7 @@ class Line(Events):
     def _take_outgoing(self, in_transit: bool = False, most: int | None = None) -> list[_Outgoing]:
         """Take writes not yet published from the queue, oldest first (under _writes_lock).
 
-        `in_transit`: they are to be handed to paho (`_publish_now`), and count as on
+        `in_transit`: they are to be handed to the session (`_publish_now`), and count as on
         their way until then, so that no write made meanwhile overtakes them.
         """
         outgoing = self._outgoing
@@ -1078,13 +1426,14 @@ class Line(Events):
     ) -> Future[WriteResult]:
         """Publish a message not tied to a tag (by default the line's QoS and retain)."""
         future: Future[WriteResult] = Future()
-        try:
+
+        def decide() -> None:
             problem = check_topic(topic)
             if problem:
                 raise WriteError(problem, None, "topic")
             self._publish(future, topic, topic, payload, qos=qos, retain=retain)
-        except WriteError as exc:
-            _fail(future, exc)
+
+        self._ask(future, topic, decide)
         return future
 
 

@@ -1,7 +1,7 @@
-"""A persistent outbox: QoS 1/2 writes that survive a crash of kom (beyond paho).
+"""A persistent outbox: QoS 1/2 writes that survive a crash of kom.
 
-paho keeps unacknowledged outgoing messages in memory only. With `outbox = "path"` on a
-line, each QoS 1/2 write is committed to SQLite before it is handed to paho and deleted
+The MQTT session keeps unacknowledged outgoing messages in memory only. With `outbox = "path"`
+on a line, each QoS 1/2 write is committed to SQLite before it is handed to the session and deleted
 when the broker completes it (PUBACK/PUBCOMP); what is left after a crash is sent again
 on the next start. Delivery is at least once: a write completed just before a crash, whose
 deletion did not commit, is sent twice.

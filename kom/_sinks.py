@@ -332,8 +332,16 @@ class JsonlSink:
             if self._owned:
                 self._append(data)
             else:
-                self._file.write(data)
-                self._file.flush()
+                try:
+                    self._file.write(data)
+                    self._file.flush()
+                except BrokenPipeError as exc:
+                    # The reader of standard output went away (`kom run --sink jsonl:- | head`):
+                    # no retry can write there again, and the batch stays unacknowledged.
+                    self._problem = "standard output was closed (its reader went away)"
+                    raise SinkError(
+                        f"sink jsonl:-: {self._problem}", self.target, "closed"
+                    ) from exc
             self.rows += len(updates)
 
     def _append(self, data: bytes) -> None:
@@ -426,6 +434,11 @@ class SinkWriter:
         self.updates = 0
         self.failures = 0
         self._closed = threading.Event()
+        #: Held while a sink writes: close() waits for a write under way instead of closing
+        #: the sink beneath it ("I/O operation on closed file" while a failing sink retried).
+        self._writing = threading.Lock()
+        #: Set when a sink can never write again (standard output closed): `kom run` stops.
+        self.ended = threading.Event()
         #: Per sink, in the order of `sinks`: rows, failures, commit latency (SPEC §13 metrics).
         self.stats = [SinkStats.of(sink, i) for i, sink in enumerate(self.sinks)]
 
@@ -437,13 +450,22 @@ class SinkWriter:
             while True:
                 started = time.perf_counter()
                 try:
-                    sink.write(updates)
+                    with self._writing:
+                        if self._closed.is_set():
+                            raise SinkError(f"sink {sink!r}: kom is stopping, batch not written")
+                        sink.write(updates)
                     stats.committed(len(updates), time.perf_counter() - started)
                     break
                 except Exception as exc:
+                    if self._closed.is_set():
+                        raise  # stopping: the lines closed first, nothing of it is acknowledged
                     self.failures += 1
                     stats.failed(exc)
-                    if str(exc) != last:
+                    if isinstance(exc, SinkError) and exc.reason == "closed":
+                        if not self.ended.is_set():
+                            log.error("%s; acknowledgements held, stopping", _one_line(sink, exc))
+                            self.ended.set()
+                    elif str(exc) != last:
                         last = str(exc)
                         log.error("%s; acknowledgements held, retrying", _one_line(sink, exc))
                     if failed_since is None:
@@ -475,11 +497,12 @@ class SinkWriter:
 
     def close(self) -> None:
         self._closed.set()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:
-                log.error("closing sink %r: %s", sink, exc)
+        with self._writing:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception as exc:
+                    log.error("closing sink %r: %s", sink, exc)
 
 
 def _one_line(sink: Sink, exc: Exception) -> str:

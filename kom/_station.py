@@ -32,7 +32,16 @@ from ._timemask import Zone
 VALID = Quality.VALID
 INVALID = Quality.INVALID
 INPUT_KINDS = frozenset(
-    {Kind.IN_TOPIC, Kind.IN_DATA, Kind.IN_ID, Kind.JSON, Kind.JSONPATH, Kind.TOPIC, Kind.BINARY}
+    {
+        Kind.IN_TOPIC,
+        Kind.IN_DATA,
+        Kind.IN_ID,
+        Kind.JSON,
+        Kind.JSONPATH,
+        Kind.TOPIC,
+        Kind.BINARY,
+        Kind.PROP,
+    }
 )
 
 
@@ -47,6 +56,8 @@ class Message(NamedTuple):
     dup: bool = False
     retain: bool = False
     generation: int = 0
+    #: MQTT 5 PUBLISH properties (None on 3.1.1 or when the PUBLISH has none).
+    properties: dict[str, Any] | None = None
 
 
 class StationState(enum.Enum):
@@ -103,13 +114,14 @@ class Decoder:
         self._line = line
         plan = plan or _plan(station, line)
         prefix = station.name + "."
-        first, middle, last = (
+        first, middle, last, props = (
             tuple(new_record(_Reader, (prefix + r.full, *r[1:])) for r in readers)
-            for readers in (plan.first, plan.middle, plan.last)
+            for readers in (plan.first, plan.middle, plan.last, plan.props)
         )
         self._first = first
         self._middle = middle
         self._last = last
+        self._props = props
         self._json = plan.json
         self._time_slot = plan.time_slot
         self._payload_slot = plan.payload_slot
@@ -123,7 +135,7 @@ class Decoder:
             station.max_past if station.max_past is not None else line.max_past,
         )
         self._max_payload = line.max_payload
-        self.input_tags = tuple(r.full for r in (*first, *middle, *last))
+        self.input_tags = tuple(r.full for r in (*first, *middle, *last, *props))
         #: Invalid updates handed out so far (the core counts them as decode errors).
         self.invalid = 0
         #: Last reported (value, valid) per tag with dead band or change-only filtering.
@@ -199,11 +211,27 @@ class Decoder:
                 else:
                     self._emit(append, r, text, None, None, ts, received, topic)
         self._decode_middle(raws, doc, groups, failure, ts, received, topic, append, traw)
+        if self._props:
+            self._decode_properties(msg.properties, ts, received, topic, append)
         for r in self._last:
             self._emit(append, r, msg.mid if msg.qos else 0, None, None, ts, received, topic)
         if msg.retain:
             return _retained(updates, ts is received)
         return updates
+
+    def _decode_properties(
+        self,
+        props: dict[str, Any] | None,
+        ts: datetime,
+        received: datetime,
+        topic: str,
+        append: Callable[[Update], None],
+    ) -> None:
+        """PROP= tags (SPEC §11): absent, or on a 3.1.1 line, invalid with reason missing."""
+        for r in self._props:
+            raw = r.read(props) if props and r.read is not None else MISSING
+            value, reason, detail = _converted(r, raw, "the PUBLISH has no such property")
+            self._emit(append, r, value, reason, detail, ts, received, topic)
 
     def _slow(  # noqa: PLR0917 - called from generated code, positionally
         self,
@@ -233,15 +261,7 @@ class Decoder:
         else:
             raw = r.read(doc) if r.read is not None else MISSING
         if reason is None:
-            if raw is MISSING:
-                reason, detail = Reason.MISSING, f"{r.full}: nothing at this address"
-            else:
-                try:
-                    value = r.convert(raw)
-                except BinaryDataError as exc:  # SPEC §15: undecodable or too short
-                    reason, detail = Reason.PARSE, f"{r.full}: {exc}"
-                except ConversionError as exc:
-                    reason, detail = Reason.TYPE, f"{r.full}: {exc}"
+            value, reason, detail = _converted(r, raw, "nothing at this address")
         self._emit(append, r, value, reason, detail, ts, received, topic)
 
     def _emit(  # noqa: PLR0917 - per-tag hot path: positional arguments are cheaper
@@ -403,12 +423,25 @@ def _middle_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
     return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 
+def _converted(r: _Reader, raw: Any, missing: str) -> tuple[Value, Reason | None, str | None]:
+    """A tag's raw value converted to its type: (value, None, None), or why it is invalid."""
+    if raw is MISSING:
+        return None, Reason.MISSING, f"{r.full}: {missing}"
+    try:
+        return r.convert(raw), None, None
+    except BinaryDataError as exc:  # SPEC §15: undecodable or too short
+        return None, Reason.PARSE, f"{r.full}: {exc}"
+    except ConversionError as exc:
+        return None, Reason.TYPE, f"{r.full}: {exc}"
+
+
 class _Plan(NamedTuple):
     """What a station's decoder is made of, but for the station's name (see _plan)."""
 
     first: tuple[_Reader, ...]  # IN_TOPIC, IN_DATA
     middle: tuple[_Reader, ...]  # JA=, JP=, TOPIC=
     last: tuple[_Reader, ...]  # IN_ID
+    props: tuple[_Reader, ...]  # PROP=
     json: bool
     time_slot: int  # the line's time field in what read_many returns; -1 without
     read_many: Callable[[Any], list[Any]] | None
@@ -424,6 +457,7 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
     first: list[_Reader] = []
     middle: list[_Reader] = []
     last: list[_Reader] = []
+    props: list[_Reader] = []
     paths: list[tuple[Step, ...]] = []
     zone = station.time_zone or line.time_zone
     whole = False  # BIN=$ tags: given their slot once the paths are known
@@ -440,6 +474,8 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
         reader = _reader(tag, line, slot, zone)
         if kind is Kind.IN_ID:
             last.append(reader)
+        elif kind is Kind.PROP:
+            props.append(reader)
         elif kind in (Kind.IN_TOPIC, Kind.IN_DATA):
             first.append(reader)
         else:
@@ -460,7 +496,16 @@ def _plan(station: StationConfig, line: LineConfig) -> _Plan:
             r._replace(slot=payload_slot) if r.kind is Kind.BINARY and r.slot < 0 else r
             for r in middle
         ]
-    return _Plan(tuple(first), tuple(middle), tuple(last), json, time_slot, read_many, payload_slot)
+    return _Plan(
+        tuple(first),
+        tuple(middle),
+        tuple(last),
+        tuple(props),
+        json,
+        time_slot,
+        read_many,
+        payload_slot,
+    )
 
 
 def _reader(tag: TagConfig, line: LineConfig, slot: int, zone: Zone) -> _Reader:

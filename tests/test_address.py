@@ -294,6 +294,8 @@ def test_address_kind(text: str, kind: Kind) -> None:
         ("TOPIC=", "TOPIC= takes a regex group name, found ''"),
         ("TOPIC=a-b", "TOPIC= takes a regex group name, found 'a-b'"),
         ("TOPIC=1a", "TOPIC= takes a regex group name"),
+        ("PROP=colour", "PROP= takes one of content_type, response_topic, correlation_data,"),
+        ("PROP=user:", "found 'user:'"),
     ],
 )
 def test_address_refused(text: str, message: str) -> None:
@@ -301,6 +303,27 @@ def test_address_refused(text: str, message: str) -> None:
     with pytest.raises(AddressSyntaxError) as info:
         parse_address(text)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "props", "value"),
+    [
+        ("PROP=content_type", {"content_type": "text/plain"}, "text/plain"),
+        ("prop= message_expiry_interval", {"message_expiry_interval": 9}, 9),
+        ("PROP=correlation_data", {"correlation_data": b"r\xff1"}, "r\\xff1"),
+        ("PROP=user:site", {"user_property": (("a", "1"), ("site", "n"), ("site", "s"))}, "n"),
+        ("PROP=user:site", {"user_property": (("a", "1"),)}, MISSING),
+        ("PROP=response_topic", {}, MISSING),
+    ],
+)
+def test_prop_addresses_read_mqtt5_properties(
+    text: str, props: dict[str, object], value: object
+) -> None:
+    """PROP= reads one PUBLISH property (the first user property of a key); absent is MISSING."""
+    address = parse_address(text)
+    assert address.kind is Kind.PROP
+    assert address.read is not None
+    assert address.read(props) == value
 
 
 def test_address_steps_and_group() -> None:

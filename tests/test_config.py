@@ -57,6 +57,12 @@ def station_file(*tags: str, line: str = "", address: str = "dev/1") -> str:
         ("transport", "tcp"),
         ("ws_path", "/mqtt"),
         ("protocol", "3.1.1"),
+        ("session_expiry", None),
+        ("receive_maximum", 65535),
+        ("maximum_packet_size", None),
+        ("topic_alias_maximum", 64),
+        ("user_properties", ()),
+        ("retain_handling", 0),
         ("username", None),
         ("password", None),
         ("clean_session", False),
@@ -93,6 +99,16 @@ def test_line_default(attribute: str, default: object) -> None:
         ("protocol = 5", "protocol", "5"),
         ('protocol = "5.0"', "protocol", "5"),
         ('protocol = "3.1.1"', "protocol", "3.1.1"),
+        ('protocol = "auto"', "protocol", "auto"),
+        ('session_expiry = "never"', "session_expiry", 0xFFFF_FFFF),
+        ("session_expiry = 3600", "session_expiry", 3600),
+        ("receive_maximum = 10", "receive_maximum", 10),
+        ("maximum_packet_size = 4096", "maximum_packet_size", 4096),
+        ("topic_alias_maximum = 0", "topic_alias_maximum", 0),
+        ('user_properties = { site = "a" }', "user_properties", (("site", "a"),)),
+        ("no_local = true", "no_local", True),
+        ("retain_as_published = true", "retain_as_published", True),
+        ("retain_handling = 2", "retain_handling", 2),
         ('username = "kom"', "username", "kom"),
         ('client_id = "plant-a"', "client_id", "plant-a"),
         ("clean_session = true", "clean_session", True),
@@ -153,7 +169,14 @@ def test_line_key_accepted(toml: str, attribute: str, expected: object) -> None:
         ("clean_session = 1", "line.clean_session: expected true or false, found 1"),
         ("debug = 0", "line.debug: expected true or false, found 0"),
         ('transport = "udp"', "line.transport: expected one of 'tcp', 'websockets', found 'udp'"),
-        ('protocol = "3.1"', "line.protocol: expected '3.1.1' or '5', found '3.1'"),
+        ('protocol = "3.1"', "line.protocol: expected '3.1.1', '5' or 'auto', found '3.1'"),
+        (
+            'session_expiry = "soon"',
+            "line.session_expiry: expected seconds (0..4294967294) or 'never', found 'soon'",
+        ),
+        ("receive_maximum = 0", "line.receive_maximum: expected 1..65535, found 0"),
+        ("retain_handling = 3", "line.retain_handling: expected 0..2, found 3"),
+        ("user_properties = { n = 1 }", "line.user_properties.n: expected a string, found 1"),
         (
             'payload_type = "xml"',
             "line.payload_type: expected one of 'text', 'json', 'sparkplug_b', found 'xml'",
@@ -598,7 +621,7 @@ def test_every_error_collected() -> None:
     assert paths == ["line.keep_alive", "station[2].mode", "station[2].tag[3].address"]
     assert (
         "station[2].tag[3].address: unknown address 'JX=foo' (expected IN_TOPIC, IN_DATA, "
-        "IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
+        "IN_ID, JA=, JP=, TOPIC=, BIN=, SPB=, PROP=, ACK_ID, OUT_TOPIC, OUT_VALUE)"
     ) in error.errors
     assert str(error).startswith("stations.toml: 3 configuration errors\n")
     assert all(f"\n  {e}" in str(error) for e in error.errors)

@@ -494,11 +494,29 @@ def test_outbox_keeps_writes_across_a_restart(tmp_path: Path) -> None:
     assert payloads == [b"must arrive", b"must arrive"]
 
 
-def test_the_paho_internals_kom_relies_on_are_there() -> None:
-    """kom's read path and timers use private paho attributes; this paho version has them all."""
-    from kom._mqtt import check_paho
+def test_no_driver_module_imports_paho() -> None:
+    """kom speaks MQTT itself (SPEC §11): no module of the driver imports paho-mqtt (the
+    simulators, devices of their own, use its public API)."""
+    import ast
+    from pathlib import Path
 
-    assert check_paho() == []
+    import kom
+
+    root = Path(kom.__file__).parent
+    importers = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if "sim" in relative.parts or relative.name == "_sim.py":  # simulators
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "paho" for name in names):
+                importers.append(str(path.relative_to(root)))
+    assert importers == []
 
 
 def test_qos2_messages_are_owned_after_handover_and_completed(

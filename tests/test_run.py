@@ -291,3 +291,48 @@ def test_sqlite_rows_match_the_jsonl_records(tmp_path: Path) -> None:
         (e[0], int(e[1]) if isinstance(e[1], bool) else e[1], *e[2:-1], int(e[-1]))
         for e in expected
     ]
+
+
+@pytest.mark.broker
+def test_run_stops_when_standard_output_closes_and_acknowledges_nothing_unwritten(
+    broker: Mosquitto, topic_prefix: str, tmp_path: Path
+) -> None:
+    """`kom run --sink jsonl:- | head -1`: one line, exit 141, the unwritten messages come back."""
+    cfg, out = tmp_path / "stations.toml", tmp_path / "after.jsonl"
+    _write(cfg, broker, topic_prefix)
+    proc = _run(["run", str(cfg), "--sink", "jsonl:-"], tmp_path)
+    assert proc.stdout is not None
+    try:
+        wait_until(lambda: broker.connections(f"kom-run-{topic_prefix[-6:]}") == 1)
+        time.sleep(0.3)
+        with Publisher(broker.port) as pub:
+            pub.publish(f"{topic_prefix}/a", '{"n": 0}')
+            assert json.loads(proc.stdout.readline())["value"] == 0
+            proc.stdout.close()  # the reader goes away, as `head -1` does
+            for n in range(1, 6):
+                pub.publish(f"{topic_prefix}/a", json.dumps({"n": n}))
+        code = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert code == 141, err
+    assert "standard output was closed" in err
+    assert "Traceback" not in err
+    # Same client id, kept session: every message not written to the pipe is delivered again.
+    again = _run(["run", str(cfg), "--sink", f"jsonl:{out}"], tmp_path)
+    try:
+        wait_until(
+            lambda: out.exists() and {1, 2, 3, 4, 5} <= _values(out), what="redelivered values"
+        )
+    finally:
+        code, _, err_again = _stop(again)
+    assert code == 0, err_again.decode()
+
+
+def _values(path: Path) -> set[object]:
+    lines = path.read_text().splitlines()
+    return {json.loads(line)["value"] for line in lines if line.endswith("}")}

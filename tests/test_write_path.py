@@ -153,57 +153,72 @@ def test_writes_queued_when_the_connection_drops_are_sent_after_reconnecting() -
 
 
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    ("body", "outcome"),
     [
-        (b"\x00\x05", (5, True, "Success")),
-        (b"\x00\x05\x00", (5, True, "Success")),
-        (b"\x00\x05\x10", (5, True, "Success")),  # MQTT 5 "no matching subscribers" is success
-        (b"\x00\x05\x87", (5, False, "Not authorized")),
-        (b"\x00\x05\x97\x00", (5, False, "Quota exceeded")),
+        (b"", None),
+        (b"\x00", None),
+        (b"\x10", None),  # MQTT 5 "No matching subscribers" is a success
+        (b"\x87", "broker refused: Not authorized (0x87)"),
+        (b"\x97\x00", "broker refused: Quota exceeded (0x97)"),
+        (b"\x87\x06\x1f\x00\x03acl", "broker refused: Not authorized (0x87): acl"),
     ],
 )
-def test_puback_reason_codes(body: bytes, expected: tuple[int, bool, str]) -> None:
-    """kom's own PUBACK reader: the packet id, and MQTT 5 reason codes of 0x80 and above fail."""
-    from kom import loads
-
-    line = loads('[line]\nhost = "127.0.0.1"\nprotocol = "5"\n').lines[0]
-    got: list[tuple[int, bool, str]] = []
-
-    class Events:
-        def published(self, mid: int, ok: bool, reason: str) -> None:
-            got.append((mid, ok, reason))
-
-    session = Session(line, Events())  # type: ignore[arg-type]
-    client = session._client
-    client._out_messages[5] = _Message(qos=1)
-    client._inflight_messages = 1
-    client._in_packet = {"command": 0x40, "packet": bytearray(body)}
-    session._handle_pubackcomp("PUBACK")
-    assert got == [expected]
-    assert 5 not in client._out_messages
-    assert client._inflight_messages == 0
-
-
-def test_a_puback_for_an_unknown_packet_id_is_ignored() -> None:
-    """A PUBACK for no message in flight changes nothing and reports nothing."""
-    from kom import loads
-
-    line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
-    got: list[object] = []
-
-    class Events:
-        def published(self, *args: object) -> None:
-            got.append(args)
-
-    session = Session(line, Events())  # type: ignore[arg-type]
-    session._client._in_packet = {"command": 0x40, "packet": bytearray(b"\x00\x09")}
-    session._handle_pubackcomp("PUBACK")
-    assert got == []
+def test_puback_reason_codes(body: bytes, outcome: str | None) -> None:
+    """MQTT 5: a PUBACK's reason code of 0x80 or above fails the write with the code's name
+    and the broker's reason string; lower ones complete it."""
+    with FakeBroker() as fake:
+        fake.ignore_publish = True
+        fake.ignore_subscribe = True  # the fake's SUBACK is 3.1.1's
+        with start(_config("rc", fake.address, protocol="5")) as kom:
+            assert kom.wait_connected(5)
+            future = kom.write("o.cmd", "x")
+            (raw,) = fake.wait_for(PacketType.PUBLISH, 1)
+            mid = publish_id(raw)
+            fake.send_raw(packet(PacketType.PUBACK, 0, mid.to_bytes(2, "big") + body))
+            if outcome is None:
+                assert future.result(5).mid == mid
+            else:
+                with pytest.raises(
+                    WriteError, match=outcome.replace("(", r"\(").replace(")", r"\)")
+                ):
+                    future.result(5)
 
 
-class _Message:
-    def __init__(self, qos: int) -> None:
-        self.qos = qos
+def test_qos2_write_answered_with_puback_is_reported_downgraded() -> None:
+    """A QoS 2 write the broker answers with PUBACK (as RabbitMQ does) completes as
+    downgraded to QoS 1, counted and logged, not as completed by PUBCOMP."""
+    with FakeBroker() as fake:
+        fake.ignore_publish = True
+        with start(_config("dg", fake.address, publish_qos=2)) as kom:
+            assert kom.wait_connected(5)
+            future = kom.write("o.cmd", "x")
+            (raw,) = fake.wait_for(PacketType.PUBLISH, 1)
+            fake.send_raw(packet(PacketType.PUBACK, 0, publish_id(raw).to_bytes(2, "big")))
+            result = future.result(5)
+            assert (result.qos, result.downgraded) == (1, True)
+            assert kom.counters()["line"].downgraded_writes == 1
+            assert not fake.packets(PacketType.PUBREL)
+
+
+def test_a_broker_closing_on_a_qos2_publish_fails_the_write_with_that_reason() -> None:
+    """A broker that closes the connection on a QoS 2 PUBLISH (as NATS does) gets a message
+    that says so; the write fails with that reason and is not sent again after reconnecting."""
+    with FakeBroker() as fake:
+        fake.ignore_publish = True
+        cfg = _config("q2", fake.address, publish_qos=2, reconnect_min=0.1, reconnect_max=0.2)
+        with start(cfg) as kom:
+            assert kom.wait_connected(5)
+            future = kom.write("o.cmd", "x")
+            fake.wait_for(PacketType.PUBLISH, 1)
+            fake.drop_client()
+            with pytest.raises(WriteError, match="closed the connection on kom's QoS 2 PUBLISH"):
+                future.result(5)
+            line = kom.lines["line"]
+            wait_until(lambda: line.generation >= 2, what="reconnected")
+            assert "QoS 2" in str(line.last_error) or line.last_error is None
+            time.sleep(0.3)
+            assert len(fake.packets(PacketType.PUBLISH)) == 1
+            assert line.takeovers == 0
 
 
 def test_a_write_with_no_completion_times_out_even_while_queued() -> None:
@@ -240,17 +255,19 @@ def test_a_queued_write_past_its_deadline_fails_with_timeout() -> None:
     assert not futures[1].done()
 
 
-@pytest.mark.parametrize("own_thread", [True, False])
-def test_publish_many_reports_each_message_on_its_own(own_thread: bool) -> None:
-    """A message the MQTT client refuses fails alone; the others of the burst keep their ids."""
+def test_publish_many_reports_each_message_on_its_own() -> None:
+    """A message the session refuses fails alone; the others of the burst keep their ids."""
     from kom import loads
     from kom._errors import LineError
 
     line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
     session = Session(line, object())  # type: ignore[arg-type]
-    out = session.publish_many(
-        [("a/b", b"1", 1, False), ("a/+", b"2", 1, False), ("a/c", b"3", 1, False)], own_thread
-    )
+    try:
+        out = session.publish_many(
+            [("a/b", b"1", 1, False), ("a/+", b"2", 1, False), ("a/c", b"3", 1, False)]
+        )
+    finally:
+        session.close()
     assert isinstance(out[0], int)
     assert isinstance(out[1], LineError)
     assert "wildcard" in str(out[1])
@@ -258,73 +275,64 @@ def test_publish_many_reports_each_message_on_its_own(own_thread: bool) -> None:
     assert out[2] != out[0]
 
 
-class _TrickleSocket:
-    """Takes at most 3 bytes a send, slowly, and notes how many threads send at once."""
-
-    def __init__(self) -> None:
-        self.sent = bytearray()
-        self.senders = 0
-        self.most_senders = 0
-        self._lock = threading.Lock()
-
-    def send(self, data: bytes) -> int:
-        with self._lock:
-            self.senders += 1
-            self.most_senders = max(self.most_senders, self.senders)
-        time.sleep(0.0002)
-        with self._lock:
-            self.sent += bytes(data[:3])
-            self.senders -= 1
-        return min(len(data), 3)
-
-
-def test_packets_are_written_by_one_thread_at_a_time() -> None:
-    """Threads that flush the MQTT client's packet queue at once (a writer, the host settling
-    messages, the line's loop) write it in order, never interleaving parts of packets."""
+def test_acknowledgements_from_many_threads_are_written_whole_and_in_order() -> None:
+    """Acknowledgements handed over by several threads at once reach the broker as whole
+    packets, each thread's in its order: only the session's own thread writes the socket."""
     from kom import loads
 
-    line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
-    session = Session(line, object())  # type: ignore[arg-type]
-    client = session._client
-    sock = _TrickleSocket()
-    client._sock = sock
-    packets = [b"\x40\x02" + n.to_bytes(2, "big") for n in range(300)]
-    with client._in_callback_mutex:  # queued only: nobody writes yet
-        for data in packets:
-            client._packet_queue(0x40, data, 0, 0)
+    line = loads('[line]\nhost = "127.0.0.1"\nping_interval = 0\n').lines[0]
+    with FakeBroker() as fake:
+        session = Session(line, object())  # type: ignore[arg-type]
+        try:
+            session.connect(_endpoint(fake.address), 5)
+            batches = {t: [(t * 1000 + n, 1) for n in range(1, 200)] for t in range(1, 5)}
 
-    def flush() -> None:
-        while client.want_write():
-            client.loop_write()
+            def ack(thread: int) -> None:
+                for mid, qos in batches[thread]:
+                    session.ack_many([(mid, qos)])
 
-    threads = [threading.Thread(target=flush) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    client._sock = None
-    assert sock.most_senders == 1
-    assert bytes(sock.sent) == b"".join(packets)
+            threads = [threading.Thread(target=ack, args=(t,)) for t in batches]
+            for thread in threads:
+                thread.start()
+            while any(t.is_alive() for t in threads) or session._commands:
+                session.loop(0.01)
+            fake.wait_for(PacketType.PUBACK, 4 * 199)
+        finally:
+            session.close()
+        acks = [int.from_bytes(raw[2:4], "big") for raw in fake.packets(PacketType.PUBACK)]
+    for thread, batch in batches.items():
+        assert [m for m in acks if m // 1000 == thread] == [m for m, _ in batch]
+
+
+def _endpoint(address: str) -> Any:
+    from kom._config import Endpoint
+
+    host, port = address.rsplit(":", 1)
+    return Endpoint(host, int(port))
 
 
 @pytest.mark.usefixtures("fast_switching")
-def test_writes_from_other_threads_leave_the_loops_wake_up_socket_in_place(
-    broker_factory: BrokerFactory, topic_prefix: str
+def test_writes_from_other_threads_are_sent_by_the_line_thread_alone(
+    broker_factory: BrokerFactory, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Writes made from other threads while the line's thread loops: the MQTT client's wake-up
-    socket pair stays the one the loop selects on (a replaced one would leave later
-    wake-ups unheard and its socket unclosed)."""
+    """Writes made from other threads all complete, and every byte to the broker is written
+    by the line's thread (no lock guards the wire, none is needed)."""
+    from kom import _mqtt
+
+    writers: set[str] = set()
+    flush = _mqtt._Stream.flush
+
+    def recording(self: Any) -> None:
+        writers.add(threading.current_thread().name)
+        flush(self)
+
+    monkeypatch.setattr(_mqtt._Stream, "flush", recording)
     broker = broker_factory()
     with start(_config(topic_prefix, broker.address)) as kom:
         assert kom.wait_connected(5)
-        line = kom.lines["line"]
-        assert line._session is not None
-        client = line._session._client
-        pair = (client._sockpairR, client._sockpairW)
-        assert None not in pair
 
         def fire(name: str) -> None:
-            for n in range(150):  # one at a time: each goes out from this thread
+            for n in range(150):  # one at a time
                 kom.write("o.cmd", f"{name}{n}").result(10)
 
         threads = [threading.Thread(target=fire, args=(name,)) for name in "abc"]
@@ -332,43 +340,60 @@ def test_writes_from_other_threads_leave_the_loops_wake_up_socket_in_place(
             thread.start()
         for thread in threads:
             thread.join(60)
-        assert (client._sockpairR, client._sockpairW) == pair
         assert kom.counters()["line"].callback_errors == 0
+    assert writers == {"kom-line-line"}
 
 
-def test_a_write_made_while_others_go_to_the_client_waits_behind_them() -> None:
-    """With nothing under way a write goes to the MQTT client from the writer's own thread;
-    one made while queued writes are being handed over waits in the queue behind them."""
-    from kom._line import Line, LineState, _Outgoing
+def test_writes_are_decided_on_the_line_thread(
+    broker: Mosquitto, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write from any thread is decided on the line's thread, where the station's output
+    values and topic groups change: never on the writer's own thread."""
+    from kom._line import Line
 
-    cfg = _config("t", "127.0.0.1:1")
-    line = Line(cfg.lines[0], cfg.stations_of(cfg.lines[0].name), lambda batch: None)
-    calls: list[tuple[list[bytes], bool]] = []
-    late: list[Future[WriteResult]] = []
+    deciders: list[str] = []
+    decide = Line._write
 
-    class Client:
-        def publish_many(self, messages: Sequence[Any], own_thread: bool) -> list[int]:
-            if len(calls) == 1:  # the queued burst: another thread writes meanwhile
-                writer = threading.Thread(target=lambda: late.append(line.write("o", "cmd", "c")))
-                writer.start()
-                writer.join(5)
-            calls.append(([m[1] for m in messages], own_thread))
-            return list(range(len(calls) * 10, len(calls) * 10 + len(messages)))
+    def recording(self: Line, *args: Any) -> None:
+        deciders.append(threading.current_thread().name)
+        decide(self, *args)
 
-        def wake(self) -> None:
-            pass
+    monkeypatch.setattr(Line, "_write", recording)
+    with start(_config(topic_prefix, broker.address)) as kom:
+        assert kom.wait_connected(5)
+        kom.write("o.cmd", "x").result(5)
+    assert deciders == ["kom-line-line"]
 
-    client = Client()
-    line._session = client  # type: ignore[assignment]
-    line.state = LineState.CONNECTED
-    first = line.write("o", "cmd", "a")  # nothing under way: out at once, from this thread
-    line.published(10, True, "Success")
-    assert first.result(0).mid == 10
-    line._outgoing.append(_Outgoing(Future(), "o.cmd", "t", b"b", 1, False, None, None))
-    line._send_outgoing(client)  # type: ignore[arg-type]
-    assert calls == [([b"a"], False), ([b"b"], False)]
-    assert [w.payload for w in line._outgoing] == [b"c"]
-    line._send_outgoing(client)  # type: ignore[arg-type]
-    assert calls[-1] == ([b"c"], False)
-    assert not late[0].done()  # registered, awaiting its PUBACK
-    assert line._in_transit == 0
+
+def test_a_wake_up_made_while_the_loop_drains_its_wake_ups_is_not_lost() -> None:
+    """A wake-up from another thread while the session empties its wake-up socket leaves
+    later wake-ups working (a lost one made acknowledgements wait for the select timeout)."""
+    import select
+
+    from kom import loads
+
+    line = loads('[line]\nhost = "127.0.0.1"\n').lines[0]
+    session = Session(line, object())  # type: ignore[arg-type]
+    real = session._wake_r
+
+    class Racing:
+        """The wake-up socket, with another thread's wake() arriving during the first recv."""
+
+        calls = 0
+
+        def recv(self, size: int) -> bytes:
+            Racing.calls += 1
+            if Racing.calls == 1:
+                session.wake()
+            return real.recv(size)
+
+    try:
+        session.wake()
+        session._wake_r = Racing()  # type: ignore[assignment]
+        session._drain_wake()
+        session._wake_r = real
+        session.wake()  # must reach the socket: the loop waits in select() for it
+        assert select.select([real], [], [], 0)[0] == [real]
+    finally:
+        session._wake_r = real
+        session.close()
