@@ -165,7 +165,9 @@ class Session:
             return self._connect(endpoint, timeout, deadline)
         except LineError as exc:
             refused_version = isinstance(exc, BrokerRefused) and exc.reason_code in (1, 0x84)
-            lost = not isinstance(exc, BrokerRefused) and "before CONNACK" in str(exc)
+            # Closed before CONNACK: a broker without MQTT 5 may do that. A protocol error
+            # (the peer is not MQTT at all) is no reason to try another version.
+            lost = not isinstance(exc, BrokerRefused) and "lost before CONNACK" in str(exc)
             if not (self._auto and self._v5 and (refused_version or lost)):
                 raise
             log.warning(

@@ -498,7 +498,7 @@ class Connection:
         while pos < size:
             first = buf[pos]
             if not valid[first]:
-                raise MalformedPacket(_bad_first(first))
+                raise MalformedPacket(_bad_first(first, buf[pos : pos + 16]))
             # §2.2.3: the remaining length, one to four bytes of seven bits each.
             length = shift = 0
             i = pos + 1
@@ -814,7 +814,14 @@ _BROKER_FIRST_311 = _valid_firsts(False)
 _BROKER_FIRST_5 = _valid_firsts(True)
 
 
-def _bad_first(first: int) -> str:
+def _bad_first(first: int, head: bytes = b"") -> str:
+    """Why a packet cannot start with `first`; an HTTP answer (a web server, or a WebSocket
+    listener spoken to over plain TCP) is named as such rather than as a packet type."""
+    if head.startswith((b"HTTP/", b"<")):
+        return (
+            f"the peer answered in HTTP ({head!r}...): not an MQTT listener"
+            ' (a WebSocket listener needs transport = "websockets")'
+        )
     kind = first >> 4
     name = NAMES.get(kind, f"reserved packet type {kind}")
     return f"{name} cannot come from a broker (fixed header byte 0x{first:02X}): not MQTT"
