@@ -544,6 +544,7 @@ class Line(Events):
             self._flush()
             self._send_outgoing(session)
             if not alive:
+                log.warning("line %s: connection lost; reconnecting", self.name)
                 break
             now = time.monotonic()
             self._retry_refused(session, now)

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +134,8 @@ def test_endpoints_of_a_running_kom(
         doc = orjson.loads(run.get("/health")[2])
         assert doc["status"] == "failing"
         assert any(r.startswith("line line is ") for r in doc["reasons"]), doc
+        # ... and so does the log, at the default level (warning), where the journal has it.
+        assert "line line: connection lost; reconnecting" in run.stderr
         samples = metrics(run)
         assert value(samples, "kom_line_connected", line="line") == 0
         # Every input tag of the station went invalid with reason comm (SPEC §1).
@@ -146,6 +149,8 @@ def test_endpoints_of_a_running_kom(
         status_doc = run.json("/api/status")
         assert status_doc["healthy"] is False
         assert status_doc["lines"][0]["state"] != "connected"
+        voltage = next(t for t in status_doc["tags"] if t["tag"] == "netio.voltage")
+        assert (voltage["reason"], voltage["detail"]) == ("comm", "station 'netio': line down")
         # ... and comes back: connected and healthy again.
         broker.restart()
         wait_until(lambda: run.get("/health")[0] == 200, 30, "health 200 again")
@@ -200,6 +205,26 @@ def test_http_address_errors_are_one_clear_error() -> None:
         )
     assert done.returncode == 2
     assert done.stderr.decode() == f"kom run: --http 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_status_server_binds_an_ipv6_address() -> None:
+    """`--http [::1]:0` serves on IPv6 loopback, as docs/operations.md says."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    kom = Kom(config(text_station("plant/s", "s"), host="127.0.0.1", port=1), Collector())
+    server = serve(kom, None, "[::1]:0")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        # kom is not started: its line is not connected, /health says so over IPv6.
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.url + "health", timeout=10)
+        assert caught.value.code == 503
+        assert orjson.loads(caught.value.read())["lines"][0]["name"] == "line"
+    finally:
+        server.close()
 
 
 def test_json_logs_name_the_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ keeps line states and trends once a second. Neither ever takes a line's lock.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,11 +82,14 @@ class StatusServer:
         self._files = {name: (_static(name), kind) for name, kind in STATIC.items()}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        host, port = address
+        # The standard library's server binds IPv4 unless told: `[::1]:9464` needs IPv6.
+        server = _ServerIPv6 if ":" in host else ThreadingHTTPServer
         try:
-            self._httpd = ThreadingHTTPServer(address, self._handler())
+            self._httpd = server(address, self._handler())
         except OSError as exc:
-            host, port = address
-            raise ConfigError([f"--http {host}:{port}: {exc.strerror or exc}"]) from exc
+            shown = f"[{host}]" if ":" in host else host
+            raise ConfigError([f"--http {shown}:{port}: {exc.strerror or exc}"]) from exc
         self._httpd.daemon_threads = True
 
     @property
@@ -180,6 +184,10 @@ class StatusServer:
                 log.debug("%s " + format, self.address_string(), *args)
 
         return Handler
+
+
+class _ServerIPv6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def _json(body: object) -> tuple[str, bytes]:

@@ -186,6 +186,7 @@ def status_body(
         rec = record(u)
         rec["unit"] = unit.get(name, "")
         rec["age"] = age(now, u.received)
+        rec["detail"] = u.detail  # why it is invalid, for a person: the page's tooltip
         tags.append(rec)
     return {
         "now": wall,

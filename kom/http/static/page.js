@@ -145,6 +145,7 @@ function renderTags(doc) {
     unitText.textContent = t.value == null ? "" : t.unit;
     qualityCell.textContent = t.quality === "valid" ? "valid" : "invalid: " + t.reason;
     qualityCell.className = t.quality === "valid" ? "" : "invalid";
+    qualityCell.title = t.detail || "";
     ageCell.textContent = age(t.age);
     row.classList.toggle("selected", t.tag === selected);
     rows.push(row);
