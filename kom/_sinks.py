@@ -434,6 +434,9 @@ class SinkWriter:
         self.updates = 0
         self.failures = 0
         self._closed = threading.Event()
+        #: Held while a sink writes: close() waits for a write under way instead of closing
+        #: the sink beneath it ("I/O operation on closed file" while a failing sink retried).
+        self._writing = threading.Lock()
         #: Set when a sink can never write again (standard output closed): `kom run` stops.
         self.ended = threading.Event()
         #: Per sink, in the order of `sinks`: rows, failures, commit latency (SPEC §13 metrics).
@@ -447,10 +450,15 @@ class SinkWriter:
             while True:
                 started = time.perf_counter()
                 try:
-                    sink.write(updates)
+                    with self._writing:
+                        if self._closed.is_set():
+                            raise SinkError(f"sink {sink!r}: kom is stopping, batch not written")
+                        sink.write(updates)
                     stats.committed(len(updates), time.perf_counter() - started)
                     break
                 except Exception as exc:
+                    if self._closed.is_set():
+                        raise  # stopping: the lines closed first, nothing of it is acknowledged
                     self.failures += 1
                     stats.failed(exc)
                     if isinstance(exc, SinkError) and exc.reason == "closed":
@@ -489,11 +497,12 @@ class SinkWriter:
 
     def close(self) -> None:
         self._closed.set()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:
-                log.error("closing sink %r: %s", sink, exc)
+        with self._writing:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception as exc:
+                    log.error("closing sink %r: %s", sink, exc)
 
 
 def _one_line(sink: Sink, exc: Exception) -> str:

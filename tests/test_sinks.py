@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from kom import Update
 from kom._model import Quality, Reason
-from kom._sinks import SqliteSink, record
+from kom._sinks import SinkWriter, SqliteSink, record
 
 T = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -124,3 +126,42 @@ def test_sqlite_batch_with_a_value_it_cannot_store_adds_nothing(tmp_path: Path) 
             sink.write(batch)
     sink.close()
     assert stored(tmp_path / "h.db") == []
+
+
+class _FailingOnceSink:
+    """A sink whose first write fails and whose second write is under way when kom stops."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.closed = False
+        self.written_after_close = False
+        self.closed_during_write = False
+
+    def write(self, updates: object) -> None:
+        self.written_after_close |= self.closed
+        self.writes += 1
+        if self.writes == 1:
+            raise OSError("database is locked")
+        time.sleep(0.3)  # a slow commit: close() is called meanwhile (below)
+        self.closed_during_write = self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_writer_closes_no_sink_beneath_a_write_under_way(tmp_path: Path) -> None:
+    """close() while a retried write is under way waits for it, and no write follows close()."""
+    sink = _FailingOnceSink()
+    writer = SinkWriter([sink])
+    update = Update("s.t", 1, Quality.VALID, None, T, T, None)
+    retrying = threading.Thread(target=writer, args=([update],))
+    retrying.start()
+    deadline = time.monotonic() + 5
+    while sink.writes < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()  # the second write is sleeping inside the sink now
+    retrying.join(5)
+    assert sink.writes == 2
+    assert sink.closed
+    assert not sink.closed_during_write
+    assert not sink.written_after_close
