@@ -304,6 +304,13 @@ def _tag_sources(tag: TagConfig) -> str:
             if value is not None
         ]
         parts.append(f"publish {tag.publish.topic}" + (f" ({', '.join(own)})" if own else ""))
+    if tag.confirm is not None:  # SPEC §11 confirmed writes
+        confirm = tag.confirm
+        by = f" of {confirm.tag}" if confirm.tag else ""
+        if confirm.how == "response":
+            by = f" on {confirm.response_topic or 'kom/<client id>/response'}"
+        within = "reply_timeout" if confirm.timeout is None else f"{confirm.timeout:g} s"
+        parts.append(f"confirm {confirm.how}{by} within {within}")
     return ", ".join(parts)
 
 
@@ -578,7 +585,8 @@ def cmd_write(args: argparse.Namespace) -> int:
     if refused:  # known from the file alone: said before connecting, as a user error
         print(f"kom write: {args.tag}: {refused} [not-output]", file=sys.stderr)
         return EXIT_CONFIG
-    config = writer_config(config, station.line)
+    # A read-back confirmed write needs the value read back: the writer subscribes then.
+    config = writer_config(config, station.line, reading=tag.confirm is not None)
     with Kom(config, iterate=False) as kom:
         kom.start()
         if not kom.wait_connected(args.timeout):
@@ -603,9 +611,10 @@ def cmd_write(args: argparse.Namespace) -> int:
     if result.local:
         print(f"{args.tag} = {args.value}: set")
     else:
+        confirmed = f", confirmed by {result.confirmed}" if result.confirmed else ""
         print(
             f"{args.tag} = {args.value}: published to {result.topic!r} with QoS {result.qos}, "
-            f"{how.get(result.qos or 0, 'done')}"
+            f"{how.get(result.qos or 0, 'done')}{confirmed}"
         )
     return EXIT_OK
 
@@ -626,20 +635,21 @@ def _not_writable(station: StationConfig, tag: TagConfig) -> str:
     return ""
 
 
-def writer_config(config: Config, line_name: str) -> Config:
+def writer_config(config: Config, line_name: str, *, reading: bool = False) -> Config:
     """The configuration `kom write` connects with: one line, its own client id.
 
     Reusing the running driver's client id would knock that driver off the broker, so
-    the writer takes a derived id with a clean session and subscribes to nothing. It
-    publishes the one value asked for: publish-on-connect, meant for the running driver,
-    would send every other output's default again.
+    the writer takes a derived id with a clean session and subscribes to nothing (but for
+    a confirmed write, `reading`: then to the line's filters, to read the value back, SPEC
+    §11). It publishes the one value asked for: publish-on-connect, meant for the running
+    driver, would send every other output's default again.
     """
     line = config.line(line_name)
     line = attrs.evolve(
         line,
         client_id=f"{line.client_id or 'kom'}-write-{os.getpid()}",
         clean_session=True,
-        topic_filters=(),
+        topic_filters=line.topic_filters if reading else (),
         will=None,
         publish_on_connect=False,
         sparkplug_host_id=None,  # the running host's STATE is not the writer's to change

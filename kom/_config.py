@@ -31,6 +31,7 @@ from ._address import (
 )
 from ._advice import model_hint, regex_problem, type_hint
 from ._binary import ENCODINGS
+from ._confirm import Confirm, check_confirm_tags, read_confirm
 from ._convert import converter
 from ._errors import ConfigError, ConversionError, TimeMaskError
 from ._model import Value, ValueType
@@ -176,6 +177,8 @@ class TagConfig:
     encoding: str | None = None
     #: SPEC §11: MQTT 5 user properties of the PUBLISH an output tag makes.
     user_properties: tuple[tuple[str, str], ...] = ()
+    #: SPEC §11: how a write of this output tag is confirmed (read-back or response).
+    confirm: Confirm | None = None
 
 
 @attrs.frozen
@@ -308,6 +311,10 @@ TAG_KEYS = frozenset(
         "on_change",
         "encoding",
         "user_properties",
+        "confirm",
+        "confirm_tag",
+        "confirm_timeout",
+        "response_topic",
     }
 )
 
@@ -522,6 +529,7 @@ def from_dict(
             lines.append(line)
 
     stations: list[StationConfig] = []
+    paths: dict[str, str] = {}  # station name -> key path, for checks across stations
     raw_stations = data.get("station", [])
     if not isinstance(raw_stations, list):
         top.error("station", "expected [[station]] tables")
@@ -551,6 +559,8 @@ def from_dict(
         names.add(station.name)
         by_address.setdefault((station.line, station.address), station.name)
         stations.append(station)
+        paths[station.name] = path
+    check_confirm_tags(stations, paths, errors.add)
 
     explicit = {table.get("name", "line") for _, table in line_tables if "topic_filter" in table}
     lines = [_sparkplug_filters(line, stations, line.name in explicit) for line in lines]
@@ -1159,6 +1169,7 @@ def _read_tag(
         default=default,
         encoding=encoding,
         user_properties=_read_user_properties(t),
+        confirm=read_confirm(t, value_type, line),
     )
 
 

@@ -53,6 +53,14 @@ class Counters:
     protocol_errors: int = 0
     #: QoS 2 writes the broker took at QoS 1 (answered with PUBACK).
     downgraded_writes: int = 0
+    #: Writes the broker refused (PUBACK/PUBREC with a reason code of 0x80 or above).
+    refused_writes: int = 0
+    #: Connections the broker ended with a DISCONNECT (MQTT 5; its reason is in the log).
+    broker_disconnects: int = 0
+    #: SPEC §11 confirmed writes the device did not confirm in time (reason `unconfirmed`),
+    #: and responses that came for no waiting write (late, or not kom's).
+    unconfirmed_writes: int = 0
+    stray_responses: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return attrs.asdict(self)

@@ -26,7 +26,14 @@ from . import _subscriptions as subscriptions
 from ._acks import AckOrder
 from ._address import Kind
 from ._backoff import backoff
-from ._config import Endpoint, LineConfig, StationConfig
+from ._config import Endpoint, LineConfig, StationConfig, TagConfig
+from ._confirm import (
+    Confirmations,
+    Pending,
+    default_response_topic,
+    new_correlation,
+    response_topics,
+)
 from ._convert import parse_write_value
 from ._core import LineCore
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
@@ -84,6 +91,10 @@ class WriteResult:
     downgraded: bool = False
     #: Left out: the message repeated the tag's last one (publish only changes).
     unchanged: bool = False
+    #: SPEC §11 confirmed writes: "read-back" or "response" when the device confirmed it.
+    confirmed: str | None = None
+    #: confirm = "response": the payload of the response that confirmed it.
+    response: bytes | None = None
 
 
 class _PendingWrite(NamedTuple):
@@ -201,6 +212,11 @@ class Line(Events):
         self._stamped_reads = -1
         self._outputs = OutputMemory()
         self.connected_event = threading.Event()
+        # SPEC §11 confirmed writes: those waiting for their read-back or response, and the
+        # response topics subscribed beside the line's filters.
+        self._confirmations = Confirmations()
+        self._confirm_lock = threading.Lock()
+        self._response_topics = frozenset(response_topics(stations, config.client_id, config.name))
 
     def __repr__(self) -> str:
         return f"<Line {self.config.name!r} {self.state.value} {self.endpoint or ''}>".replace(
@@ -241,6 +257,8 @@ class Line(Events):
                 self._session.close()
             if self._outbox is not None:
                 self._outbox.close()
+        with self._confirm_lock:
+            pending += [(p.future, p.tag) for p in self._confirmations.take_all()]
         for future, tag in pending:
             _fail(future, WriteError(f"{tag}: line closed", tag, "not-connected"))
 
@@ -256,6 +274,9 @@ class Line(Events):
             core.carry_over(self.core, connected=self.state is LineState.CONNECTED)
             self.core = core
             self.config = config
+            self._response_topics = frozenset(
+                response_topics(stations, config.client_id, config.name)
+            )
         self.change_filters([f.text for f in config.topic_filters])
         self._wake.set()
 
@@ -446,7 +467,8 @@ class Line(Events):
             self._deliver(Batch(self, updates, []))
 
     def _subscribe(self, session: Session, session_present: bool) -> None:
-        wanted = self._wanted
+        # SPEC §11: the response topics of confirmed writes are subscribed with the filters.
+        wanted = self._wanted + tuple(sorted(self._response_topics - set(self._wanted)))
         now = time.monotonic()
         timeout = self.config.reply_timeout
         qos = self.config.subscribe_qos
@@ -626,6 +648,8 @@ class Line(Events):
                     if now >= deadline:
                         return f"no {what} for request {mid} within {cfg.reply_timeout:g} s"
             self._expire_writes(now)
+        elif self._confirmations:
+            self._expire_confirmations(now)
         return None
 
     def _check_stale(self) -> None:
@@ -640,30 +664,59 @@ class Line(Events):
     def _expire_writes(self, now: float) -> None:
         """Fail the writes whose reply_timeout passed, connected or not (SPEC §6).
 
-        A write still in kom's queue (made while the line was down, or waiting for the
-        window) is dropped with its outbox row: a write that reports failure is never sent
-        later. A write already handed to the session was sent: "timeout" then means kom
-        stopped waiting, and the broker may have it; if the connection drops before its
-        PUBACK, the kept session sends it again (MQTT 3.1.1 §4.4), and with `outbox` its
-        row stays until the broker completes it.
+        A write that reports failure is never sent later. One still in kom's queue (made
+        while the line was down, or waiting for the window) is dropped with its outbox row.
+        One already handed to the session is forgotten there with its outbox row: if it was
+        sent, the broker may have it ("timeout" then means "unknown"), but the session does
+        not send it again after reconnecting, with DUP, nor its PUBREL, as MQTT 3.1.1 §4.4
+        would have it on a kept session (`mqtt.Connection.forget` keeps its packet id out of
+        use meanwhile).
         """
+        forgotten: list[int] = []
+        rows: list[int | None] = []  # their outbox rows
         with self._writes_lock:
             expired = [
                 (m, w)
                 for m, w in self._writes.items()
                 if w.deadline is not None and now >= w.deadline
             ]
-            for mid, _ in expired:
+            for mid, write in expired:
                 del self._writes[mid]
-                self._expired.add(mid)
+                if write.qos == 0:
+                    self._expired.add(mid)  # its "written" may still be reported
+                    continue
+                forgotten.append(mid)
+                rows.append(self._outbox_ids.pop(mid, None))
             late: list[_Outgoing] = []
             if self._outgoing:
                 waiting = self._take_outgoing()
                 late = [w for w in waiting if w.deadline and now >= w.deadline]
                 self._outgoing.extend(w for w in waiting if not (w.deadline and now >= w.deadline))
+        session = self._session
+        if forgotten and session is not None:
+            session.forget(forgotten)
+        for row in rows:
+            if row is not None and self._outbox is not None:
+                self._outbox.done(row)
         for future, tag in [(w.future, w.result.tag) for _, w in expired]:
             _fail(future, self._timeout_error(tag))
         self._time_out(late)
+        if self._confirmations:
+            self._expire_confirmations(now)
+
+    def _expire_confirmations(self, now: float) -> None:
+        """SPEC §11: a confirmed write whose device did not confirm in time fails `unconfirmed`."""
+        with self._confirm_lock:
+            late = self._confirmations.expire(now)
+        for pending in late:
+            self.core.counters.unconfirmed_writes += 1
+            why = pending.why_not()
+            log.warning("line %s: write not confirmed: %s", self.name, why)
+            _fail(pending.future, WriteError(why, pending.tag, "unconfirmed"))
+
+    def _confirm(self, done: Sequence[Pending]) -> None:
+        for pending in done:
+            _complete(pending.future, pending.result())
 
     def _time_out(self, late: Sequence[_Outgoing]) -> None:
         """Fail writes that were never sent, and forget their outbox rows: never sent later."""
@@ -720,6 +773,9 @@ class Line(Events):
                     self._arrivals.append((raw.mid, raw.qos))
                     self._settles.append((self.generation, raw.mid, raw.qos))
             return
+        if self._response_topics and topic in self._response_topics:
+            self._responded(raw, topic)
+            return
         payload = raw.payload
         if raw.size >= 0:
             # Skipped as it streamed in (over max_payload): the station reports it (SPEC §8).
@@ -754,6 +810,8 @@ class Line(Events):
                 self._batch.extend(processed.updates)
             if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
+        if self._confirmations and processed.updates:
+            self._read_back(processed.updates)
         sparkplug = self.core.sparkplug
         if sparkplug is not None and (sparkplug.outgoing or sparkplug.problems):
             self._send_sparkplug()
@@ -792,6 +850,47 @@ class Line(Events):
                 log.debug(
                     "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
                 )
+
+    def _read_back(self, updates: Sequence[Update]) -> None:
+        """SPEC §11: valid values read may confirm writes waiting for their read-back.
+
+        Not retained ones: the broker's stored value, sent because kom subscribed, says
+        nothing of what the device did with the write. With retain_as_published a device's
+        live message keeps its retain flag too, and counts.
+        """
+        done: list[Pending] = []
+        any_retained = self.config.retain_as_published
+        with self._confirm_lock:
+            for u in updates:
+                if u.quality is Quality.VALID and (any_retained or not u.retained):
+                    done += self._confirmations.read(u.tag, u.value)
+        self._confirm(done)
+
+    def _responded(self, raw: RawMessage, topic: str) -> None:
+        """SPEC §11: a PUBLISH on a response topic; its correlation data names the write.
+
+        Settled at once (it is kom's own answer, not a station's value). A response for no
+        waiting write (late, or another client's) is counted and logged.
+        """
+        if raw.qos:
+            with self._lock:
+                self._arrivals.append((raw.mid, raw.qos))
+                self._settles.append((self.generation, raw.mid, raw.qos))
+        correlation = (raw.properties or {}).get("correlation_data")
+        done: list[Pending] = []
+        if isinstance(correlation, bytes | bytearray):
+            with self._confirm_lock:
+                done = self._confirmations.responded(bytes(correlation), raw.payload)
+        if done:
+            self._confirm(done)
+            return
+        self.core.counters.stray_responses += 1
+        log.info(
+            "line %s: a response on %s for no waiting write (correlation data %r)",
+            self.name,
+            topic,
+            correlation,
+        )
 
     def _say_offline(self, timeout: float) -> None:
         """SPEC §14: a host application that stops cleanly says so in its STATE itself
@@ -875,15 +974,21 @@ class Line(Events):
                 return
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
+        if not ok:
+            # SPEC §11: a refusal reaches the log and the counters, not only the write.
+            self.core.counters.refused_writes += 1
+            tag = write.result.tag if write is not None else "a write"
+            log.warning("line %s: the broker refused %s (m%d): %s", self.name, tag, mid, reason)
         if write is not None:
             result = write.result
             if granted_qos is not None:
                 result = attrs.evolve(result, qos=granted_qos, downgraded=True)
             _completed(write.future, result, ok, reason)
 
-    def subscribed(self, mid: int, granted: list[int]) -> None:
+    def subscribed(self, mid: int, granted: list[int], reason_string: str | None = None) -> None:
         """SUBACK: a refused filter (0x80 or above) is logged, counted, kept in `last_error`
-        and `refused_filters`, and subscribed again after a back-off."""
+        and `refused_filters` (with the broker's reason string, SPEC §11), and subscribed
+        again after a back-off."""
         with self._lock:
             self._requests.pop(mid, None)
             filters = self._subscribing.pop(mid, self._subscribed)
@@ -893,7 +998,11 @@ class Line(Events):
                 refused.append(f)
                 tries = self.refused_filters[f] = self.refused_filters.get(f, 0) + 1
                 self.core.counters.refused_subscriptions += 1
-                why = reason_name(code, packet="SUBACK", v5=self.config.protocol == "5")
+                session = self._session  # "auto" speaks what the broker took
+                v5 = session.protocol == "5" if session is not None else False
+                why = reason_name(code, packet="SUBACK", v5=v5)
+                if reason_string:
+                    why += f": {reason_string}"
                 self.last_error = f"the broker refused the subscription {f!r}: {why}"
                 log.error("line %s: %s (refusal %d)", self.name, self.last_error, tries)
             else:
@@ -921,6 +1030,8 @@ class Line(Events):
     def disconnected(self, reason: str) -> None:
         if reason.startswith("protocol error"):
             self.core.counters.protocol_errors += 1
+        elif reason.startswith("the broker sent DISCONNECT"):
+            self.core.counters.broker_disconnects += 1
         self.last_error = f"disconnected: {reason}"
 
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None:
@@ -1085,7 +1196,78 @@ class Line(Events):
         properties: dict[str, object] | None = None
         if tag.user_properties:
             properties = {"user_property": tag.user_properties}
+        if tag.confirm is not None:
+            inner, properties = self._confirming(future, tag, full, converted, properties)
+            try:
+                self._publish(inner, full, topic, payload, properties=properties)
+            except WriteError as exc:
+                _fail(inner, exc)  # it waits no more for its confirmation
+            return
         self._publish(future, full, topic, payload, properties=properties)
+
+    def _confirming(
+        self,
+        future: Future[WriteResult],
+        tag: TagConfig,
+        full: str,
+        value: Value,
+        properties: dict[str, object] | None,
+    ) -> tuple[Future[WriteResult], dict[str, object] | None]:
+        """SPEC §11: register a confirmed write before it is published.
+
+        Returns the future the publishing completes (the broker's answer) and the PUBLISH's
+        properties; `future`, the caller's, completes when both the broker and the device
+        have answered.
+        """
+        confirm = tag.confirm
+        assert confirm is not None
+        cfg = self.config
+        timeout = cfg.reply_timeout if confirm.timeout is None else confirm.timeout
+        expected: object = None
+        key: str | bytes
+        if confirm.how == "read-back":
+            key = confirm.tag or ""
+            name, _, tag_name = key.partition(".")
+            other = self.core.by_name.get(name)
+            target = other.config.tag(tag_name) if other is not None else None
+            if other is None or target is None:
+                raise WriteError(f"{full}: confirm_tag {key!r} is not on this line", full)
+            # Compared as the input tag reads it (SPEC §11): converted to its type.
+            expected = self._convert(target.type, value, full, other.config.time_zone)
+        else:
+            if self._session is not None and self._session.protocol != "5":
+                raise WriteError(
+                    f'{full}: confirm = "response" needs MQTT 5; the broker speaks 3.1.1',
+                    full,
+                    "unconfirmed",
+                )
+            key = new_correlation()
+            properties = dict(properties or {})
+            properties["response_topic"] = confirm.response_topic or default_response_topic(
+                cfg.client_id, cfg.name
+            )
+            properties["correlation_data"] = key
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        pending = Pending(future, full, confirm.how, key, expected, deadline, timeout)
+        with self._confirm_lock:
+            self._confirmations.add(pending)
+        inner: Future[WriteResult] = Future()
+
+        def published(done: Future[WriteResult]) -> None:
+            exc = done.exception()
+            with self._confirm_lock:
+                if exc is not None:
+                    self._confirmations.drop(pending)
+                    finished = False
+                else:
+                    finished = self._confirmations.published(pending, done.result())
+            if exc is not None:
+                _fail(future, exc)
+            elif finished:
+                self._confirm([pending])
+
+        inner.add_done_callback(published)
+        return inner, properties
 
     def _remember(self, future: Future[WriteResult], message: OutputMessage, changes: bool) -> bool:
         """Note an output's message for its publishing options; False: leave it out (unchanged)."""

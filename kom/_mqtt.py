@@ -56,7 +56,9 @@ class Events:
     def published(self, mid: int, ok: bool, reason: str, granted_qos: int | None = None) -> None:
         """A write finished; `granted_qos` is set when the broker took it at a lower QoS."""
 
-    def subscribed(self, mid: int, granted: list[int]) -> None: ...
+    def subscribed(
+        self, mid: int, granted: list[int], reason_string: str | None = None
+    ) -> None: ...
     def unsubscribed(self, mid: int) -> None: ...
     def disconnected(self, reason: str) -> None: ...
     def callback_failed(self, where: str, exc: BaseException, topic: bytes | None) -> None: ...
@@ -140,6 +142,11 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session line={self.line.name!r} connected={self.connected}>"
+
+    @property
+    def protocol(self) -> str:
+        """The protocol version of the connection: "5" or "3.1.1" (after `auto` fell back)."""
+        return "5" if self._v5 else "3.1.1"
 
     @property
     def connected(self) -> bool:
@@ -442,9 +449,7 @@ class Session:
                 granted = 1 if event.downgraded else None
                 events.published(event.mid, event.ok, event.reason, granted)
             elif isinstance(event, mqtt.Subscribed):
-                if event.reason_string:
-                    log.info("line %s: SUBACK says %s", self.line.name, event.reason_string)
-                events.subscribed(event.mid, list(event.codes))
+                events.subscribed(event.mid, list(event.codes), event.reason_string)
             elif isinstance(event, mqtt.Unsubscribed):
                 events.unsubscribed(event.mid)
             elif isinstance(event, mqtt.BrokerDisconnected):
@@ -649,6 +654,14 @@ class Session:
         mid = self._publish(topic, payload, qos, retain)
         self._flush_quietly()
         return mid, self.connected
+
+    def forget(self, mids: Sequence[int]) -> None:
+        """Drop QoS 1/2 writes from the session (the line's thread): they are never sent
+        again, not even after reconnecting on a kept session (`mqtt.Connection.forget`)."""
+        for mid in mids:
+            self._conn.forget(mid)
+        if self.connected:
+            self._flush_quietly()  # writes waiting for the broker's quota may go now
 
     # -- closing ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
@@ -107,6 +108,10 @@ class FakeBroker:
         self.version_5: str = "accept"
         #: Keep PUBCOMP back until `release_pubcomp()`.
         self.hold_pubcomp = False
+        #: MQTT 5 refusals with a reason string: (reason code, reason string) for CONNECT
+        #: (CONNACK), SUBSCRIBE (each filter in SUBACK), PUBLISH (PUBACK, or PUBREC for QoS 2).
+        self.refuse: dict[PacketType, tuple[int, str]] = {}
+        self._v5 = False  # the connected client spoke MQTT 5 in its CONNECT
         self._held_pubcomp: list[bytes] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -220,6 +225,28 @@ class FakeBroker:
         with self._send_lock:
             client.sendall(data)
 
+    def send_stream(self, pieces: Iterable[bytes]) -> None:
+        """Send pieces of one packet back to back: no answer of the broker's (a PUBREL for the
+        client's PUBREC) gets in between them, as one would with `send_raw` per piece."""
+        self.wait_connected()
+        client = self._client
+        if client is None:
+            raise ConnectionError("the client went away")
+        with self._send_lock:
+            for piece in pieces:
+                client.sendall(piece)
+
+    def send_disconnect(self, code: int, reason_string: str) -> None:
+        """An MQTT 5 DISCONNECT from the server with a reason code and reason string, then the
+        connection closed (§3.14.4: the server closes it after sending DISCONNECT)."""
+        self.send_raw(
+            packet(PacketType.DISCONNECT, 0, bytes([code]) + reason_properties(reason_string))
+        )
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+
     def release_pubcomp(self) -> None:
         """Send the PUBCOMPs held back by `hold_pubcomp`."""
         held, self._held_pubcomp = self._held_pubcomp, []
@@ -291,7 +318,9 @@ class FakeBroker:
                     if kind is PacketType.CONNECT:
                         self._client_ids.append(_connect_client_id(raw))
                     self._changed.notify_all()
-                if kind is PacketType.CONNECT and raw[_header_length(raw) + 6] == 5:
+                if kind is PacketType.CONNECT:
+                    self._v5 = raw[_header_length(raw) + 6] == 5
+                if kind is PacketType.CONNECT and self._v5:
                     if self.version_5 == "close":
                         return
                     if self.version_5 == "refuse":
@@ -306,6 +335,8 @@ class FakeBroker:
 
     def _reply(self, kind: PacketType, raw: bytes) -> bytes:
         body = raw[_header_length(raw) :]
+        if kind in self.refuse:
+            return self._refusal(kind, raw, body)
         if kind is PacketType.CONNECT:
             return packet(PacketType.CONNACK, 0, bytes([0, self.return_code]))
         if kind is PacketType.PINGREQ:
@@ -315,11 +346,16 @@ class FakeBroker:
                 return b""
             granted = bytearray()
             offset = 2
+            props = b""
+            if self._v5:  # §3.8.2.1: properties after the packet id
+                length, offset = _variable_int(body, 2)
+                offset += length
+                props = b"\x00"
             while offset < len(body):
                 _, offset = _utf8_string(body, offset)
                 granted.append(body[offset] & 0x03)
                 offset += 1
-            return packet(PacketType.SUBACK, 0, body[:2] + bytes(granted))
+            return packet(PacketType.SUBACK, 0, body[:2] + props + bytes(granted))
         if kind is PacketType.UNSUBSCRIBE:
             return packet(PacketType.UNSUBACK, 0, body[:2])
         if kind is PacketType.PUBLISH:
@@ -339,6 +375,48 @@ class FakeBroker:
             # MQTT 3.1.1 §3.6.1: PUBREL has flags 0b0010.
             return packet(PacketType.PUBREL, 0x02, body[:2])
         return b""
+
+    def _refusal(self, kind: PacketType, raw: bytes, body: bytes) -> bytes:
+        """The MQTT 5 answer refusing `raw` with `self.refuse[kind]` (§3.2, §3.4, §3.5, §3.9)."""
+        code, text = self.refuse[kind]
+        props = reason_properties(text)
+        if kind is PacketType.CONNECT:
+            return packet(PacketType.CONNACK, 0, bytes([0, code]) + props)
+        if kind is PacketType.SUBSCRIBE:
+            length, offset = _variable_int(body, 2)
+            offset += length
+            codes = bytearray()
+            while offset < len(body):
+                _, offset = _utf8_string(body, offset)
+                codes.append(code)
+                offset += 1
+            return packet(PacketType.SUBACK, 0, body[:2] + props + bytes(codes))
+        if kind is PacketType.PUBLISH:
+            qos = raw[0] >> 1 & 0x03
+            if not qos:
+                return b""
+            _, offset = _utf8_string(body, 0)
+            reply = PacketType.PUBACK if qos == 1 else PacketType.PUBREC
+            return packet(reply, 0, body[offset : offset + 2] + bytes([code]) + props)
+        raise ValueError(f"no refusal for {kind.name}")
+
+
+def reason_properties(text: str) -> bytes:
+    """MQTT 5 properties holding one Reason String (0x1F), with their length in front."""
+    raw = text.encode()
+    props = b"\x1f" + struct.pack("!H", len(raw)) + raw
+    return encode_remaining_length(len(props)) + props
+
+
+def _variable_int(data: bytes, offset: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, offset
 
 
 def _read_exactly(reader: io.BufferedReader, size: int) -> bytes | None:
@@ -378,14 +456,7 @@ def _connect_client_id(raw: bytes) -> str:
     level = body[offset]
     offset += 1 + 1 + 2  # protocol level, connect flags, keep alive
     if level == 5:  # MQTT 5 §3.1.2.11: properties, their length a variable byte integer
-        length = shift = 0
-        while True:
-            byte = body[offset]
-            offset += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        length, offset = _variable_int(body, offset)
         offset += length
     client_id, _ = _utf8_string(body, offset)
     return client_id.decode(errors="replace")

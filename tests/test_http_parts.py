@@ -55,6 +55,15 @@ FULL_SINK = SinkHealth("sqlite:kom.db", False, "database or disk is full", 1.0)
         ),
         ([LineView("a", "connecting", True)], [], False, ["line a is connecting"]),
         (
+            [LineView("a", "connected", True, "refused: Failure (0x80)", ("x/#",))],
+            [OK_SINK],
+            False,
+            [
+                "line a has refused subscriptions ('x/#'), retried with back-off:"
+                " refused: Failure (0x80)"
+            ],
+        ),
+        (
             [LineView("a", "connected", True)],
             [FULL_SINK],
             False,

@@ -516,3 +516,68 @@ def test_server_reference_is_named_in_the_disconnect_reason(code: int) -> None:
     (event,) = feed(conn, mqtt.Disconnect(code, props))
     assert "maintenance" in event.reason
     assert "server reference: other:1884" in event.reason
+
+
+def _next_ids_from(conn: mqtt.Connection, mid: int) -> None:
+    """Make `conn` hand out packet ids from `mid` on (a wrap-around without 65,535 writes)."""
+    conn._next_id = mid - 1
+
+
+def test_a_forgotten_qos1_write_is_not_resent_and_its_id_waits_for_the_next_connection() -> None:
+    """A sent QoS 1 write that is forgotten is not resent after reconnecting; its late PUBACK is
+    ignored, and its packet id is not reused on the connection it was sent on."""
+    conn = connected()
+    mid = conn.publish("t", b"doomed", 1)
+    sent(conn)
+    conn.forget(mid)
+    _next_ids_from(conn, mid)
+    other = conn.publish("t", b"other", 1)
+    assert other != mid
+    assert feed(conn, mqtt.Puback(mid)) == []  # late: finishes nothing
+    assert conn.in_flight == 1
+    conn.connection_lost()
+    conn.connect(mqtt.Connect("kom", clean_start=False), 1.0)
+    conn.data_to_send()
+    feed(conn, mqtt.Connack(True, 0))
+    assert sent(conn) == [mqtt.Publish(b"t", b"other", 1, False, True, other)]
+    _next_ids_from(conn, mid)
+    assert conn.publish("t", b"new", 1) == mid
+
+
+@pytest.mark.parametrize("pubrec", [False, True])
+def test_a_forgotten_qos2_write_is_not_resent_nor_released(pubrec: bool) -> None:
+    """A sent QoS 2 write that is forgotten gets neither a DUP resend nor a PUBREL after
+    reconnecting on a kept session, and its packet id stays out of use until a CONNACK
+    without a session (the broker may hold it, awaiting PUBREL)."""
+    conn = connected()
+    mid = conn.publish("t", b"doomed", 2)
+    sent(conn)
+    if pubrec:
+        feed(conn, mqtt.Pubrec(mid))
+        assert sent(conn) == [mqtt.Pubrel(mid)]
+    conn.connection_lost()
+    conn.forget(mid)
+    assert conn.in_flight == 0
+    conn.connect(mqtt.Connect("kom", clean_start=False), 1.0)
+    conn.data_to_send()
+    feed(conn, mqtt.Connack(True, 0))
+    assert conn.data_to_send() == b""
+    assert feed(conn, mqtt.Pubrec(mid)) == []  # a late PUBREC is not answered with PUBREL
+    assert conn.data_to_send() == b""
+    _next_ids_from(conn, mid)
+    assert conn.publish("t", b"new", 2) != mid
+    conn.connection_lost()
+    conn.connect(mqtt.Connect("kom", clean_start=False), 2.0)
+    conn.data_to_send()
+    feed(conn, mqtt.Connack(False, 0))
+    _next_ids_from(conn, mid)
+    assert conn.publish("t", b"new", 2) == mid
+
+
+def test_a_write_forgotten_before_it_was_sent_frees_its_id_at_once() -> None:
+    """A QoS 2 write forgotten while it waited (never sent) leaves nothing behind."""
+    conn = mqtt.Connection()
+    mid = conn.publish("t", b"1", 2)
+    conn.forget(mid)
+    _next_ids_from(conn, mid)
+    assert conn.publish("t", b"2", 2) == mid

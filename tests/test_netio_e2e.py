@@ -57,11 +57,19 @@ def test_simulator_into_sqlite_then_write_then_will(broker: Mosquitto, tmp_path:
             )
             # Switch output 1 and see the new state come back from the device.
             before = sim.device.output_state(1)
+            # The profile's read-back confirmation, commented out there, switched on.
+            confirmed = tmp_path / "netio-confirmed.toml"
+            profile = (ROOT / "examples/netio-4all.toml").read_text()
+            confirmed.write_text(
+                profile.replace('# confirm = "read-back"', 'confirm = "read-back"').replace(
+                    "# confirm_tag = ", "confirm_tag = "
+                )
+            )
             wrote = subprocess.run(
                 [
                     *KOM,
                     "write",
-                    "examples/netio-4all.toml",
+                    str(confirmed),
                     "netio.out1",
                     "false" if before else "true",
                     "--broker",
@@ -72,6 +80,7 @@ def test_simulator_into_sqlite_then_write_then_will(broker: Mosquitto, tmp_path:
                 timeout=30,
             )
             assert wrote.returncode == 0, wrote.stderr.decode()
+            assert b"confirmed by read-back" in wrote.stdout  # the confirm switched on
             wait_until(lambda: sim.device.output_state(1) != before, 5, "device switched")
             expected = 0 if before else 1
             wait_until(

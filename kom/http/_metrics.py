@@ -42,6 +42,14 @@ LINE_COUNTERS = (
     ("reconnects", "reconnects", "connections made again after a loss"),
     ("connect_failures", "connect_failures", "connection attempts that failed"),
     ("pauses", "pauses", "times reading paused (held ACK_ID messages)"),
+    ("messages_oversize", "oversize", "PUBLISH packets over max_payload, skipped as they came"),
+    ("protocol_errors", "protocol_errors", "connections ended by a protocol error of the broker's"),
+    # SPEC §11: the broker's refusals, and writes not confirmed by their device.
+    ("subscriptions_refused", "refused_subscriptions", "topic filters the broker refused"),
+    ("writes_refused", "refused_writes", "writes the broker refused (reason code >= 0x80)"),
+    ("writes_downgraded", "downgraded_writes", "QoS 2 writes the broker took at QoS 1"),
+    ("writes_unconfirmed", "unconfirmed_writes", "confirmed writes their device did not confirm"),
+    ("broker_disconnects", "broker_disconnects", "connections the broker ended by DISCONNECT"),
 )
 #: Station counters, written by StationText.
 STATION_COUNTERS = (

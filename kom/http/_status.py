@@ -30,6 +30,8 @@ class LineView:
     state: str
     wants_connection: bool
     last_error: str | None = None
+    #: Topic filters the broker refused in SUBACK: connected, yet deaf to them (kom retries).
+    refused_filters: tuple[str, ...] = ()
 
 
 def health(lines: Sequence[LineView], sinks: Sequence[SinkHealth]) -> tuple[bool, list[str]]:
@@ -43,6 +45,10 @@ def health(lines: Sequence[LineView], sinks: Sequence[SinkHealth]) -> tuple[bool
         if line.wants_connection and line.state != LineState.CONNECTED.value:
             why = f": {line.last_error}" if line.last_error else ""
             reasons.append(f"line {line.name} is {line.state}{why}")
+        elif line.refused_filters:
+            refused = ", ".join(repr(f) for f in line.refused_filters)
+            why = f", retried with back-off: {line.last_error}" if line.last_error else ""
+            reasons.append(f"line {line.name} has refused subscriptions ({refused}){why}")
     for sink in sinks:
         if not sink.ok:
             error = sink.error or "failing"
@@ -96,7 +102,13 @@ class Observer:
 
 def line_views(kom: Kom) -> list[LineView]:
     return [
-        LineView(ln.name, ln.state.value, ln.core.wants_connection, ln.last_error)
+        LineView(
+            ln.name,
+            ln.state.value,
+            ln.core.wants_connection,
+            ln.last_error,
+            tuple(ln.refused_filters),
+        )
         for ln in list(kom.lines.values())
     ]
 

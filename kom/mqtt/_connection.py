@@ -204,6 +204,10 @@ class Connection:
         self._sending = 0  # flights sent and not finished (bounded by the broker's maximum)
         self._waiting: deque[int] = deque()  # flights waiting for the send quota
         self._requests: dict[int, str] = {}  # SUBSCRIBE/UNSUBSCRIBE awaiting their answer
+        #: Packet ids of forgotten messages kept out of use (see `forget`): QoS 1 ones until the
+        #: connection ends, QoS 2 ones until a CONNACK without a session.
+        self._held_ids: set[int] = set()
+        self._retired_ids: set[int] = set()
         self._incoming: set[int] = set()  # QoS 1/2 received, not yet finished by kom
         self._aliases: dict[int, bytes] = {}
         self._suspect = 0  # a QoS 2 PUBLISH sent last, nothing received since
@@ -272,7 +276,12 @@ class Connection:
         for _ in range(65535):
             self._next_id = self._next_id % 65535 + 1
             mid = self._next_id
-            if mid not in self._flights and mid not in self._requests:
+            if (
+                mid not in self._flights
+                and mid not in self._requests
+                and mid not in self._held_ids  # forgotten messages (see `forget`)
+                and mid not in self._retired_ids
+            ):
                 return mid
         raise LocalProtocolError("every packet identifier is in use")
 
@@ -348,7 +357,18 @@ class Connection:
         self._suspect = mid if flight.qos == 2 else 0
 
     def forget(self, mid: int) -> None:
-        """Drop an outgoing message from the session: it will not be sent (again)."""
+        """Drop an outgoing message from the session: it will not be sent (again), nor its
+        PUBREL, and an answer that still comes for it is ignored.
+
+        This departs from MQTT 3.1.1 §4.4 / MQTT 5 §4.4 (resend unacknowledged PUBLISH and
+        PUBREL on a kept session) on purpose: the host gave up on the message and reported it
+        failed, and a command that reports failure must not act later. A message already sent
+        keeps its packet id out of use, so that nothing new is mistaken for it: a QoS 1 one
+        until this connection ends (its PUBACK may still come on it; a broker keeps no QoS 1
+        state across connections), a QoS 2 one until a CONNACK without a session, as the
+        broker may hold the id awaiting a PUBREL that never comes (§4.3.3 Method B: a new
+        PUBLISH with that id would be taken for a duplicate and not delivered).
+        """
         flight = self._flights.pop(mid, None)
         if flight is None:
             return
@@ -357,6 +377,10 @@ class Connection:
         elif self.state is State.CONNECTED:
             self._sending -= 1
             self._send_waiting()
+        if flight.qos == 2 and flight.sent:
+            self._retired_ids.add(mid)
+        elif flight.state != "queued" and self.state is not State.DISCONNECTED:
+            self._held_ids.add(mid)
 
     def acknowledge(self, mid: int, qos: int) -> None:
         """The host has the message: PUBACK (QoS 1), or PUBREC (QoS 2; PUBREL follows)."""
@@ -425,6 +449,7 @@ class Connection:
 
     def _end(self) -> None:
         self._move(State.DISCONNECTED)
+        self._held_ids.clear()
         self._buf = b""
         self._pos = 0
         self._skip = 0
@@ -741,6 +766,8 @@ class Connection:
             return ConnectionRefused(packet.code, why, packet.code in UNSUPPORTED_VERSION, props)
         self._move(State.CONNECTED)
         self.session_present = packet.session_present
+        if not packet.session_present:
+            self._retired_ids.clear()  # the broker holds no flow of kom's any more
         self.server_receive_maximum = props.get("receive_maximum", 65535)
         if not self.server_receive_maximum:
             raise ProtocolError("CONNACK with Receive Maximum 0")

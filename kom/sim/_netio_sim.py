@@ -88,8 +88,10 @@ class _Inbox(Events):
         if not ok:
             log.warning("the broker refused a message (mid %d): %s", mid, reason)
 
-    def subscribed(self, mid: int, granted: list[int]) -> None:
+    def subscribed(self, mid: int, granted: list[int], reason_string: str | None = None) -> None:
         self.subacks[mid] = granted
+        if reason_string:
+            log.warning("SUBACK says %s", reason_string)
 
     def disconnected(self, reason: str) -> None:
         log.debug("disconnected: %s", reason)  # the simulator's thread says more
