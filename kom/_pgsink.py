@@ -102,6 +102,9 @@ _INVALID = b"\x00\x00\x00\x07invalid"
 _FALSE = b"\x00\x00\x00\x01\x00"
 _TRUE = b"\x00\x00\x00\x01\x01"
 _F8 = struct.Struct(">id").pack
+_BOOL_TRUE = _NULL + _TRUE + _NULL * 2  # the four value fields of a digital value
+_BOOL_FALSE = _NULL + _FALSE + _NULL * 2
+_BIG = 2**53  # integers below this in size are exact as a double
 _I8 = struct.Struct(">iq").pack
 _NULLS_AFTER_NUM = _NULL * 3  # a number's row: value_bool, value_text, value_time NULL
 _AFTER_NUM = _NULLS_AFTER_NUM + _NULL  # ... and no detail
@@ -213,6 +216,7 @@ class Encoder:
     def __init__(self) -> None:
         self._texts: dict[str, bytes] = {}
         self._heads: dict[str, bytes] = {}  # a row's field count and its tag
+        self._valid_heads: dict[str, bytes] = {}  # ... then a valid value's quality, reason
 
     def _field(self, value: str | None) -> bytes:
         if value is None:
@@ -222,6 +226,7 @@ class Encoder:
             if len(self._texts) > 100_000:  # tags and topics repeat; anything else may not
                 self._texts.clear()
                 self._heads.clear()
+                self._valid_heads.clear()
             cached = self._texts[value] = _text(value)
         return cached
 
@@ -230,23 +235,32 @@ class Encoder:
         return b"".join(self.chunks(updates, len(updates) + 1))
 
     def chunks(self, updates: Sequence[Update], rows: int = 1024) -> Iterator[bytes]:
-        """The COPY stream of `updates` in pieces of `rows` rows (the header in the first,
-        the trailer in the last), in the column order of COPY_COLUMNS: the fields a message's
-        updates share (times, topic) last, so that they are encoded once a message and added
-        as one piece. In pieces, so that the server stores one while the next is encoded."""
+        """The COPY stream of `updates` in pieces of about `rows` rows (the header in the
+        first, the trailer in the last), in the column order of COPY_COLUMNS: the fields a
+        message's updates share (times, topic) last, so that they are encoded once a message
+        and added as one piece. In pieces, so that the server stores one while the next is
+        encoded."""
         out = [_HEADER]
         add = out.append
         join = b"".join
         field = self._field
         heads = self._heads
+        valid_heads = self._valid_heads
         ts_key: object = None
         rx_key: object = None
         topic_key: object = None
         ts_data = b""
         tails = (b"", b"")
+        num_tails = other_tails = tails
         valid = Quality.VALID
+        limit = 3 * rows
+        raw: Any  # dispatched on its exact type below
         for update in updates:
-            tag, raw, quality, reason, ts, received, topic, detail = update[:8]
+            if len(update) == 9:
+                tag, raw, quality, reason, ts, received, topic, detail, retained = update
+            else:
+                tag, raw, quality, reason, ts, received, topic, detail = update[:8]
+                retained = len(update) > 8 and update[8]
             if ts is not ts_key or received is not rx_key or topic is not topic_key:
                 # The updates of one message share their times and topic: encode them once.
                 if ts is not ts_key:
@@ -254,6 +268,38 @@ class Encoder:
                 rx_key, topic_key = received, topic
                 shared = ts_data + _I8(8, pg_time(received)) + field(topic)
                 tails = (shared + _FALSE, shared + _TRUE)
+                # ... and with what comes between a value and them: a number's three
+                # other value fields and the detail, or only the detail.
+                num_tails = (_AFTER_NUM + tails[0], _AFTER_NUM + tails[1])
+                other_tails = (_NULL + tails[0], _NULL + tails[1])
+            if quality is valid and reason is None and detail is None:
+                # The common row, a valid value without detail: three pieces (the tag's
+                # constant head, the value fields, the message's tail), no join a row.
+                kind = type(raw)
+                value: bytes | None
+                if kind is float:
+                    value, after = _F8(8, raw), num_tails
+                elif kind is bool:
+                    value, after = (_BOOL_TRUE if raw else _BOOL_FALSE), other_tails
+                elif kind is int and -_BIG < raw < _BIG:
+                    value, after = _F8(8, raw), num_tails
+                elif kind is timedelta:
+                    value, after = _F8(8, raw.total_seconds()), num_tails
+                elif raw is ts:
+                    value, after = _NULL * 3 + ts_data, other_tails
+                else:
+                    value = None
+                if value is not None:
+                    head = valid_heads.get(tag)
+                    if head is None:
+                        head = valid_heads[tag] = _FIELDS + field(tag) + _VALID_NO_REASON
+                    add(head)
+                    add(value)
+                    add(after[1 if retained else 0])
+                    if len(out) >= limit:
+                        yield join(out)
+                        out.clear()
+                    continue
             head = heads.get(tag)
             if head is None:
                 head = heads[tag] = _FIELDS + field(tag)
@@ -275,8 +321,8 @@ class Encoder:
                 value, rest = _value(raw, ts, ts_data), _NULL
             if detail is not None:
                 rest = rest[:-4] + _text(detail)
-            add(join((head, head2, value, rest, tails[len(update) > 8 and bool(update[8])])))
-            if len(out) >= rows:
+            add(join((head, head2, value, rest, tails[1 if retained else 0])))
+            if len(out) >= limit:
                 yield join(out)
                 out.clear()
         add(_TRAILER)
