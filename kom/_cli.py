@@ -687,7 +687,7 @@ def cmd_sim_netio(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_sparkplug(args: argparse.Namespace) -> int:
-    from .sparkplug._sim import run_sparkplug
+    from .sim._sparkplug_sim import run_sparkplug
 
     return run_sparkplug(
         args.broker,

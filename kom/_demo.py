@@ -198,7 +198,7 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool, http: str | None 
     pump1's Speed (a DCMD by alias), and near the end the edge node loses its connection so
     its NDEATH will makes every tag invalid (`will`) until it comes back and births again.
     """
-    from .sparkplug._sim import EdgeNodeSimulator
+    from .sim._sparkplug_sim import EdgeNodeSimulator
 
     out = sys.stdout
     broker, kom, writer, view = _setup(SPARKPLUG_PROFILE, "Sparkplug B edge node", duration, db)

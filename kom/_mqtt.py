@@ -172,7 +172,9 @@ class Session:
             return self._connect(endpoint, timeout, deadline)
         except LineError as exc:
             refused_version = isinstance(exc, BrokerRefused) and exc.reason_code in (1, 0x84)
-            lost = not isinstance(exc, BrokerRefused) and "before CONNACK" in str(exc)
+            # Closed before CONNACK: a broker without MQTT 5 may do that. A protocol error
+            # (the peer is not MQTT at all) is no reason to try another version.
+            lost = not isinstance(exc, BrokerRefused) and "lost before CONNACK" in str(exc)
             if not (self._auto and self._v5 and (refused_version or lost)):
                 raise
             log.warning(
@@ -218,6 +220,12 @@ class Session:
             if conn.state is not mqtt.State.DISCONNECTED:
                 conn.connection_lost()
             raise
+        for done in accepted.failed:
+            log.warning("line %s: write %d failed: %s", line.name, done.mid, done.reason)
+            try:
+                self._events.published(done.mid, False, done.reason)
+            except Exception as exc:  # the line's own bug: counted
+                self._events.callback_failed("on_publish", exc, None)
         assigned = accepted.properties.get("assigned_client_identifier")
         protocol = "5" if self._v5 else "3.1.1"
         return Connected(accepted.session_present, assigned, accepted.properties, protocol)
@@ -337,6 +345,7 @@ class Session:
             self._flush()
         except mqtt.ProtocolError as exc:
             self.explained = True
+            self._tell_broker(exc)
             self._lost(f"protocol error: {exc} [{exc.reason}]")
         except (OSError, ssl.SSLError) as exc:
             self._lost(f"connection failed: {exc}")
@@ -345,6 +354,15 @@ class Session:
             self._lost(f"internal error: {exc!r}")
         self._report_written()
         return self._alive
+
+    def _tell_broker(self, exc: mqtt.ProtocolError) -> None:
+        """MQTT 5 §4.13.1: DISCONNECT with the reason code before closing on a protocol error
+        (e.g. 0x94 for a topic alias outside kom's maximum), so the broker's log names it."""
+        if not (self._v5 and self.connected):
+            return
+        with contextlib.suppress(OSError, ssl.SSLError, mqtt.MQTTError):
+            self._conn.disconnect(exc.code, {"reason_string": str(exc)[:200]})
+            self._flush()
 
     def idle(self, timeout: float) -> None:
         """Write what is queued (acknowledgements, writes) without reading anything."""

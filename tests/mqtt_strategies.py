@@ -48,6 +48,12 @@ def _props(packet: str, v5: bool) -> st.SearchStrategy[dict[str, Any]]:
 
 def packets(v5: bool) -> st.SearchStrategy[mqtt.Packet]:
     """Any of the 15 control packets (14 in MQTT 3.1.1: no AUTH) that the version can carry."""
+    return st.one_of(*packets_by_type(v5).values())
+
+
+def packets_by_type(v5: bool) -> dict[str, st.SearchStrategy[Any]]:
+    """A strategy for each control packet the version can carry, by the packet's name: a
+    round trip of each type alone draws enough of them to reach every field and flag."""
     code = st.integers(0, 0xFF) if v5 else st.just(0)
 
     def ack(cls: type[Any], name: str) -> st.SearchStrategy[Any]:
@@ -94,40 +100,44 @@ def packets(v5: bool) -> st.SearchStrategy[mqtt.Packet]:
         st.integers(0, 2) if v5 else st.just(0),
     )
     suback_codes = st.integers(0, 0xFF) if v5 else st.sampled_from([0, 1, 2, 0x80])
-    return st.one_of(
-        connect,
-        st.builds(mqtt.Connack, st.booleans(), st.integers(0, 0xFF), _props("CONNACK", v5)),
-        publish,
-        ack(mqtt.Puback, "PUBACK"),
-        ack(mqtt.Pubrec, "PUBREC"),
-        ack(mqtt.Pubrel, "PUBREL"),
-        ack(mqtt.Pubcomp, "PUBCOMP"),
-        st.builds(
+    by_type: dict[str, st.SearchStrategy[Any]] = {
+        "CONNECT": connect,
+        "CONNACK": st.builds(
+            mqtt.Connack, st.booleans(), st.integers(0, 0xFF), _props("CONNACK", v5)
+        ),
+        "PUBLISH": publish,
+        "PUBACK": ack(mqtt.Puback, "PUBACK"),
+        "PUBREC": ack(mqtt.Pubrec, "PUBREC"),
+        "PUBREL": ack(mqtt.Pubrel, "PUBREL"),
+        "PUBCOMP": ack(mqtt.Pubcomp, "PUBCOMP"),
+        "SUBSCRIBE": st.builds(
             mqtt.Subscribe,
             packet_ids,
             st.lists(subscription, min_size=1, max_size=3).map(tuple),
             _props("SUBSCRIBE", v5),
         ),
-        st.builds(
+        "SUBACK": st.builds(
             mqtt.Suback,
             packet_ids,
             st.lists(suback_codes, min_size=1, max_size=3).map(tuple),
             _props("SUBACK", v5),
         ),
-        st.builds(
+        "UNSUBSCRIBE": st.builds(
             mqtt.Unsubscribe,
             packet_ids,
             st.lists(texts.filter(bool), min_size=1, max_size=3).map(tuple),
             _props("UNSUBSCRIBE", v5),
         ),
-        st.builds(
+        "UNSUBACK": st.builds(
             mqtt.Unsuback,
             packet_ids,
             st.lists(st.integers(0, 0xFF), max_size=3).map(tuple) if v5 else st.just(()),
             _props("UNSUBACK", v5),
         ),
-        st.just(mqtt.Pingreq()),
-        st.just(mqtt.Pingresp()),
-        st.builds(mqtt.Disconnect, code, _props("DISCONNECT", v5)),
-        *([st.builds(mqtt.Auth, code, _props("AUTH", v5))] if v5 else []),
-    )
+        "PINGREQ": st.just(mqtt.Pingreq()),
+        "PINGRESP": st.just(mqtt.Pingresp()),
+        "DISCONNECT": st.builds(mqtt.Disconnect, code, _props("DISCONNECT", v5)),
+    }
+    if v5:
+        by_type["AUTH"] = st.builds(mqtt.Auth, code, _props("AUTH", v5))
+    return by_type

@@ -267,3 +267,32 @@ def test_refused_subscription_is_reported_and_retried() -> None:
             fake.send_raw(packet(PacketType.SUBACK, 0, second[2:4] + b"\x01"))
             wait_until(lambda: not line.refused_filters, what="subscription granted")
             assert line.state.value == "connected"
+
+
+def test_topic_alias_outside_kom_maximum_is_answered_with_disconnect_0x94() -> None:
+    """MQTT 5 §3.3.2.3.4: a PUBLISH whose topic alias is 0 or above kom's Topic Alias Maximum is
+    a protocol error; kom sends DISCONNECT with reason 0x94 before closing, and counts it."""
+    body = '[[station]]\nname = "s"\naddress = "x/+"\n'
+    with FakeBroker() as fake:
+        fake.ignore_subscribe = True  # the fake reads 3.1.1 SUBSCRIBE packets only
+        cfg = config(
+            body,
+            host=fake.address,
+            client_id="kom-alias",
+            protocol="5",
+            topic_alias_maximum=2,
+            reconnect_min=0.05,
+            reconnect_max=0.1,
+            ping_interval=0,
+        )
+        with start(cfg) as kom:
+            line = kom.lines["line"]
+            assert kom.wait_connected(5)
+            # Topic "" with properties: Topic Alias (0x23) = 3, one above the maximum.
+            fake.send_raw(packet(PacketType.PUBLISH, 0, b"\x00\x00\x03\x23\x00\x03x"))
+            wait_until(lambda: fake.packets(PacketType.DISCONNECT), what="DISCONNECT")
+            wait_until(lambda: "protocol error" in str(line.last_error), what="error named")
+            assert kom.counters()["line"].protocol_errors >= 1
+    disconnect = fake.packets(PacketType.DISCONNECT)[0]
+    assert disconnect[2] == 0x94, disconnect
+    assert "topic alias 3" in str(line.last_error)

@@ -286,3 +286,44 @@ user_properties = {{ origin = "kom", unit = "V" }}
     assert message.payload == b"on"  # type: ignore[attr-defined]
     props = message.properties.json()  # type: ignore[attr-defined]
     assert props["UserProperty"] == [("origin", "kom"), ("unit", "V")]
+
+
+@pytest.mark.parametrize("protocol", ["auto", "3.1.1"])
+def test_an_http_server_is_named_and_no_reason_to_fall_back(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer answering CONNECT in HTTP is named as an HTTP server, not as a PUBACK; with
+    protocol = "auto" it is no reason to blame MQTT 5 and fall back."""
+    import socket
+    import threading
+
+    caplog.set_level(logging.WARNING, "kom.mqtt")
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                peer, _ = server.accept()
+            except TimeoutError:
+                continue
+            with peer:
+                peer.recv(1000)
+                peer.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        port = server.getsockname()[1]
+        with start(_cfg("http", host=f"127.0.0.1:{port}", protocol=protocol)) as kom:
+            line = kom.lines["line"]
+            wait_until(lambda: line.last_error is not None)
+            error = str(line.last_error)
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert "the peer answered in HTTP" in error, error
+    assert "PUBACK" not in error
+    assert "does not accept MQTT 5" not in caplog.text

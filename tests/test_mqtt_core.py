@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kom import mqtt
 from kom.mqtt._packets import frame
 from kom.mqtt._properties import decode_varint, encode_varint
-from tests.mqtt_strategies import packets, properties
+from tests.mqtt_strategies import packets_by_type, properties
 
 ALL_PACKETS = [
     "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP", "SUBSCRIBE",
@@ -26,10 +26,14 @@ def split(data: bytes) -> tuple[int, bytes]:
     return data[0], data[pos:]
 
 
-@given(v5=st.booleans(), data=st.data())
-def test_every_packet_round_trips(v5: bool, data: st.DataObject) -> None:
-    """Any packet of either version decodes to itself after encoding."""
-    packet = data.draw(packets(v5))
+@pytest.mark.parametrize(
+    ("name", "v5"),
+    [(name, v5) for v5 in (False, True) for name in packets_by_type(v5)],
+)
+@given(data=st.data())
+def test_every_packet_round_trips(name: str, v5: bool, data: st.DataObject) -> None:
+    """Any packet of each type, in either version, decodes to itself after encoding."""
+    packet = data.draw(packets_by_type(v5)[name])
     first, body = split(mqtt.encode(packet, v5))
     assert mqtt.decode(first, body, v5) == packet
 
@@ -416,7 +420,7 @@ def test_packets_before_connack_raise(packet: mqtt.Packet, error: str) -> None:
         (mqtt.Suback(7, (0,)), "did not send"),
         (mqtt.Connect("x"), "CONNECT cannot come from a broker"),
         (b"\x00\x00", "reserved packet type 0"),
-        (b"HTTP/1.1 400 Bad Request\r\n", "PUBACK cannot come from a broker .*0x48.*not MQTT"),
+        (b"HTTP/1.1 400 Bad Request\r\n", "answered in HTTP.*not an MQTT listener"),
     ],
 )
 def test_packets_out_of_place_after_connack_raise(packet: mqtt.Packet | bytes, error: str) -> None:
@@ -446,6 +450,72 @@ def test_packets_split_anywhere_still_parse() -> None:
                 events.append(event)
         assert [type(e).__name__ for e in events] == ["Message", "PingResponse"]
         assert events[0].payload == b"p" * 300
+
+
+def test_new_broker_session_fails_a_write_it_had_received_and_resends_the_rest() -> None:
+    """§4.4, MQTT 5 §3.2.2.1.1: with Session Present 0 a QoS 2 write past PUBREC fails saying
+    the broker's session is new (a PUBREL would be answered PUBCOMP and read as done); a write
+    not yet answered is sent again."""
+    conn = connected()
+    one = conn.publish("t", b"1", 1)
+    two = conn.publish("t", b"2", 2)
+    sent(conn)
+    feed(conn, mqtt.Pubrec(two))
+    conn.connection_lost()
+    conn.connect(mqtt.Connect("kom", clean_start=False), 1.0)
+    conn.data_to_send()
+    (accepted,) = feed(conn, mqtt.Connack(False, 0))
+    assert [(f.mid, f.ok) for f in accepted.failed] == [(two, False)]
+    assert "session is new" in accepted.failed[0].reason
+    assert sent(conn) == [mqtt.Publish(b"t", b"1", 1, False, True, one)]
+    assert conn.in_flight == 1
+
+
+@pytest.mark.parametrize(
+    ("connack", "qos", "retain", "code"),
+    [
+        ({"maximum_qos": 1}, 2, False, 0x9B),
+        ({"maximum_qos": 0}, 1, False, 0x9B),
+        ({"retain_available": 0}, 0, True, 0x9A),
+    ],
+)
+def test_publish_beyond_the_broker_limits_is_refused(
+    connack: dict[str, int], qos: int, retain: bool, code: int
+) -> None:
+    """MQTT 5 §3.2.2.3.4-5: kom sends no PUBLISH above the broker's Maximum QoS, nor a retained
+    one where Retain Available is 0 (the broker would close the connection): the write fails."""
+    conn = connected(True, mqtt.Connack(False, 0, connack))
+    with pytest.raises(mqtt.NotAllowed) as caught:
+        conn.publish("t", b"x", qos, retain)
+    assert caught.value.code == code
+    assert conn.data_to_send() == b""
+    assert conn.in_flight == 0
+
+
+def test_queued_write_beyond_limits_of_the_next_connack_fails_there() -> None:
+    """A write queued while disconnected fails after a CONNACK whose Maximum QoS or Maximum
+    Packet Size it breaks, instead of being sent to a broker that would close on it."""
+    conn = mqtt.Connection(True)
+    big = conn.publish("t", b"x" * 100, 1)
+    two = conn.publish("t", b"2", 2)
+    conn.connect(mqtt.Connect("kom", level=5), 0.0)
+    conn.data_to_send()
+    connack = mqtt.Connack(False, 0, {"maximum_qos": 1, "maximum_packet_size": 50})
+    (accepted,) = feed(conn, connack)
+    assert sorted((f.mid, f.code) for f in accepted.failed) == [(big, 0x95), (two, 0x9B)]
+    assert conn.data_to_send() == b""
+    assert conn.in_flight == 0
+
+
+@pytest.mark.parametrize("code", [0x9C, 0x9D])
+def test_server_reference_is_named_in_the_disconnect_reason(code: int) -> None:
+    """MQTT 5 §4.11: a DISCONNECT "use another server" / "server moved" names the Server
+    Reference (kom does not follow it) beside the reason string."""
+    conn = connected(True)
+    props = {"reason_string": "maintenance", "server_reference": "other:1884"}
+    (event,) = feed(conn, mqtt.Disconnect(code, props))
+    assert "maintenance" in event.reason
+    assert "server reference: other:1884" in event.reason
 
 
 def _next_ids_from(conn: mqtt.Connection, mid: int) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from kom import Kom, loads
 from kom._model import Reason
+from kom.sim._sparkplug_sim import EdgeNodeSimulator
 from kom.sparkplug._payload import decode
-from kom.sparkplug._sim import EdgeNodeSimulator
 
 from ._broker import Mosquitto, mosquitto_binary
 from ._kom import Collector, Publisher, wait_until

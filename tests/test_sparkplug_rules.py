@@ -13,8 +13,8 @@ from kom._client import _same_connection
 from kom._core import LineCore
 from kom._model import Quality, Reason
 from kom._station import Message
+from kom.sim._sparkplug_sim import EdgeNode
 from kom.sparkplug._payload import DataType, Out, decode, encode
-from kom.sparkplug._sim import EdgeNode
 from kom.sparkplug._station import state_will
 
 from .test_sparkplug_station import CONFIG, T0, births, core, send

@@ -15,7 +15,14 @@ from ._connection import (
     Subscribed,
     Unsubscribed,
 )
-from ._errors import LocalProtocolError, MalformedPacket, MQTTError, PacketTooLarge, ProtocolError
+from ._errors import (
+    LocalProtocolError,
+    MalformedPacket,
+    MQTTError,
+    NotAllowed,
+    PacketTooLarge,
+    ProtocolError,
+)
 from ._packets import (
     Auth,
     Connack,
@@ -58,6 +65,7 @@ __all__ = [
     "MQTTError",
     "MalformedPacket",
     "Message",
+    "NotAllowed",
     "Packet",
     "PacketTooLarge",
     "PingResponse",

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from ._errors import LocalProtocolError, MalformedPacket, PacketTooLarge, ProtocolError
+from ._errors import LocalProtocolError, MalformedPacket, NotAllowed, PacketTooLarge, ProtocolError
 from ._packets import (
     NAMES,
     PUBACK,
@@ -89,6 +89,9 @@ class Message(NamedTuple):
 class ConnectionAccepted(NamedTuple):
     session_present: bool
     properties: Properties
+    #: Writes of the session that cannot go on: the broker's session is new (§4.4) and they
+    #: were half through QoS 2, or they break a limit the broker announced in this CONNACK.
+    failed: tuple[PublishCompleted, ...] = ()
 
 
 class ConnectionRefused(NamedTuple):
@@ -188,6 +191,8 @@ class Connection:
         self.server_receive_maximum = 65535
         self.server_maximum_packet_size = 268_435_460
         self.server_keep_alive: int | None = None
+        self.server_maximum_qos = 2
+        self.server_retain_available = True
         self.keep_alive = 0
         self.session_present = False
         self._buf = b""
@@ -294,6 +299,7 @@ class Connection:
         Maximum leaves room, otherwise when it does. QoS 0 needs a connection.
         """
         raw = topic.encode() if isinstance(topic, str) else topic
+        self._check_allowed(qos, retain)
         if qos == 0:
             self._require("QoS 0 PUBLISH", State.CONNECTED)
             data = encode_publish(
@@ -321,6 +327,17 @@ class Connection:
         self._valid_first = _BROKER_FIRST_5 if v5 else _BROKER_FIRST_311
         for flight in self._flights.values():
             flight.data = encode_publish(flight.packet, v5)
+
+    def _check_allowed(self, qos: int, retain: bool) -> None:
+        """MQTT 5 §3.2.2.3.4, §3.2.2.3.5: no PUBLISH above the broker's Maximum QoS, and none
+        retained where it has no retained messages (it would close the connection)."""
+        if qos > self.server_maximum_qos:
+            raise NotAllowed(
+                f"QoS {qos} is over the broker's Maximum QoS of {self.server_maximum_qos}", 0x9B
+            )
+        if retain and not self.server_retain_available:
+            why = "the broker does not take retained messages (Retain Available 0)"
+            raise NotAllowed(why, 0x9A)
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.server_maximum_packet_size:
@@ -506,7 +523,7 @@ class Connection:
         while pos < size:
             first = buf[pos]
             if not valid[first]:
-                raise MalformedPacket(_bad_first(first))
+                raise MalformedPacket(_bad_first(first, buf[pos : pos + 16]))
             # §2.2.3: the remaining length, one to four bytes of seven bits each.
             length = shift = 0
             i = pos + 1
@@ -756,26 +773,53 @@ class Connection:
             raise ProtocolError("CONNACK with Receive Maximum 0")
         self.server_maximum_packet_size = props.get("maximum_packet_size", 268_435_460)
         self.server_keep_alive = props.get("server_keep_alive")
-        self._resend()
-        return ConnectionAccepted(packet.session_present, props)
+        self.server_maximum_qos = props.get("maximum_qos", 2)
+        self.server_retain_available = bool(props.get("retain_available", 1))
+        failed = self._resend(packet.session_present)
+        return ConnectionAccepted(packet.session_present, props, failed)
 
-    def _resend(self) -> None:
+    def _resend(self, session_present: bool) -> tuple[PublishCompleted, ...]:
         """After CONNACK: PUBREL for messages the broker has received, then every other
-        message of the session in order, DUP set on those sent before (§4.4)."""
+        message of the session in order, DUP set on those sent before (§4.4).
+
+        With a new session on the broker (Session Present 0) a message it had received
+        (PUBREC) is not known there any more: whether it was delivered cannot be known, so its
+        write fails saying so (MQTT 5 §3.2.2.1.1: the session state is discarded); a
+        PUBREL now would be answered PUBCOMP and read as done. Messages that now break the
+        broker's limits fail too, rather than make it close the connection.
+        """
+        failed = []
         waiting = self._waiting
         self._waiting = deque()
-        for mid, flight in self._flights.items():
-            if flight.state == "released":
+        for mid, flight in list(self._flights.items()):
+            if flight.state != "released":
+                continue
+            if session_present:
                 self._out.append(_PUBREL_HEAD + mid.to_bytes(2, "big"))
                 self._sending += 1
+            else:
+                del self._flights[mid]
+                why = (
+                    "the broker's session is new (Session Present 0): it had received the"
+                    " message (PUBREC) but may not have delivered it; not sent again"
+                )
+                failed.append(PublishCompleted(mid, False, why, 0x80))
         for mid in waiting:
             out = self._flights.get(mid)
             if out is None or out.state == "released":
+                continue
+            try:
+                self._check_allowed(out.qos, out.packet.retain)
+                self._check_size(out.data)
+            except (NotAllowed, PacketTooLarge) as exc:
+                del self._flights[mid]
+                failed.append(PublishCompleted(mid, False, str(exc), exc.code))
                 continue
             if self._sending < self.server_receive_maximum:
                 self._send_flight(mid, out)
             else:
                 self._waiting.append(mid)
+        return tuple(failed)
 
 
 def _valid_firsts(v5: bool) -> bytes:
@@ -797,12 +841,25 @@ _BROKER_FIRST_311 = _valid_firsts(False)
 _BROKER_FIRST_5 = _valid_firsts(True)
 
 
-def _bad_first(first: int) -> str:
+def _bad_first(first: int, head: bytes = b"") -> str:
+    """Why a packet cannot start with `first`; an HTTP answer (a web server, or a WebSocket
+    listener spoken to over plain TCP) is named as such rather than as a packet type."""
+    if head.startswith((b"HTTP/", b"<")):
+        return (
+            f"the peer answered in HTTP ({head!r}...): not an MQTT listener"
+            ' (a WebSocket listener needs transport = "websockets")'
+        )
     kind = first >> 4
     name = NAMES.get(kind, f"reserved packet type {kind}")
     return f"{name} cannot come from a broker (fixed header byte 0x{first:02X}): not MQTT"
 
 
 def _reason_string(props: Properties | dict[str, Any]) -> str:
+    """The broker's Reason String, and its Server Reference (MQTT 5 §4.11: use another server,
+    server moved), which kom does not follow but names."""
     text = props.get("reason_string")
-    return f": {text}" if text else ""
+    out = f": {text}" if text else ""
+    reference = props.get("server_reference")
+    if reference:
+        out += f" (server reference: {reference})"
+    return out

@@ -39,3 +39,10 @@ class PacketTooLarge(MQTTError, ValueError):
     """A packet kom would send is bigger than the broker's Maximum Packet Size (0x95)."""
 
     code = 0x95
+
+
+class NotAllowed(MQTTError, ValueError):
+    """A PUBLISH the broker said it does not take (MQTT 5 CONNACK: Maximum QoS 0x9B, Retain
+    Available 0x9A); sent anyway, the broker would close the connection."""
+
+    code = 0x9B

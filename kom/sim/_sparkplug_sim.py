@@ -22,9 +22,9 @@ from typing import Any, NamedTuple, TextIO
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ._host import BDSEQ_METRIC, REBIRTH_METRIC
-from ._payload import DataType, MetricValue, Out, PayloadError, decode, encode
-from ._topic import PREFIX
+from ..sparkplug._host import BDSEQ_METRIC, REBIRTH_METRIC
+from ..sparkplug._payload import DataType, MetricValue, Out, PayloadError, decode, encode
+from ..sparkplug._topic import PREFIX
 
 log = logging.getLogger("kom.sim.sparkplug")
 
@@ -360,7 +360,7 @@ def run_sparkplug(
     err: TextIO | None = None,
 ) -> int:
     """`kom sim sparkplug`: run the edge node until Ctrl-C or for `duration` seconds."""
-    from ..sim import parse_broker
+    from . import parse_broker
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
