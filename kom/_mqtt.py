@@ -347,6 +347,10 @@ class Session:
             self.explained = True
             self._tell_broker(exc)
             self._lost(f"protocol error: {exc} [{exc.reason}]")
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            # The broker ended the connection as surely as with a FIN (NATS may reset it on
+            # a QoS 2 PUBLISH): the same reading of the cause as an orderly close.
+            self._lost(self._broker_said or f"the broker reset the connection: {exc}", by_peer=True)
         except (OSError, ssl.SSLError) as exc:
             self._lost(f"connection failed: {exc}")
         except Exception as exc:  # a bug must not end the line's thread
