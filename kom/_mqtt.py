@@ -347,12 +347,8 @@ class Session:
             self.explained = True
             self._tell_broker(exc)
             self._lost(f"protocol error: {exc} [{exc.reason}]")
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            # The broker ended the connection as surely as with a FIN (NATS may reset it on
-            # a QoS 2 PUBLISH): the same reading of the cause as an orderly close.
-            self._lost(self._broker_said or f"the broker reset the connection: {exc}", by_peer=True)
         except (OSError, ssl.SSLError) as exc:
-            self._lost(f"connection failed: {exc}")
+            self._failed(exc)
         except Exception as exc:  # a bug must not end the line's thread
             self._events.callback_failed("loop", exc, None)
             self._lost(f"internal error: {exc!r}")
@@ -381,7 +377,7 @@ class Session:
             self._select(timeout, events)
             self._flush()
         except (OSError, ssl.SSLError) as exc:
-            self._lost(f"connection failed: {exc}")
+            self._failed(exc)
         self._report_written()
 
     def _select(self, timeout: float, events: int) -> bool:
@@ -527,6 +523,14 @@ class Session:
         with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
             self._wake_w.send(b"\0")
 
+    def _failed(self, exc: OSError | ssl.SSLError) -> None:
+        """The socket failed: a reset or broken pipe is the broker ending the connection as
+        surely as an orderly close (NATS may reset it on a QoS 2 PUBLISH), read the same way."""
+        if isinstance(exc, ConnectionResetError | BrokenPipeError):
+            self._lost(self._broker_said or f"the broker reset the connection: {exc}", by_peer=True)
+        else:
+            self._lost(f"connection failed: {exc}")
+
     def _lost(self, reason: str, by_peer: bool = False) -> None:
         """The connection is gone: tell the core and the line; close the socket."""
         if not self._alive:
@@ -589,7 +593,7 @@ class Session:
         try:
             self._flush()
         except (OSError, ssl.SSLError) as exc:
-            self._lost(f"connection failed: {exc}")
+            self._failed(exc)
 
     # -- requests (the line's thread) ---------------------------------------------------
 
