@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -152,13 +153,24 @@ def run_demo(duration: float, db: Path, plain: bool, http: str | None = None) ->
     except KeyboardInterrupt:
         pass
     finally:
-        sim.stop()
-        kom.close()
-        writer.close()
-        broker.close()
-        if status is not None:
-            status.close()
+        _close(sim, kom, writer, broker, status)
     return _summary(kom, writer, db, writes_ok)
+
+
+class _Device(Protocol):
+    def stop(self) -> None: ...
+
+
+def _close(
+    sim: _Device, kom: Kom, writer: SinkWriter, broker: LocalBroker, status: StatusServer | None
+) -> None:
+    """Stop a demo's parts: the device first, then kom and its sinks, the broker, the page."""
+    sim.stop()
+    kom.close()
+    writer.close()
+    broker.close()
+    if status is not None:
+        status.close()
 
 
 _NETIO_PICKS = [
@@ -256,10 +268,5 @@ def run_sparkplug_demo(duration: float, db: Path, plain: bool, http: str | None 
             live.stop()
         if plain:
             _plain_status(view, out, _SPARKPLUG_PICKS)  # the births after the edge node's return
-        sim.stop()
-        kom.close()
-        writer.close()
-        broker.close()
-        if status is not None:
-            status.close()
+        _close(sim, kom, writer, broker, status)
     return _summary(kom, writer, db, writes_ok)
