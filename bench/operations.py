@@ -9,7 +9,6 @@ rate with the server within 3% of the rate without.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,11 @@ SCRAPE_SECONDS = 1.0
 
 #: The scraper: another process, as Prometheus is; counts the scrapes that answered.
 SCRAPER = """
-import sys, time, urllib.request
+import signal, sys, time, urllib.request
+# Asked to stop with SIGTERM: a process started in the background of a shell ignores SIGINT.
+def stop(signum, frame):
+    raise SystemExit
+signal.signal(signal.SIGTERM, stop)
 base, period = sys.argv[1], float(sys.argv[2])
 ok = failed = 0
 first = "-"
@@ -46,8 +49,10 @@ try:
             except Exception as exc:
                 failed += 1
                 first = first if failed > 1 else f"{path}: {exc!r}".replace(" ", "_")
+        # The counts so far, every round: what a scraper killed at the end still reported.
+        print(ok, failed, first, flush=True)
         time.sleep(max(0.0, period - (time.monotonic() - started)))
-except KeyboardInterrupt:
+except (KeyboardInterrupt, SystemExit):
     pass
 print(ok, failed, first, flush=True)
 """
@@ -71,13 +76,25 @@ class Scraped:
         )
 
         def stop() -> None:
-            scraper.send_signal(signal.SIGINT)
-            out, _ = scraper.communicate(timeout=10)
-            ok, failed, first = out.split()
-            self.ok += int(ok)
-            self.failed += int(failed)
-            if int(failed) and self.first_failure is None:
-                self.first_failure = first.replace("_", " ")
+            scraper.terminate()
+            try:
+                out, _ = scraper.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                scraper.kill()
+                out, _ = scraper.communicate()
+                self.failed += 1
+                self.first_failure = self.first_failure or "the scraper did not stop on SIGTERM"
+            lines = out.split("\n") if out else []
+            last = [line for line in lines if len(line.split()) == 3]
+            if not last:
+                self.failed += 1
+                self.first_failure = self.first_failure or "the scraper reported nothing"
+            else:
+                ok, failed, first = last[-1].split()
+                self.ok += int(ok)
+                self.failed += int(failed)
+                if int(failed) and self.first_failure is None:
+                    self.first_failure = first.replace("_", " ")
             server.close()
 
         return stop
