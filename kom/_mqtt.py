@@ -440,7 +440,7 @@ class Session:
     def _dispatch(self) -> None:
         """Hand the events of the bytes read so far to the line, up to a budget or a pause."""
         conn = self._conn
-        take = self._events.take
+        events = self._events
         pause = self.pause_reading
         now = time.monotonic()
         message = RawMessage
@@ -459,7 +459,7 @@ class Session:
                 at = 0
             count = len(batch)
             while at < count:
-                at = take(batch, at, pause)
+                at = events.take(batch, at, pause)
                 if at < count:
                     event = batch[at]
                     if type(event) is message:  # paused: the rest waits for the next pass
