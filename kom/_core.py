@@ -197,6 +197,17 @@ class LineCore:
             sc.duplicates += 1
         decoder = station.decoder
         invalid = decoder.invalid
+        if station.state is _ON and not station.uses_ack:
+            # Station.receive's common case, written out: a station on, without ACK_ID.
+            station.groups = route.groups
+            updates = decoder.decode(msg, route.groups)
+            counters.routed += 1
+            sc.routed += 1
+            invalid = decoder.invalid - invalid
+            if invalid:
+                counters.decode_errors += invalid
+                sc.decode_errors += invalid
+            return new_record(Processed, (updates, True, station, route))
         delivery: Delivery = station.receive(msg, route.groups)
         if delivery.ignored:
             counters.ignored += 1
@@ -282,3 +293,4 @@ class LineCore:
 
 
 _WILL_ROUTE = Route(None, Rule.WILL, {})
+_ON = StationState.ON

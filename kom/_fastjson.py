@@ -59,17 +59,25 @@ def _compile_fast(paths: tuple[tuple[Step, ...], ...]) -> Callable[[bytes], list
                 attribute[step] = f"f{len(attribute)}"
     counter = [0]
 
-    def typed(node: dict[Any, Any]) -> Any:
-        """The msgspec type of a node, or None when it cannot have one."""
+    def typed(node: dict[Any, Any]) -> tuple[Any, Any] | None:
+        """The msgspec type of a node and its value when absent, or None when it has none.
+
+        Absent fields take a value that the generated steps can walk on: MISSING for a
+        scalar, an object's Struct with every field absent, an empty array. The Structs are
+        frozen and not tracked by the garbage collector (they hold no cycles).
+        """
         children = [k for k in node if k is not _LEAF]
         if not children:
-            return _Scalar
+            return _Scalar, MISSING
         if _LEAF in node or len({kind for kind, _ in children}) > 1:
             return None
         if children[0][0] == "int":
             # Every index of the array has one element type: the union of what is read.
             element = typed(_merge([node[key] for key in children]))
-            return None if element is None else list[element]  # type: ignore[valid-type]
+            if element is None:
+                return None
+            item = element[0]
+            return tuple[item, ...], ()  # type: ignore[valid-type]
         fields = []
         rename = {}
         for key in children:
@@ -77,46 +85,49 @@ def _compile_fast(paths: tuple[tuple[Step, ...], ...]) -> Callable[[bytes], list
             if child is None:
                 return None
             name = attribute[key[1]]
-            fields.append((name, child | msgspec.UnsetType, msgspec.UNSET))
+            fields.append((name, child[0], child[1]))
             rename[name] = key[1]
         counter[0] += 1
         try:
-            return msgspec.defstruct(f"Node{counter[0]}", fields, rename=rename)
+            struct = msgspec.defstruct(
+                f"Node{counter[0]}", fields, rename=rename, frozen=True, gc=False
+            )
         except ValueError:  # a key msgspec cannot match (a quote, a backslash, a control)
             return None
+        return struct, struct()
 
     root = typed(trie)
     if root is None:
         return None
-    lines = [
-        "def read_fast(payload):",
-        "    doc = decode(payload)",
-        f"    out = [MISSING] * {len(paths)}",
-    ]
+    constants: dict[str, Any] = {}
+    lines = ["def read_fast(payload):", "    doc = decode(payload)"]
+    at: dict[int, str] = {}  # slot -> the variable holding its value
     names = [0]
 
-    def emit(node: dict[Any, Any], var: str, indent: str) -> None:
+    def emit(node: dict[Any, Any], var: str) -> None:
         for slot in node.get(_LEAF, ()):
-            lines.append(f"{indent}out[{slot}] = {var}")
-        for key in (k for k in node if k is not _LEAF):
+            at[slot] = var
+        children = [k for k in node if k is not _LEAF]
+        empty = None
+        if children and children[0][0] == "int":
+            # An index beyond the array's end reads the element's absent value.
+            empty = f"E{len(constants)}"
+            element = typed(_merge([node[key] for key in children]))
+            assert element is not None
+            constants[empty] = element[1]
+        for key in children:
             names[0] += 1
             name = f"n{names[0]}"
             kind, step = key
             if kind == "str":
-                lines.append(f"{indent}{name} = {var}.{attribute[step]}")
-                lines.append(f"{indent}if {name} is not UNSET:")
+                lines.append(f"    {name} = {var}.{attribute[step]}")
             else:
-                lines.append(f"{indent}if len({var}) > {step}:")
-                lines.append(f"{indent}    {name} = {var}[{step}]")
-            emit(node[key], name, indent + "    ")
+                lines.append(f"    {name} = {var}[{step}] if len({var}) > {step} else {empty}")
+            emit(node[key], name)
 
-    emit(trie, "doc", "    ")
-    lines.append("    return out")
-    namespace: dict[str, Any] = {
-        "MISSING": MISSING,
-        "UNSET": msgspec.UNSET,
-        "decode": msgspec.json.Decoder(root).decode,
-    }
+    emit(trie, "doc")
+    lines.append(f"    return [{', '.join(at[slot] for slot in range(len(paths)))}]")
+    namespace: dict[str, Any] = {"decode": msgspec.json.Decoder(root[0]).decode, **constants}
     exec("\n".join(lines), namespace)
     reader: Callable[[bytes], list[Any]] = namespace["read_fast"]
     return reader

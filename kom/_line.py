@@ -35,15 +35,15 @@ from ._confirm import (
     response_topics,
 )
 from ._convert import parse_write_value
-from ._core import LineCore
+from ._core import LineCore, Processed
 from ._errors import AckError, BrokerRefused, ConversionError, KomError, LineError, WriteError
 from ._model import Quality, Update, Value, ValueType, new_record
-from ._mqtt import Events, RawMessage, Session, SkippedPayload
+from ._mqtt import Events, RawMessage, Session, SkippedPayload, _never
 from ._outbox import Outbox
 from ._outputs import Message as OutputMessage
 from ._outputs import OutputMemory, on_connect, only_changes
 from ._publish import render
-from ._station import Message, StationState
+from ._station import Message, Station, StationState
 from ._timemask import Zone
 from ._topic import check_topic
 from .mqtt import reason_name
@@ -751,105 +751,146 @@ class Line(Events):
     # -- session events (network thread) ------------------------------------------------
 
     def message(self, raw: RawMessage) -> None:
-        # The receive time is taken once per read from the socket: the messages of one read
-        # arrived together (and the sink formats the time of a batch's messages once).
-        reads = self._session.reads if self._session is not None else -1
+        self.take([raw], 0, _never)
+
+    def take(self, batch: Sequence[object], start: int, pause: Callable[[], bool]) -> int:
+        """The messages of a batch of the session's events, in order (Events.take).
+
+        This is the hot path of a drain: the common case is written out once here, and every
+        rarer one has its own method. The receive time is taken once per read from the
+        socket: the messages of one read arrived together (and the sink formats the time of
+        a batch's messages once).
+        """
+        session = self._session
+        reads = session.reads if session is not None else -1
         if reads != self._stamped_reads or reads < 0:
             self._stamp = self._clock()
             self._stamped_reads = reads
         received = self._stamp
-        try:
-            topic = raw.topic.decode("utf-8")
-        except UnicodeDecodeError:
-            self.core.counters.bad_topics += 1
-            log.warning(
-                "line %s: dropped a message with an invalid UTF-8 topic %r",
-                self.name,
-                raw.topic[:80],
-            )
-            if raw.qos:
-                # Acknowledge it anyway: the broker would redeliver it forever otherwise.
-                with self._lock:
-                    self._arrivals.append((raw.mid, raw.qos))
-                    self._settles.append((self.generation, raw.mid, raw.qos))
-            return
-        if self._response_topics and topic in self._response_topics:
-            self._responded(raw, topic)
-            return
-        payload = raw.payload
-        if raw.size >= 0:
-            # Skipped as it streamed in (over max_payload): the station reports it (SPEC §8).
-            payload = SkippedPayload(raw.size)
-            self.core.counters.oversize += 1
-            log.warning(
-                "line %s: skipped a PUBLISH of %d bytes on %s (over max_payload)",
-                self.name,
-                raw.size,
-                topic,
-            )
-        msg = new_record(
-            Message,
-            (
-                topic,
-                payload,
-                received,
-                raw.qos,
-                raw.mid,
-                raw.dup,
-                raw.retain,
-                self.generation,
-                raw.properties,
-            ),
+        core = self.core
+        process = core.process
+        lock = self._lock
+        responses = self._response_topics
+        generation = self.generation
+        debug = self.config.debug
+        raw_message = RawMessage
+        at = start
+        count = len(batch)
+        while at < count:
+            raw = batch[at]
+            if type(raw) is not raw_message or pause():
+                return at
+            at += 1
+            try:
+                try:
+                    topic = raw.topic.decode()
+                except UnicodeDecodeError:
+                    self._bad_topic(raw)
+                    continue
+                if responses and topic in responses:
+                    self._responded(raw, topic)
+                    continue
+                payload = raw.payload if raw.size < 0 else self._oversize(raw, topic)
+                qos = raw.qos
+                msg = new_record(
+                    Message,
+                    (
+                        topic,
+                        payload,
+                        received,
+                        qos,
+                        raw.mid,
+                        raw.dup,
+                        raw.retain,
+                        generation,
+                        raw.properties,
+                    ),
+                )
+                with lock:
+                    if qos:
+                        # Registered in arrival order at the next flush, before anyone can
+                        # settle it.
+                        self._arrivals.append((raw.mid, qos))
+                    processed = process(msg)
+                    updates = processed.updates
+                    if updates:
+                        self._batch.extend(updates)
+                    if qos and processed.settled:
+                        self._settles.append((generation, raw.mid, qos))
+                if updates and self._confirmations:
+                    self._read_back(updates)
+                sparkplug = core.sparkplug
+                if sparkplug is not None and (sparkplug.outgoing or sparkplug.problems):
+                    self._send_sparkplug()
+                if raw.dup:
+                    # SPEC §5: a redelivery is reported (counted in `duplicates`, and logged).
+                    log.info(
+                        "line %s: redelivered message (DUP) m%d on %s", self.name, raw.mid, topic
+                    )
+                station = processed.station
+                if (
+                    station is not None
+                    and station.decoder.time_missing
+                    and station.name not in self._missing_time_warned
+                ):
+                    self._time_missing(station)
+                if debug:
+                    self._debug_message(raw, topic, processed)
+            except Exception as exc:  # the line's own bug: counted, reading goes on
+                self.callback_failed("on_message", exc, raw.topic)
+        return at
+
+    def _bad_topic(self, raw: RawMessage) -> None:
+        self.core.counters.bad_topics += 1
+        log.warning(
+            "line %s: dropped a message with an invalid UTF-8 topic %r", self.name, raw.topic[:80]
         )
-        with self._lock:
-            if raw.qos:
-                # Registered in arrival order at the next flush, before anyone can settle it.
+        if raw.qos:
+            # Acknowledge it anyway: the broker would redeliver it forever otherwise.
+            with self._lock:
                 self._arrivals.append((raw.mid, raw.qos))
-            processed = self.core.process(msg)
-            if processed.updates:
-                self._batch.extend(processed.updates)
-            if raw.qos and processed.settled:
                 self._settles.append((self.generation, raw.mid, raw.qos))
-        if self._confirmations and processed.updates:
-            self._read_back(processed.updates)
-        sparkplug = self.core.sparkplug
-        if sparkplug is not None and (sparkplug.outgoing or sparkplug.problems):
-            self._send_sparkplug()
-        station = processed.station
-        if raw.dup:
-            # SPEC §5: a redelivery is reported (counted in `duplicates`, and logged).
-            log.info("line %s: redelivered message (DUP) m%d on %s", self.name, raw.mid, topic)
-        if (
-            station is not None
-            and station.decoder.time_missing
-            and station.name not in self._missing_time_warned
-        ):
-            # SPEC §7: warned once per station, unless ignore_missing_time.
-            self._missing_time_warned.add(station.name)
-            if not self.config.ignore_missing_time:
-                why = "in the payload" if self.config.time_field else "configured (time_field)"
-                log.warning(
-                    "line %s: station %s: no time field %s; values take the receive time",
-                    self.name,
-                    station.name,
-                    why,
-                )
-        if self.config.debug:
-            # SPEC §2 debug: every message (payload cut short) and every value.
-            log.debug(
-                "line %s: %s q%d m%d %r -> %s (%s)",
+
+    def _oversize(self, raw: RawMessage, topic: str) -> SkippedPayload:
+        """Skipped as it streamed in (over max_payload): the station reports it (SPEC §8)."""
+        self.core.counters.oversize += 1
+        log.warning(
+            "line %s: skipped a PUBLISH of %d bytes on %s (over max_payload)",
+            self.name,
+            raw.size,
+            topic,
+        )
+        return SkippedPayload(raw.size)
+
+    def _time_missing(self, station: Station) -> None:
+        """SPEC §7: warned once per station, unless ignore_missing_time."""
+        self._missing_time_warned.add(station.name)
+        if not self.config.ignore_missing_time:
+            why = "in the payload" if self.config.time_field else "configured (time_field)"
+            log.warning(
+                "line %s: station %s: no time field %s; values take the receive time",
                 self.name,
-                topic,
-                raw.qos,
-                raw.mid,
-                raw.payload[:120],
-                station.name if station else None,
-                processed.route.rule.value,
+                station.name,
+                why,
             )
-            for u in processed.updates:
-                log.debug(
-                    "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
-                )
+
+    def _debug_message(self, raw: RawMessage, topic: str, processed: Processed) -> None:
+        """SPEC §2 debug: every message (payload cut short) and every value."""
+        station = processed.station
+        log.debug(
+            "line %s: %s q%d m%d %r -> %s (%s)",
+            self.name,
+            topic,
+            raw.qos,
+            raw.mid,
+            raw.payload[:120],
+            station.name if station else None,
+            processed.route.rule.value,
+        )
+        for u in processed.updates:
+            log.debug(
+                "line %s:   %s = %r %s %s", self.name, u.tag, u.value, u.quality, u.reason or ""
+            )
 
     def _read_back(self, updates: Sequence[Update]) -> None:
         """SPEC §11: valid values read may confirm writes waiting for their read-back.

@@ -53,6 +53,22 @@ class Events:
     """What a session tells its owner. Each runs on the line's thread and must be quick."""
 
     def message(self, msg: RawMessage) -> None: ...
+    def take(self, batch: Sequence[object], start: int, pause: Callable[[], bool]) -> int:
+        """`message` for each message of `batch` from `start`, in order, while `pause()` is
+        False; the index of the first event not taken (not a message, or paused there)."""
+        at = start
+        count = len(batch)
+        while at < count:
+            event = batch[at]
+            if type(event) is not RawMessage or pause():
+                return at
+            at += 1
+            try:
+                self.message(event)
+            except Exception as exc:  # the line's own bug: counted, reading goes on
+                self.callback_failed("on_message", exc, event.topic)
+        return at
+
     def published(self, mid: int, ok: bool, reason: str, granted_qos: int | None = None) -> None:
         """A write finished; `granted_qos` is set when the broker took it at a lower QoS."""
 
@@ -112,6 +128,9 @@ class Session:
         self._q0_ready: list[int] = []  # written, completion not yet reported
         self._next_q0 = _QOS0_IDS
         self._more = False  # whole packets may wait in the core's buffer
+        #: Events parsed and not yet handed over (the line paused), from `_backlog_at` on.
+        self._backlog: list[mqtt.Event] = []
+        self._backlog_at = 0
         self._alive = False
         self._closing = False
         self._released = False
@@ -427,20 +446,29 @@ class Session:
         message = RawMessage
         budget = _BUFFERED_BUDGET
         while self._alive:
-            if not budget or pause():
-                return  # _more stays set: the rest is read on the next pass
-            event = conn.next_event(now)
-            if event is None:
-                self._more = False
-                return
-            budget -= 1
-            if type(event) is message:
-                try:
-                    events.message(event)
-                except Exception as exc:  # the line's own bug: counted, reading goes on
-                    events.callback_failed("on_message", exc, event.topic)
-            else:
-                self._event(event)
+            batch = self._backlog
+            at = self._backlog_at
+            if not batch:
+                if not budget or pause():
+                    return  # _more stays set: the rest is read on the next pass
+                batch = conn.next_events(now, budget)
+                if not batch:
+                    self._more = False
+                    return
+                budget -= len(batch)
+                at = 0
+            count = len(batch)
+            while at < count:
+                at = events.take(batch, at, pause)
+                if at < count:
+                    event = batch[at]
+                    if type(event) is message:  # paused: the rest waits for the next pass
+                        self._backlog = batch
+                        self._backlog_at = at
+                        return
+                    self._event(event)
+                    at += 1
+            self._backlog = []
 
     def _event(self, event: mqtt.Event) -> None:
         events = self._events
@@ -537,6 +565,7 @@ class Session:
             return
         self._alive = False
         self._more = False
+        self._backlog = []
         self._number += 1
         suspect = self._conn.connection_lost()
         if suspect and by_peer and self._broker_said is None:

@@ -129,6 +129,7 @@ class Decoder:
         self._read_many = plan.read_many
         self._read_fast = plan.read_fast
         self._decode_middle = _compile_middle(self._middle, self._slow)
+        self._all_fast = _compile_all_fast(self._middle)
         self._mask = line.time_mask
         self._zone = station.time_zone or line.time_zone
         #: SPEC §16: max_future / max_past (the station's, else the line's); None when off.
@@ -146,9 +147,45 @@ class Decoder:
         #: §7: the line warns once per station unless ignore_missing_time). A text payload
         #: has no fields: its values take the receive time without a warning.
         self.time_missing = plan.json and self._time_slot < 0
+        #: A JSON station of plain JA= tags and the line's time field (the common device):
+        #: `decode` tries the short way first.
+        self._plain = (
+            self._all_fast is not None
+            and self._read_fast is not None
+            and self._time_slot >= 0
+            and not (first or last or props)
+        )
 
     def decode(self, msg: Message, groups: Mapping[str, str | None]) -> list[Update]:
         """The updates for `msg`; never raises for any payload or topic."""
+        if self._plain:
+            # The short way: a readable ASCII document with a good time and every value of
+            # its tag's type. Anything else, at any step, takes `_decode`, from the start.
+            payload = msg.payload
+            if len(payload) <= self._max_payload and payload.isascii():
+                try:
+                    raws = self._read_fast(payload)  # type: ignore[misc]
+                except FAST_FAILURES:
+                    raws = None
+                if raws is not None:
+                    traw = raws[self._time_slot]
+                    if traw is not MISSING:
+                        try:
+                            ts = self._mask.read(traw, self._zone)
+                        except TimeMaskError:
+                            ts = None
+                        received = msg.received
+                        check = self._time_check
+                        if ts is not None and (check is None or check(ts, received) is None):
+                            updates = self._all_fast(  # type: ignore[misc]
+                                raws, ts, received, msg.topic, traw
+                            )
+                            if updates is not None:
+                                return _retained(updates, False) if msg.retain else updates
+        return self._decode(msg, groups)
+
+    def _decode(self, msg: Message, groups: Mapping[str, str | None]) -> list[Update]:
+        """`decode`, every case."""
         received = msg.received
         ts = received
         doc: Any = MISSING
@@ -387,6 +424,43 @@ def _compile_middle(readers: Sequence[_Reader], slow: Callable[..., None]) -> Ca
     )
     defaults = (slow, *readers, *(r.full for r in readers))
     return types.FunctionType(_middle_code(layout), _MIDDLE_GLOBALS, "decode_middle", defaults)
+
+
+def _compile_all_fast(readers: Sequence[_Reader]) -> Callable[..., list[Update] | None] | None:
+    """Generate the builder of a station's updates when every value needs no conversion.
+
+    For stations whose JSON tags all have an inline test (no processing, no topic groups):
+    it returns the list of updates, or None as soon as one raw value needs more (the
+    caller then takes `decode_middle`, which holds every rule). None when some tag never
+    can be fast.
+    """
+    layout = tuple(
+        (r.kind_name if r.slot >= 0 and r.processing is None else None, r.slot) for r in readers
+    )
+    if not layout or any(kind not in _FAST for kind, _ in layout):
+        return None
+    defaults = tuple(r.full for r in readers)
+    return types.FunctionType(_all_fast_code(layout), _MIDDLE_GLOBALS, "all_fast", defaults)
+
+
+@functools.lru_cache(maxsize=4096)
+def _all_fast_code(layout: tuple[tuple[str | None, int], ...]) -> types.CodeType:
+    """The compiled code of `all_fast` for one layout of (fast kind, slot)."""
+    own = ", ".join(f"N{i}=None" for i in range(len(layout)))
+    body = [f"def all_fast(raws, ts, received, topic, traw, {own}):"]
+    for i, (kind, slot) in enumerate(layout):
+        assert kind is not None
+        body.append(f"    raw = raws[{slot}]")
+        for n, (test, value) in enumerate(_FAST[kind]):
+            body += [f"    {'if' if n == 0 else 'elif'} {test}:", f"        v{i} = {value}"]
+        body += ["    else:", "        return None"]
+    items = ", ".join(
+        f"new(Update, (N{i}, v{i}, VALID, None, ts, received, topic, None, False))"
+        for i in range(len(layout))
+    )
+    body.append(f"    return [{items}]")
+    module = compile("\n".join(body), "<kom all_fast>", "exec")
+    return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 
 #: The globals of every generated `decode_middle`: one dictionary for all of them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1133,3 +1134,103 @@ def test_stations_of_one_layout_share_generated_code() -> None:
             (f"d{n}.v", 1.5, True),
             (f"d{n}.on", True, True),
         ]
+
+
+PLAIN_STATION = """
+    [line]
+    host = "broker"
+    payload_type = "json"
+    time_field = "t"
+    time_mask = "ISO"
+    max_future = 3600
+
+    [[station]]
+    name = "s"
+    address = "d/1"
+
+    [[station.tag]]
+    name = "a"
+    type = "Ai"
+    address = "JA=m.a"
+
+    [[station.tag]]
+    name = "c"
+    type = "Ci"
+    address = "JA=m.c"
+
+    [[station.tag]]
+    name = "d"
+    type = "Di"
+    address = "JA=o[1].d"
+    on_change = false
+
+    [[station.tag]]
+    name = "x"
+    type = "TxtI"
+    address = "JA=o[2].x"
+
+    [[station.tag]]
+    name = "r"
+    type = "TiR"
+    address = "JA=r"
+
+    [[station.tag]]
+    name = "t"
+    type = "TiA"
+    address = "JA=t"
+"""
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=False),
+    st.sampled_from(["2026-11-22T10:00:00+00:00", "2026-11-22T10:00:00", "nope", "1"]),
+    st.text(max_size=4),
+)
+
+
+_ANY_DOC = st.fixed_dictionaries(
+    {},
+    optional={
+        "m": st.fixed_dictionaries({}, optional={"a": _scalars, "c": _scalars}) | _scalars,
+        "o": st.lists(
+            st.fixed_dictionaries({}, optional={"d": _scalars, "x": _scalars}), max_size=3
+        ),
+        "r": _scalars,
+        "t": _scalars | st.sampled_from(["2026-11-22T10:00:00+00:00", "2030-01-01T00:00:00Z"]),
+    },
+)
+#: Documents the short way takes, mostly: every value of its tag's type.
+_GOOD_DOC = st.fixed_dictionaries(
+    {
+        "m": st.fixed_dictionaries(
+            {
+                "a": st.floats(allow_nan=False, allow_infinity=False)
+                | st.integers(-(2**53), 2**53),
+                "c": st.integers(-(2**63), 2**63 - 1),
+            }
+        ),
+        "o": st.tuples(
+            st.fixed_dictionaries({"d": st.booleans() | st.sampled_from([0, 1])}),
+            st.fixed_dictionaries({"x": st.text(max_size=5)}),
+        ).map(list),
+        "r": st.integers(0, 10**9),
+        "t": st.sampled_from(["2026-11-22T09:59:00+00:00", "2026-11-22T10:00:00+00:00"]),
+    },
+)
+
+
+@given(_GOOD_DOC | _ANY_DOC, st.booleans())
+@settings(max_examples=300)
+def test_the_short_way_decodes_as_the_general_path(doc: dict[str, object], retain: bool) -> None:
+    """A plain JSON station's short way (all values fast) gives what every rule gives."""
+    core = core_of(PLAIN_STATION)
+    decoder = core.stations[0].decoder
+    assert decoder._plain
+    message = Message("d/1", json.dumps(doc).encode(), T0, 0, 0, False, retain)
+    general = core_of(PLAIN_STATION).stations[0].decoder
+    assert decoder.decode(message, {}) == general._decode(message, {})
+    assert decoder.decode(message, {}) == general._decode(message, {})  # and again (no state)
+    assert decoder.invalid == general.invalid
+    assert decoder.time_missing == general.time_missing

@@ -581,3 +581,81 @@ def test_a_write_forgotten_before_it_was_sent_frees_its_id_at_once() -> None:
     conn.forget(mid)
     _next_ids_from(conn, mid)
     assert conn.publish("t", b"2", 2) == mid
+
+
+# -- reading a whole read at once (next_events) ---------------------------------------------
+
+_publishes = st.builds(
+    lambda topic, payload, qos, retain, dup, mid: mqtt.Publish(
+        topic, payload, qos, retain, dup and qos > 0, mid if qos else 0
+    ),
+    st.binary(min_size=1, max_size=20),
+    st.one_of(st.binary(max_size=20), st.binary(min_size=120, max_size=200), st.just(b"x" * 17000)),
+    st.integers(0, 2),
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 0xFFFF),
+)
+
+
+@given(
+    st.lists(st.one_of(_publishes, st.just(mqtt.Pingresp())), min_size=1, max_size=12),
+    st.lists(st.integers(1, 400), max_size=8),
+    st.integers(1, 5),
+    st.booleans(),
+)
+def test_next_events_reads_what_the_generic_decoder_reads(
+    packets: list[Any], cuts: list[int], limit: int, v5: bool
+) -> None:
+    """PUBLISH (parsed in place on 3.1.1) and other packets, cut anywhere, batched by any
+    limit, come out as the packet decoder reads each one alone."""
+    stream = b"".join(mqtt.encode(p, v5) for p in packets)
+    conn = connected(v5)
+    events: list[Any] = []
+    pieces = []
+    pos = 0
+    for cut in cuts:
+        pieces.append(stream[pos : pos + cut])
+        pos += cut
+    pieces.append(stream[pos:])
+    for piece in pieces:
+        if piece:
+            conn.receive_data(piece)
+        while batch := conn.next_events(1.0, limit):
+            assert len(batch) <= limit
+            events += batch
+    expected: list[Any] = []
+    for p in packets:
+        if isinstance(p, mqtt.Pingresp):
+            expected.append(mqtt.PingResponse())
+        else:
+            first, body = split(mqtt.encode(p, v5))
+            d = mqtt.decode(first, body, v5)
+            props = d.properties if v5 else None
+            expected.append(
+                mqtt.Message(d.topic, d.payload, d.qos, d.packet_id, d.dup, d.retain, props)
+            )
+    assert events == expected
+    assert conn.last_received == 1.0
+
+
+@pytest.mark.parametrize("v5", [False, True])
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (frame(0x32, b"\x00\x01t\x00\x00x"), "packet identifier 0"),
+        (frame(0x30, b"\x00\x00x"), "topic|properties"),
+        (frame(0x32, b"\x00\x09t"), "cut short|longer"),
+        (b"\x00\x00", "first byte|packet type|reserved"),
+    ],
+)
+def test_a_fault_after_good_packets_is_raised_after_they_are_handed_over(
+    bad: bytes, error: str, v5: bool
+) -> None:
+    good = mqtt.encode(mqtt.Publish(b"t/1", b"one", 1, packet_id=7), v5)
+    conn = connected(v5)
+    conn.receive_data(good + good.replace(b"\x00\x07", b"\x00\x08") + bad)
+    batch = conn.next_events(5.0, 10)
+    assert [(m.topic, m.mid) for m in batch] == [(b"t/1", 7), (b"t/1", 8)]
+    with pytest.raises(mqtt.ProtocolError, match=error):
+        conn.next_events(5.0, 10)

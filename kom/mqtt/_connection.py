@@ -147,6 +147,10 @@ Event = (
 )
 
 
+#: A named tuple made from a tuple of its fields, without the call of its `__new__`.
+new = tuple.__new__
+
+
 class _Out:
     """An outgoing QoS 1/2 PUBLISH in the session: its bytes and where its flow stands."""
 
@@ -215,6 +219,8 @@ class Connection:
         self.last_sent = 0.0
         self._valid_first = _BROKER_FIRST_5 if v5 else _BROKER_FIRST_311
         self._ping_sent: float | None = None
+        #: A protocol error found after other events of one `next_events` call: raised next.
+        self._error: ProtocolError | None = None
 
     def __repr__(self) -> str:
         return (
@@ -453,6 +459,7 @@ class Connection:
         self._buf = b""
         self._pos = 0
         self._skip = 0
+        self._error = None
         self._sending = 0
         self._suspect = 0
         self._ping_sent = None
@@ -516,47 +523,129 @@ class Connection:
         Raises ProtocolError (with the MQTT 5 reason code that fits) when the broker breaks
         the protocol; the connection must then be closed.
         """
+        events = self.next_events(now, 1)
+        return events[0] if events else None
+
+    def next_events(self, now: float, limit: int) -> list[Event]:
+        """Up to `limit` events from the bytes received, in order; empty until more arrive.
+
+        The reading loop's form of `next_event`: one call parses a whole read. A protocol
+        error found after some events of the call is raised by the next call, so that the
+        events before it are handed over first (their packets were whole and valid).
+        """
+        error = self._error
+        if error is not None:
+            self._error = None
+            raise error
+        events: list[Event] = []
         buf = self._buf
         pos = self._pos
         size = len(buf)
+        if pos >= size:
+            return events
+        append = events.append
         valid = self._valid_first
-        while pos < size:
-            first = buf[pos]
-            if not valid[first]:
-                raise MalformedPacket(_bad_first(first, buf[pos : pos + 16]))
-            # §2.2.3: the remaining length, one to four bytes of seven bits each.
-            length = shift = 0
-            i = pos + 1
-            while True:
-                if i >= size:
-                    return None
-                byte = buf[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
+        # MQTT 3.1.1 PUBLISH packets of a connected session are parsed right here: the hot
+        # path of a drain. Anything unusual in one takes `_publish`, which names the fault.
+        inline = not self.v5 and self.state is State.CONNECTED
+        incoming = self._incoming
+        count = 0
+        try:
+            while pos < size and count < limit:
+                first = buf[pos]
+                if not valid[first]:
+                    raise MalformedPacket(_bad_first(first, buf[pos : pos + 16]))
+                # §2.2.3: the remaining length, one to four bytes of seven bits each.
+                if pos + 1 < size and buf[pos + 1] < 0x80:  # one byte: most packets
+                    i = pos + 2
+                    end = i + buf[pos + 1]
+                else:
+                    length = shift = 0
+                    i = pos + 1
+                    while True:
+                        if i >= size:
+                            return events
+                        byte = buf[i]
+                        i += 1
+                        length |= (byte & 0x7F) << shift
+                        if not byte & 0x80:
+                            break
+                        shift += 7
+                        if shift > 21:
+                            raise MalformedPacket("remaining length longer than four bytes")
+                    end = i + length
+                if end - pos > self.maximum_packet_size:
+                    self._consumed(pos, now)
+                    pos = -1  # the buffer is the oversize packet's now
+                    oversize = self._oversize(first, i, end - i)
+                    if oversize is not None:
+                        append(oversize)
+                    return events
+                if end > size:
                     break
-                shift += 7
-                if shift > 21:
-                    raise MalformedPacket("remaining length longer than four bytes")
-            end = i + length
-            if end - pos > self.maximum_packet_size:
-                return self._oversize(first, i, length)
-            if end > size:
-                return None
-            self._pos = end
+                if first & 0xF0 == 0x30:
+                    topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1]) if end - i >= 2 else end + 1
+                    if inline and i + 2 < topic_end <= end and first & 0x06 == 0:
+                        append(
+                            new(
+                                Message,
+                                (
+                                    buf[i + 2 : topic_end],
+                                    buf[topic_end:end],
+                                    0,
+                                    0,
+                                    first & 0x08 == 0x08,
+                                    first & 0x01 == 0x01,
+                                    None,
+                                    -1,
+                                ),
+                            )
+                        )
+                    elif inline and i + 2 < topic_end <= end - 2 and first & 0x06 != 0x06:
+                        mid = (buf[topic_end] << 8) | buf[topic_end + 1]
+                        if not mid:
+                            raise ProtocolError("PUBLISH with packet identifier 0")
+                        incoming.add(mid)
+                        append(
+                            new(
+                                Message,
+                                (
+                                    buf[i + 2 : topic_end],
+                                    buf[topic_end + 2 : end],
+                                    (first & 0x06) >> 1,
+                                    mid,
+                                    first & 0x08 == 0x08,
+                                    first & 0x01 == 0x01,
+                                    None,
+                                    -1,
+                                ),
+                            )
+                        )
+                    else:
+                        message = self._publish(first, buf, i, end)
+                        if message is not None:
+                            append(message)
+                    count += 1
+                else:
+                    event = self._packet(decode(first, buf[i:end], self.v5), now)
+                    if event is not None:
+                        append(event)
+                        count += 1
+                pos = end
+        except ProtocolError as exc:
+            if not events:
+                raise
+            self._error = exc  # raised by the next call
+        if pos >= 0:
+            self._consumed(pos, now)
+        return events
+
+    def _consumed(self, pos: int, now: float) -> None:
+        """The packets before `pos` were read: a packet from the broker came at `now`."""
+        if pos != self._pos:
+            self._pos = pos
             self.last_received = now
             self._suspect = 0
-            if first & 0xF0 == 0x30:
-                msg = self._publish(first, buf, i, end)
-                if msg is not None:
-                    return msg
-                pos = end
-                continue
-            event = self._packet(decode(first, buf[i:end], self.v5), now)
-            if event is not None:
-                return event
-            pos = end
-        return None
 
     def _publish(self, first: int, buf: bytes, start: int, end: int) -> Message | None:
         """An incoming PUBLISH (§3.3), parsed in place: this is the hot path."""
