@@ -621,7 +621,10 @@ def test_next_events_reads_what_the_generic_decoder_reads(
     for piece in pieces:
         if piece:
             conn.receive_data(piece)
-        while batch := conn.next_events(1.0, limit):
+        for _ in range(len(packets) + 1):  # bounded: a bug that repeats events must not hang
+            batch = conn.next_events(1.0, limit)
+            if not batch:
+                break
             assert len(batch) <= limit
             events += batch
     expected: list[Any] = []
@@ -637,6 +640,36 @@ def test_next_events_reads_what_the_generic_decoder_reads(
             )
     assert events == expected
     assert conn.last_received == 1.0
+
+
+@pytest.mark.parametrize("v5", [False, True])
+def test_next_events_with_a_read_cut_at_every_byte(v5: bool) -> None:
+    """Every place a read can end (inside a two- or three-byte remaining length too): each
+    packet comes out once, and a call with nothing whole left returns nothing."""
+    packets = [
+        mqtt.Publish(b"t/a", b"x" * 200, 1, packet_id=1),
+        mqtt.Publish(b"t/b", b"y" * 20_000, 0),
+        mqtt.Pingresp(),
+        mqtt.Publish(b"t/c", b"z" * 130, 2, packet_id=2),
+    ]
+    stream = b"".join(mqtt.encode(p, v5) for p in packets)
+    cuts = sorted({*range(0, 300), *range(len(stream) - 300, len(stream) + 1), 20_210, 20_211})
+    for cut in cuts:
+        conn = connected(v5)
+        events: list[Any] = []
+        for piece in (stream[:cut], stream[cut:]):
+            if piece:
+                conn.receive_data(piece)
+            for _ in range(len(packets) + 1):
+                batch = conn.next_events(0.0, 256)
+                if not batch:
+                    break
+                events += batch
+            assert not conn.next_events(0.0, 256), f"cut at {cut}: events again"
+        assert [type(e).__name__ for e in events] == [
+            "Message", "Message", "PingResponse", "Message"
+        ], f"cut at {cut}"  # fmt: skip
+        assert [len(e.payload) for e in events if isinstance(e, mqtt.Message)] == [200, 20_000, 130]
 
 
 @pytest.mark.parametrize("v5", [False, True])

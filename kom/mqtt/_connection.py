@@ -562,9 +562,7 @@ class Connection:
                 else:
                     length = shift = 0
                     i = pos + 1
-                    while True:
-                        if i >= size:
-                            return events
+                    while i < size:
                         byte = buf[i]
                         i += 1
                         length |= (byte & 0x7F) << shift
@@ -573,6 +571,8 @@ class Connection:
                         shift += 7
                         if shift > 21:
                             raise MalformedPacket("remaining length longer than four bytes")
+                    else:
+                        break  # the remaining length is not all here yet
                     end = i + length
                 if end - pos > self.maximum_packet_size:
                     self._consumed(pos, now)
