@@ -98,7 +98,8 @@ def test_qos2_write_is_named_for_what_the_broker_does(
     fails the write with that reason (and kom does not send it again)."""
     cfg = _cfg(other, topic_prefix, publish_qos=2)
     with start(cfg) as kom:  # type: ignore[arg-type]
-        assert kom.wait_connected(10)
+        # The SUBACK first: a packet read after the PUBLISH says the broker did not close on it.
+        _ready(kom)
         future = kom.write("s.cmd", "twice?")
         if QOS2_WRITE[other.name] == "downgraded":
             result = future.result(10)
