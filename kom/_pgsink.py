@@ -1,8 +1,10 @@
 """The PostgreSQL historian sink: `--sink postgresql://USER@HOST[:PORT]/DB[?table=NAME]` (SPEC §12).
 
 Each batch is one transaction: one `COPY ... FROM STDIN (FORMAT BINARY)` of every update,
-then COMMIT; `write()` returns only after the COMMIT, so `kom run` acknowledges the messages
-to the broker only once they are stored. A failed write closes the connection and raises;
+sent outside any transaction block, so that the COPY is its own transaction; the server
+commits it (durably, with `synchronous_commit` on) before it answers that the COPY is
+complete, and `write()` returns only after that answer, so `kom run` acknowledges the
+messages to the broker only once they are stored. A failed write closes the connection and raises;
 the `SinkWriter` retries the whole batch on a new connection (nothing uncommitted is ever
 acknowledged; a COMMIT whose answer was lost may store a batch twice: at-least-once).
 
@@ -396,7 +398,10 @@ class PostgresSink:
             # batch is then retried.
             defaults = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
             conninfo = psycopg.conninfo.make_conninfo(self.target.conninfo, **defaults)
-            conn = psycopg.connect(conninfo, autocommit=False)
+            # Autocommit: a batch's COPY is a transaction of its own, committed before the
+            # server answers it, without a BEGIN and a COMMIT of their own (two round trips
+            # a batch, each a wait for the server and for this thread's turn at the GIL).
+            conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         try:
@@ -418,7 +423,7 @@ class PostgresSink:
         from psycopg import sql
 
         table = sql.Identifier(self.table)
-        with conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             # Several instances may start together: one makes the table, the others wait.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"kom:{self.table}",))
             cur.execute(
@@ -474,7 +479,6 @@ class PostgresSink:
                     m = pattern.fullmatch(name)
                     if m:
                         self._days.add(datetime.strptime(m[1], "%Y%m%d").date())
-        conn.commit()
         if self._layout == "partitioned":
             today = self._clock().astimezone(UTC).date()
             self._make_partitions(conn, [today + timedelta(days=k) for k in range(AHEAD + 1)])
@@ -493,8 +497,7 @@ class PostgresSink:
                 self._make_partition(conn, day)
             except psycopg.OperationalError:
                 raise  # the connection: the write fails and is retried
-            except psycopg.Error as exc:
-                conn.rollback()
+            except psycopg.Error as exc:  # its transaction was rolled back
                 log.error(
                     "sink %s: cannot make partition %s (its rows go to %s_other): %s",
                     self.target.shown,
@@ -511,7 +514,7 @@ class PostgresSink:
         other = sql.Identifier(f"{self.table}_other")
         name = partition_name(self.table, day)
         low, high = day.isoformat(), (day + timedelta(days=1)).isoformat()
-        with conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"kom:{self.table}",))
             cur.execute("SELECT to_regclass(%s)", (name,))
             found = cur.fetchone()
@@ -536,12 +539,12 @@ class PostgresSink:
                     sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(table, part, bounds)
                 )
                 log.info("sink %s: made partition %s", self.target.shown, name)
-        conn.commit()
 
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, updates: Sequence[Update]) -> None:
-        """Store `updates` in one transaction; returns after COMMIT, raises SinkError if not."""
+        """Store `updates` in one transaction; returns after its COMMIT, raises SinkError if
+        not (the COPY is the transaction: its answer comes after the commit)."""
         if not updates:
             return
         import psycopg
@@ -567,7 +570,7 @@ class PostgresSink:
                     # is about as fast as a COPY of the same rows encoded beforehand.
                     for piece in self._encoder.chunks(updates):
                         stream.write(piece)
-                conn.commit()
+                # Leaving the block waited for the COPY's answer: committed.
             except psycopg.Error as exc:
                 self._drop()
                 raise self._error(exc) from exc

@@ -265,6 +265,28 @@ def test_instances_starting_together_make_one_table(pg: str) -> None:
     assert query(pg, "SELECT count(*) FROM pg_class WHERE relname = 'updates'") == [(1,)]
 
 
+def test_write_returns_with_its_batch_committed_and_no_transaction_open(pg: str) -> None:
+    """Each batch's COPY is a transaction of its own: when write() returns, another
+    connection sees every row, and the sink's backend holds no transaction open (none made
+    for a partition either), so nothing it wrote waits for a later COMMIT."""
+    sink = PostgresSink(pg, clock=lambda: T0)
+    state = (
+        "SELECT state FROM pg_stat_activity WHERE application_name = 'kom' "
+        "AND datname = current_database()"
+    )
+    batches = [
+        [_update(f"s.v{i}", float(i)) for i in range(300)],
+        # a day with no partition yet: made (in a transaction of its own) before the COPY
+        [_update(f"s.w{i}", float(i), ts=T0 - timedelta(days=3)) for i in range(300)],
+    ]
+    for n, batch in enumerate(batches, 1):
+        sink.write(batch)
+        assert query(pg, "SELECT count(*) FROM updates") == [(300 * n,)]
+        assert query(pg, state) == [("idle",)]
+    assert query(pg, f"SELECT count(*) FROM updates_p{T0 - timedelta(days=3):%Y%m%d}") == [(300,)]
+    sink.close()
+
+
 def test_a_backend_terminated_mid_batch_loses_nothing_and_stores_nothing_twice(pg: str) -> None:
     """A COPY cut off by pg_terminate_backend fails the write; the writer's retry on a new
     connection stores the batch exactly once."""
