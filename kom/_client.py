@@ -4,7 +4,9 @@ Each line runs on its own thread and hands its updates to the host (a callback a
 iterator) in batches: on its own thread while the host's callbacks are quick, through one
 dispatcher thread (which merges batches) while they are slow or with `inline=False`. Only
 then are the messages acknowledged to the broker (SPEC §5: "in the library when the
-consumer's callback has returned"). Callbacks never run two at a time.
+consumer's callback has returned"; a callback with `begin`, the sink writer, is begun on
+the dispatcher and its batch acknowledged once the end `begin` returned has returned, which
+the dispatcher calls after beginning the next batch). Callbacks never run two at a time.
 """
 
 from __future__ import annotations
