@@ -193,6 +193,29 @@ class UpdateCounter:
             self.done.set()
 
 
+class BeginCounter(UpdateCounter):
+    """UpdateCounter for an `inner` with `begin` (a SinkWriter), begun as kom's dispatcher
+    begins it: the updates count once `inner` has ended them (committed)."""
+
+    def begin(self, updates: Sequence[Update]) -> Callable[[], None] | None:
+        end = self.inner.begin(updates)  # type: ignore[union-attr]
+        if end is None:  # written already
+            self._count(updates)
+            return None
+
+        def counted() -> None:
+            end()
+            self._count(updates)
+
+        return counted
+
+    def _count(self, updates: Sequence[Update]) -> None:
+        self.count += len(updates)
+        if self.count >= self.target and not self.done.is_set():
+            self.t_end = time.perf_counter()
+            self.done.set()
+
+
 def drain_kom(
     config: Config,
     updates: int,
@@ -209,7 +232,7 @@ def drain_kom(
     is Kom's own (`kom run` passes False); `before_start(kom)` runs before kom starts (the
     status server, say) and returns what to call once kom is closed.
     """
-    counter = UpdateCounter(updates, inner)
+    counter = (BeginCounter if hasattr(inner, "begin") else UpdateCounter)(updates, inner)
     kom = Kom(config, counter, iterate=False, inline=inline)
     cleanup = before_start(kom) if before_start is not None else None
     thresholds = gc.get_threshold()

@@ -4,7 +4,9 @@ Each line runs on its own thread and hands its updates to the host (a callback a
 iterator) in batches: on its own thread while the host's callbacks are quick, through one
 dispatcher thread (which merges batches) while they are slow or with `inline=False`. Only
 then are the messages acknowledged to the broker (SPEC §5: "in the library when the
-consumer's callback has returned"). Callbacks never run two at a time.
+consumer's callback has returned"; a callback with `begin`, the sink writer, is begun on
+the dispatcher and its batch acknowledged once the end `begin` returned has returned, which
+the dispatcher calls after beginning the next batch). Callbacks never run two at a time.
 """
 
 from __future__ import annotations
@@ -198,10 +200,26 @@ class Kom:
     def _dispatch(self) -> None:
         q = self._queue
         carried: Any = None  # a batch that did not fit the last call
+        # Batches handed over to callbacks with `begin` (a SinkWriter), not yet committed
+        # nor acknowledged: they are ended after the next batch is begun, or as soon as the
+        # queue is empty, and only then acknowledged.
+        begun: tuple[list[Any], int, list[Callable[[], None]]] | None = None
         while True:
-            first = carried if carried is not None else q.get()
+            if carried is not None:
+                first = carried
+            elif begun is not None:
+                try:
+                    first = q.get_nowait()
+                except queue.Empty:
+                    self._end(*begun)
+                    begun = None
+                    first = q.get()
+            else:
+                first = q.get()
             carried = None
             if first is _STOP:
+                if begun is not None:
+                    self._end(*begun)
                 return
             batches = [first]
             count = len(first.updates)
@@ -219,22 +237,61 @@ class Kom:
                     break
                 batches.append(nxt)
                 count += len(nxt.updates)
+            ends: list[Callable[[], None]] = []
             with self._handing:
-                took = self._hand_over(batches)
-                with self._room:
-                    self._pending -= len(batches)
-                    self._queued -= count
-                    self._room.notify_all()
-                    # Back to the line threads once the host is quick again: well within
-                    # QUICK for each line batch it took (batches merge while the host works).
-                    self._inline = self._allow_inline and took < QUICK / 4 * len(batches)
+                took = self._hand_over(batches, ends)
+            if begun is not None:
+                self._end(*begun)
+                begun = None
+            if ends:
+                begun = (batches, count, ends)
+            else:
+                with self._handing:
+                    self._settle(batches)
+                    self._taken(batches, count, took)
             if stop:
+                if begun is not None:
+                    self._end(*begun)
                 return
 
-    def _hand_over(self, batches: Sequence[Batch]) -> float:
+    def _taken(self, batches: Sequence[Batch], count: int, took: float) -> None:
+        """Batches handed over and acknowledged: room in the queue. The caller holds
+        `_handing`."""
+        with self._room:
+            self._pending -= len(batches)
+            self._queued -= count
+            self._room.notify_all()
+            # Back to the line threads once the host is quick again: well within
+            # QUICK for each line batch it took (batches merge while the host works).
+            self._inline = self._allow_inline and took < QUICK / 4 * len(batches)
+
+    def _end(self, batches: list[Batch], count: int, ends: list[Callable[[], None]]) -> None:
+        """Wait until the callbacks begun on `batches` have ended (committed), then
+        acknowledge them. Until then they count as pending: no batch goes over inline."""
+        with self._handing:
+            self._handing_owner = threading.get_ident()
+            for end in ends:
+                try:
+                    end()
+                except KomError as exc:  # e.g. a sink given up on close: its message
+                    self.consumer_errors += 1
+                    log.error("update callback failed: %s", exc)
+                except Exception as exc:  # a consumer's bug must not stop the line
+                    self.consumer_errors += 1
+                    log.exception("update callback failed: %s", exc)
+            self._handing_owner = None
+            self._settle(batches)
+            self._taken(batches, count, QUICK)
+
+    def _hand_over(
+        self, batches: Sequence[Batch], ends: list[Callable[[], None]] | None = None
+    ) -> float:
         """Call the callbacks with the batches' updates, then acknowledge their messages.
 
-        The caller holds `_handing`. Returns the seconds the host's callbacks took.
+        With `ends` (the dispatcher), a callback that has `begin(updates) -> end | None` is
+        begun instead: its end functions are added to `ends`, and nothing is acknowledged
+        here (the caller does it, after calling them: `_end`). The caller holds `_handing`.
+        Returns the seconds the host's callbacks took.
         """
         if len(batches) == 1:
             updates = batches[0].updates
@@ -247,7 +304,13 @@ class Kom:
         if updates:
             for callback in self._callbacks:
                 try:
-                    callback(updates)
+                    begin = getattr(callback, "begin", None)
+                    if begin is not None and ends is not None:
+                        end = begin(updates)
+                        if end is not None:
+                            ends.append(end)
+                    else:
+                        callback(updates)
                 except KomError as exc:  # kom's own, e.g. a sink given up on close: its message
                     self.consumer_errors += 1
                     log.error("update callback failed: %s", exc)
@@ -259,6 +322,12 @@ class Kom:
             self.delivered += len(updates)
         took = time.perf_counter() - started
         self._handing_owner = None
+        if ends is None:
+            self._settle(batches)
+        return took
+
+    def _settle(self, batches: Sequence[Batch]) -> None:
+        """Acknowledge the batches' messages, line by line."""
         by_line: dict[Line, list[Batch]] = {}
         for batch in batches:
             by_line.setdefault(batch.line, []).append(batch)
@@ -267,7 +336,6 @@ class Kom:
                 line.settle(taken)
             except Exception as exc:
                 log.exception("acknowledging failed: %s", exc)
-        return took
 
     def updates(self, timeout: float | None = None) -> Iterator[Update]:
         """Iterate over updates as they come; stops after `timeout` s without any, or on close."""

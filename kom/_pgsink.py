@@ -1,9 +1,14 @@
 """The PostgreSQL historian sink: `--sink postgresql://USER@HOST[:PORT]/DB[?table=NAME]` (SPEC §12).
 
 Each batch is one transaction: one `COPY ... FROM STDIN (FORMAT BINARY)` of every update,
-then COMMIT; `write()` returns only after the COMMIT, so `kom run` acknowledges the messages
-to the broker only once they are stored. A failed write closes the connection and raises;
-the `SinkWriter` retries the whole batch on a new connection (nothing uncommitted is ever
+sent outside any transaction block, so that the COPY is its own transaction; the server
+commits it (durably, with `synchronous_commit` on) before it answers that the COPY is
+complete, and `write()` returns only after that answer, so `kom run` acknowledges the
+messages to the broker only once they are stored. `kom run` uses `begin()` instead (through
+`SinkWriter.begin`): it sends a batch's COPY and its end on one of two connections and returns
+the wait for the answer, which kom's dispatcher calls after sending the next batch on the other
+connection, and before it acknowledges the batch. A failed write closes its connection and
+raises; the `SinkWriter` retries the whole batch on a new connection (nothing uncommitted is ever
 acknowledged; a COMMIT whose answer was lost may store a batch twice: at-least-once).
 
 The rows are encoded here, in PostgreSQL's binary COPY format (`Encoder`, no I/O), rather
@@ -14,6 +19,7 @@ time objects, and encoding each of those once is what makes the sink keep up wit
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
@@ -348,6 +354,58 @@ def partition_name(table: str, day: date) -> str:
     return f"{table}_p{day:%Y%m%d}"
 
 
+def _nothing() -> None:
+    pass
+
+
+@functools.cache
+def _end_unread_class() -> Any:
+    from psycopg.copy import LibpqWriter
+
+    class EndUnread(LibpqWriter):
+        """psycopg's COPY writer, but ending the COPY without reading the answer (the
+        commit): the sink reads it later (`_read_commit`), after sending the next batch on
+        its other connection. An ending caused by an error is psycopg's own."""
+
+        def finish(self, exc: BaseException | None = None) -> None:
+            if exc is not None:
+                super().finish(exc)
+                return
+            self.connection.wait(_send_end(self._pgconn))
+
+    return EndUnread
+
+
+def _send_end(pgconn: Any) -> Any:
+    """A psycopg generator: queue the COPY's end and flush it to the server (as psycopg's
+    own `copy_end`, without reading the answer)."""
+    from psycopg.waiting import Wait
+
+    while pgconn.put_copy_end(None) == 0:
+        while not (yield Wait.W):
+            continue
+    while True:
+        while not (yield Wait.W):
+            continue
+        if pgconn.flush() == 0:
+            break
+
+
+def _read_commit(conn: Any) -> None:
+    """Read the answer to a COPY ended by `EndUnread`; raise its error if it failed."""
+    from psycopg import errors
+    from psycopg.generators import fetch_many
+    from psycopg.pq import ExecStatus
+
+    with conn.lock:
+        results = conn.wait(fetch_many(conn.pgconn))
+    for result in results:
+        if result.status != ExecStatus.COMMAND_OK:
+            raise errors.error_from_result(result, encoding=conn.pgconn._encoding)
+    if len(results) != 1:
+        raise errors.OperationalError(f"a COPY answered with {len(results)} results")
+
+
 class PostgresSink:
     """One table (default `updates`) in PostgreSQL; one transaction per batch (SPEC §12)."""
 
@@ -363,7 +421,12 @@ class PostgresSink:
         self.url = self.target.shown
         self._clock = clock
         self._lock = threading.Lock()
-        self._conn: Any = None  # a psycopg.Connection while connected
+        #: Two connections (psycopg.Connection while connected), so that one batch's COPY
+        #: can end and commit on one while the next batch streams on the other (`begin`);
+        #: `write` uses the first. `_ending[i]`: connection i sent a COPY's end and its
+        #: answer (the commit) is not read yet.
+        self._conns: list[Any] = [None, None]
+        self._ending = [False, False]
         self._encoder = Encoder()
         self._days: set[date] = set()  # partitions known to exist
         self._layout = "unknown"  # partitioned, hypertable or plain
@@ -375,7 +438,7 @@ class PostgresSink:
             # (and retries), and nothing is acknowledged before it is stored.
             try:
                 with self._lock:
-                    self._connection()
+                    self._connection(0)
             except SinkError as exc:
                 log.error("%s; retrying with the first batch", exc)
 
@@ -384,9 +447,19 @@ class PostgresSink:
 
     # -- the connection and the schema -------------------------------------------------------
 
-    def _connection(self) -> Any:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
+    @property
+    def _conn(self) -> Any:
+        """The first connection (None when not connected)."""
+        return self._conns[0]
+
+    def backend_pids(self) -> list[int]:
+        """The process ids of the sink's PostgreSQL backends, while connected."""
+        return [c.info.backend_pid for c in self._conns if c is not None and not c.closed]
+
+    def _connection(self, slot: int) -> Any:
+        conn = self._conns[slot]
+        if conn is not None and not conn.closed:
+            return conn
         import psycopg
 
         try:
@@ -396,7 +469,10 @@ class PostgresSink:
             # batch is then retried.
             defaults = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
             conninfo = psycopg.conninfo.make_conninfo(self.target.conninfo, **defaults)
-            conn = psycopg.connect(conninfo, autocommit=False)
+            # Autocommit: a batch's COPY is a transaction of its own, committed before the
+            # server answers it, without a BEGIN and a COMMIT of their own (two round trips
+            # a batch, each a wait for the server and for this thread's turn at the GIL).
+            conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         try:
@@ -404,7 +480,7 @@ class PostgresSink:
         except psycopg.Error as exc:
             conn.close()
             raise self._error(exc) from exc
-        self._conn = conn
+        self._conns[slot] = conn
         self.reconnects += 1
         log.info("sink %s: connected (%s table %s)", self.target.shown, self._layout, self.table)
         return conn
@@ -418,7 +494,7 @@ class PostgresSink:
         from psycopg import sql
 
         table = sql.Identifier(self.table)
-        with conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             # Several instances may start together: one makes the table, the others wait.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"kom:{self.table}",))
             cur.execute(
@@ -474,7 +550,6 @@ class PostgresSink:
                     m = pattern.fullmatch(name)
                     if m:
                         self._days.add(datetime.strptime(m[1], "%Y%m%d").date())
-        conn.commit()
         if self._layout == "partitioned":
             today = self._clock().astimezone(UTC).date()
             self._make_partitions(conn, [today + timedelta(days=k) for k in range(AHEAD + 1)])
@@ -493,8 +568,7 @@ class PostgresSink:
                 self._make_partition(conn, day)
             except psycopg.OperationalError:
                 raise  # the connection: the write fails and is retried
-            except psycopg.Error as exc:
-                conn.rollback()
+            except psycopg.Error as exc:  # its transaction was rolled back
                 log.error(
                     "sink %s: cannot make partition %s (its rows go to %s_other): %s",
                     self.target.shown,
@@ -511,7 +585,7 @@ class PostgresSink:
         other = sql.Identifier(f"{self.table}_other")
         name = partition_name(self.table, day)
         low, high = day.isoformat(), (day + timedelta(days=1)).isoformat()
-        with conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"kom:{self.table}",))
             cur.execute("SELECT to_regclass(%s)", (name,))
             found = cur.fetchone()
@@ -536,19 +610,34 @@ class PostgresSink:
                     sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(table, part, bounds)
                 )
                 log.info("sink %s: made partition %s", self.target.shown, name)
-        conn.commit()
 
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, updates: Sequence[Update]) -> None:
-        """Store `updates` in one transaction; returns after COMMIT, raises SinkError if not."""
+        """Store `updates` in one transaction; returns after its COMMIT, raises SinkError if
+        not (the COPY is the transaction: its answer comes after the commit)."""
+        self.begin(updates)()
+
+    def begin(self, updates: Sequence[Update]) -> Callable[[], None]:
+        """Send `updates` as one COPY (one transaction) and its end, without waiting for the
+        answer; the function returned waits for it and returns once the batch is committed
+        (raises SinkError if not). Nothing may be acknowledged before it returns.
+
+        While one batch's answer is outstanding, the next `begin` streams on the other
+        connection, so that the server stores and commits one batch while kom encodes and
+        sends the next. At most two may be outstanding: end one before a third `begin`.
+        Raises SinkError if the batch cannot be sent (nothing of it is then committed).
+        """
         if not updates:
-            return
+            return _nothing
         import psycopg
         from psycopg import sql
 
         with self._lock:
-            conn = self._connection()
+            slot = 0 if not self._ending[0] else 1
+            if self._ending[slot]:
+                raise RuntimeError("PostgresSink.begin: two batches are outstanding already")
+            conn = self._connection(slot)
             try:
                 if self._layout == "partitioned":
                     today = self._clock().astimezone(UTC).date()
@@ -561,30 +650,53 @@ class PostgresSink:
                     sql.Identifier(self.table),
                     sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
                 )
-                with conn.cursor() as cur, cur.copy(copy) as stream:
+                end_unread = _end_unread_class()
+                with conn.cursor() as cur, cur.copy(copy, writer=end_unread(cur)) as stream:
                     # Each piece goes to the server as soon as it is made, so the server
                     # stores one while this thread encodes the next: measured, the sink alone
                     # is about as fast as a COPY of the same rows encoded beforehand.
                     for piece in self._encoder.chunks(updates):
                         stream.write(piece)
-                conn.commit()
+                # The COPY's end is sent; its answer (after the commit) is read by `end`.
             except psycopg.Error as exc:
-                self._drop()
+                self._drop(slot)
                 raise self._error(exc) from exc
             except BaseException:
-                self._drop()
+                self._drop(slot)
                 raise
-            self.rows += len(updates)
+            self._ending[slot] = True
+        return functools.partial(self._end, slot, conn, len(updates))
+
+    def _end(self, slot: int, conn: Any, rows: int) -> None:
+        """Wait for the answer to the COPY that `begin` ended on `conn`: its commit."""
+        import psycopg
+
+        with self._lock:
+            if self._conns[slot] is not conn or not self._ending[slot]:
+                raise self._error(RuntimeError("the connection was closed before the commit"))
+            try:
+                _read_commit(conn)
+            except psycopg.Error as exc:
+                self._drop(slot)
+                raise self._error(exc) from exc
+            except BaseException:
+                self._drop(slot)
+                raise
+            self._ending[slot] = False
+            self.rows += rows
             self._problem = None
 
-    def _drop(self) -> None:
-        """Forget the connection (its transaction, if any, is rolled back by the server)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception as exc:  # already broken: nothing more to do with it
-                log.debug("sink %s: closing a broken connection: %s", self.target.shown, exc)
+    def _drop(self, slot: int | None = None) -> None:
+        """Forget a connection, or both (a transaction not committed is rolled back by the
+        server; a COPY ended whose answer was not read may have committed)."""
+        for i in (0, 1) if slot is None else (slot,):
+            conn, self._conns[i] = self._conns[i], None
+            self._ending[i] = False
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception as exc:  # already broken: nothing more to do with it
+                    log.debug("sink %s: closing a broken connection: %s", self.target.shown, exc)
 
     def _error(self, exc: BaseException) -> SinkError:
         """The one-line SinkError for a failed call; it is also what health() reports."""

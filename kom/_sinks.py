@@ -15,7 +15,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -33,7 +33,9 @@ VALID = Quality.VALID
 class Sink(Protocol):
     """What `kom run` writes into. A sink may also offer `health() -> (ok, reason)`: False
     with a one-line reason (for `/health` and the metrics) while it cannot store anything,
-    True and None once it can again (see `SinkWriter.health`)."""
+    True and None once it can again (see `SinkWriter.health`). It may offer
+    `begin(updates) -> end`, which sends a batch and returns a function that returns once the
+    batch is committed (see `SinkWriter.begin`)."""
 
     def write(self, updates: Sequence[Update]) -> None: ...
     def close(self) -> None: ...
@@ -444,40 +446,98 @@ class SinkWriter:
 
     def __call__(self, updates: Sequence[Update]) -> None:
         for sink, stats in zip(self.sinks, self.stats, strict=True):
-            delay = 0.1
-            failed_since: float | None = None
-            last = ""
-            while True:
-                started = time.perf_counter()
-                try:
-                    with self._writing:
-                        if self._closed.is_set():
-                            raise SinkError(f"sink {sink!r}: kom is stopping, batch not written")
-                        sink.write(updates)
-                    stats.committed(len(updates), time.perf_counter() - started)
-                    break
-                except Exception as exc:
-                    if self._closed.is_set():
-                        raise  # stopping: the lines closed first, nothing of it is acknowledged
-                    self.failures += 1
-                    stats.failed(exc)
-                    if isinstance(exc, SinkError) and exc.reason == "closed":
-                        if not self.ended.is_set():
-                            log.error("%s; acknowledgements held, stopping", _one_line(sink, exc))
-                            self.ended.set()
-                    elif str(exc) != last:
-                        last = str(exc)
-                        log.error("%s; acknowledgements held, retrying", _one_line(sink, exc))
-                    if failed_since is None:
-                        failed_since = time.monotonic()
-                    if self._closed.wait(delay):
-                        raise
-                    delay = min(delay * 2, 5.0)
-            if failed_since is not None:
-                log.warning(
-                    "sink %r: writing again after %.1f s", sink, time.monotonic() - failed_since
-                )
+            self._write(sink, stats, updates)
         self.updates += len(updates)
+
+    def begin(self, updates: Sequence[Update]) -> Callable[[], None] | None:
+        """Start writing `updates`; the function returned returns once every sink has
+        committed them (retrying as `__call__` does). Kom's dispatcher calls it before it
+        acknowledges the batch, after handing over the next one: a sink that can (`begin`,
+        the PostgreSQL sink) stores one batch while the next is sent. The others write here,
+        as in `__call__`; with none that can, all is written here and None returned (the
+        batch may be acknowledged at once)."""
+        if not any(hasattr(sink, "begin") for sink in self.sinks):
+            self(updates)
+            return None
+        started = time.perf_counter()
+        ends: list[tuple[Sink, SinkStats, Callable[[], None] | None, Exception | None]] = []
+        for sink, stats in zip(self.sinks, self.stats, strict=True):
+            begin = getattr(sink, "begin", None)
+            if begin is None:
+                self._write(sink, stats, updates)
+                continue
+            try:
+                with self._writing:
+                    if self._closed.is_set():
+                        raise SinkError(f"sink {sink!r}: kom is stopping, batch not written")
+                    ends.append((sink, stats, begin(updates), None))
+            except Exception as exc:
+                if self._closed.is_set():
+                    raise
+                ends.append((sink, stats, None, exc))  # retried by the function returned
+
+        def end() -> None:
+            for sink, stats, finish, begun in ends:
+                error = begun
+                if finish is not None:
+                    try:
+                        with self._writing:
+                            finish()
+                        stats.committed(len(updates), time.perf_counter() - started)
+                        continue
+                    except Exception as exc:
+                        if self._closed.is_set():
+                            raise
+                        error = exc
+                self._write(sink, stats, updates, error)
+            self.updates += len(updates)
+
+        return end
+
+    def _write(
+        self,
+        sink: Sink,
+        stats: SinkStats,
+        updates: Sequence[Update],
+        failed: Exception | None = None,
+    ) -> None:
+        """Write `updates` into `sink` until it commits them; `failed`: a first attempt's
+        error (counted and logged as any, then retried)."""
+        delay = 0.1
+        failed_since: float | None = None
+        last = ""
+        while True:
+            started = time.perf_counter()
+            try:
+                if failed is not None:
+                    exc, failed = failed, None
+                    raise exc
+                with self._writing:
+                    if self._closed.is_set():
+                        raise SinkError(f"sink {sink!r}: kom is stopping, batch not written")
+                    sink.write(updates)
+                stats.committed(len(updates), time.perf_counter() - started)
+                break
+            except Exception as exc:
+                if self._closed.is_set():
+                    raise  # stopping: the lines closed first, nothing of it is acknowledged
+                self.failures += 1
+                stats.failed(exc)
+                if isinstance(exc, SinkError) and exc.reason == "closed":
+                    if not self.ended.is_set():
+                        log.error("%s; acknowledgements held, stopping", _one_line(sink, exc))
+                        self.ended.set()
+                elif str(exc) != last:
+                    last = str(exc)
+                    log.error("%s; acknowledgements held, retrying", _one_line(sink, exc))
+                if failed_since is None:
+                    failed_since = time.monotonic()
+                if self._closed.wait(delay):
+                    raise
+                delay = min(delay * 2, 5.0)
+        if failed_since is not None:
+            since = time.monotonic() - failed_since
+            log.warning("sink %r: writing again after %.1f s", sink, since)
 
     def health(self) -> tuple[bool, str | None]:
         """(True, None), or False and the reasons of the sinks that cannot write now."""

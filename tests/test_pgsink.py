@@ -265,6 +265,28 @@ def test_instances_starting_together_make_one_table(pg: str) -> None:
     assert query(pg, "SELECT count(*) FROM pg_class WHERE relname = 'updates'") == [(1,)]
 
 
+def test_write_returns_with_its_batch_committed_and_no_transaction_open(pg: str) -> None:
+    """Each batch's COPY is a transaction of its own: when write() returns, another
+    connection sees every row, and the sink's backend holds no transaction open (none made
+    for a partition either), so nothing it wrote waits for a later COMMIT."""
+    sink = PostgresSink(pg, clock=lambda: T0)
+    state = (
+        "SELECT state FROM pg_stat_activity WHERE application_name = 'kom' "
+        "AND datname = current_database()"
+    )
+    batches = [
+        [_update(f"s.v{i}", float(i)) for i in range(300)],
+        # a day with no partition yet: made (in a transaction of its own) before the COPY
+        [_update(f"s.w{i}", float(i), ts=T0 - timedelta(days=3)) for i in range(300)],
+    ]
+    for n, batch in enumerate(batches, 1):
+        sink.write(batch)
+        assert query(pg, "SELECT count(*) FROM updates") == [(300 * n,)]
+        assert query(pg, state) == [("idle",)]
+    assert query(pg, f"SELECT count(*) FROM updates_p{T0 - timedelta(days=3):%Y%m%d}") == [(300,)]
+    sink.close()
+
+
 def test_a_backend_terminated_mid_batch_loses_nothing_and_stores_nothing_twice(pg: str) -> None:
     """A COPY cut off by pg_terminate_backend fails the write; the writer's retry on a new
     connection stores the batch exactly once."""
@@ -302,6 +324,48 @@ def test_a_backend_terminated_mid_batch_loses_nothing_and_stores_nothing_twice(p
     writer.close()
     assert writer.failures >= 1
     assert query(pg, "SELECT count(*), count(DISTINCT tag) FROM updates") == [(5001, 5001)]
+
+
+def test_begun_batches_stream_on_two_connections_and_a_failed_one_is_written_again(
+    pg: str,
+) -> None:
+    """`SinkWriter.begin` as kom's dispatcher uses it: a second batch streams on the sink's
+    other connection while the first is outstanding; the first's backend terminated before
+    its commit makes its end write it again, and each batch is stored exactly once."""
+    sink = PostgresSink(pg, clock=lambda: T0)
+    writer = SinkWriter([sink])
+    writer([_update("s.first", 1.0)])
+    part = f"updates_p{T0:%Y%m%d}"
+    one = [_update(f"s.a{i}", float(i)) for i in range(100)]
+    two = [_update(f"s.b{i}", float(i)) for i in range(100)]
+    waiting = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'kom' "
+        "AND datname = current_database() AND wait_event_type = 'Lock' ORDER BY pid"
+    )
+    with psycopg.connect(pg) as blocker:
+        # Hold the partition locked, so that both COPYs wait before their commits.
+        blocker.execute(f"LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE")
+        end_one = writer.begin(one)
+        end_two = writer.begin(two)
+        pids = sink.backend_pids()
+        assert len(set(pids)) == 2
+        with pytest.raises(RuntimeError):
+            sink.begin(one)  # two are outstanding already
+        wait_until(lambda: len(query(pg, waiting)) == 2, what="both COPYs waiting on the lock")
+        assert query(pg, f"SELECT pg_terminate_backend({pids[0]})") == [(True,)]
+        blocker.rollback()
+    end_one()  # its COPY was cut: written again, on a new connection
+    end_two()
+    assert writer.failures == 1
+    assert sink.health() == (True, None)
+    writer.close()
+    assert query(
+        pg, "SELECT left(tag, 3), count(*), count(DISTINCT tag) FROM updates GROUP BY 1 ORDER BY 1"
+    ) == [
+        ("s.a", 100, 100),
+        ("s.b", 100, 100),
+        ("s.f", 1, 1),
+    ]
 
 
 def test_a_write_to_no_server_raises_without_the_password(tmp_path: Path) -> None:
