@@ -96,12 +96,18 @@ _REASON_TEXT = {reason: reason.value for reason in Reason}
 
 
 def _insert_many(rows: int) -> str:
-    """The statement that inserts up to `rows` rows, leaving out the padding (tag 0)."""
+    """The statement that inserts up to `rows` rows, leaving out the padding (tag 0).
+
+    A padding row's tag becomes NULL, which the NOT NULL column refuses and OR IGNORE skips
+    (a real row's tag, quality and times are never NULL). Not `WHERE column1 <> 0`: SQLite
+    (3.40) pushes that term down into each of the VALUES' rows, and preparing the statement
+    grows with the square of its rows (8,192 rows: 757 ms against 115 ms, measured alone).
+    """
     values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
     return (
-        f"INSERT INTO updates ({_COLUMNS}) SELECT column1, column2, column3, "
-        "nullif(column4, 0), column5, column6, column7, nullif(column8, 0), column9 "
-        f"FROM (VALUES {values}) WHERE column1 <> 0"
+        f"INSERT OR IGNORE INTO updates ({_COLUMNS}) SELECT nullif(column1, 0), column2, "
+        "column3, nullif(column4, 0), column5, column6, column7, nullif(column8, 0), column9 "
+        f"FROM (VALUES {values})"
     )
 
 
@@ -280,7 +286,9 @@ class SqliteSink:
         """One statement for up to the largest bucket's rows, padded to its bucket."""
         size = next(b for b in self._buckets if b >= rows)
         params.extend(_PAD[: _WIDTH * (size - rows)])
-        self._db.execute(self._statements[size], params)
+        inserted = self._db.execute(self._statements[size], params).rowcount
+        if inserted != rows:  # a NULL where the table refuses it: never skipped unnoticed
+            raise sqlite3.IntegrityError(f"{rows - inserted} of {rows} rows refused (a NULL)")
 
     def close(self) -> None:
         with self._lock:
