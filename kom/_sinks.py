@@ -143,6 +143,11 @@ class SqliteSink:
         self._statements: dict[tuple[int, int], str] = {}
         self._lock = threading.Lock()
         self._wal = Path(f"{self.path}-wal")
+        #: The log's size after the last commit (`_trim`), None when not known: `_make_room`
+        #: takes it instead of asking the file system again. Each such call lets go of the
+        #: interpreter lock, and taking it back waits for the line's thread (up to the switch
+        #: interval, 5 ms): two calls a batch instead of four.
+        self._wal_size: int | None = None
         self.rows = 0
 
     def _open(self, tag_index: bool) -> sqlite3.Connection:
@@ -220,10 +225,13 @@ class SqliteSink:
         64 KiB pages: stuck after 7 one-row commits, each adding two pages to the log). So
         the log goes while the free space still holds it, the batch and a checkpoint.
         """
-        try:
-            wal = self._wal.stat().st_size
-        except OSError:
-            return
+        wal = self._wal_size
+        self._wal_size = None  # the batch changes it: _trim tells it again after a commit
+        if wal is None:
+            try:
+                wal = self._wal.stat().st_size
+            except OSError:
+                return
         if wal and (wal > WAL_BYTES or _free_bytes(self.path) < 2 * wal + _ROW_BYTES * rows):
             self._checkpoint()
 
@@ -240,7 +248,9 @@ class SqliteSink:
         except OSError:
             return
         if size > WAL_BYTES:
-            self._checkpoint()
+            self._checkpoint()  # the size is not known after it (truncated, or it failed)
+        else:
+            self._wal_size = size
 
     def _checkpoint(self) -> None:
         try:
@@ -478,7 +488,12 @@ def open_sink(url: str) -> Sink:
 def _free_bytes(path: Path) -> int:
     """Bytes free for an unprivileged writer on the file system holding `path`."""
     try:
-        st = os.statvfs(path.parent if not path.exists() else path)
+        st = os.statvfs(path)
+    except FileNotFoundError:  # not made yet: its folder's file system
+        try:
+            st = os.statvfs(path.parent)
+        except OSError:
+            return 0
     except OSError:
         return 0
     return st.f_bavail * st.f_frsize
