@@ -115,6 +115,16 @@ def test_sqlite_stores_batches_of_any_size_in_order(tmp_path: Path, rows: int) -
     assert got == [(u.tag, u.value) for u in (*batch, *batch[:3])]
 
 
+def test_sqlite_tags_like_the_padding_are_stored(tmp_path: Path) -> None:
+    """The statement skips its padding rows by their tag 0; a tag "0" or "" is a real row."""
+    batch = [Update(tag, 0, Quality.VALID, None, T, T, "t") for tag in ("0", "", "0.0")]
+    sink = SqliteSink(tmp_path / "h.db")
+    sink.write(batch)
+    sink.write([*batch, batch[0]._replace(retained=True)])
+    sink.close()
+    assert [row[0] for row in stored(tmp_path / "h.db")] == ["0", "", "0.0"] * 2 + ["0"]
+
+
 @pytest.mark.parametrize("rows", [16, 8193])
 @pytest.mark.parametrize(
     "last",
