@@ -115,6 +115,40 @@ def test_sqlite_stores_batches_of_any_size_in_order(tmp_path: Path, rows: int) -
     assert got == [(u.tag, u.value) for u in (*batch, *batch[:3])]
 
 
+def test_sqlite_tags_like_the_padding_are_stored(tmp_path: Path) -> None:
+    """The statement skips its padding rows by their tag 0; a tag "0" or "" is a real row."""
+    batch = [Update(tag, 0, Quality.VALID, None, T, T, "t") for tag in ("0", "", "0.0")]
+    sink = SqliteSink(tmp_path / "h.db")
+    sink.write(batch)
+    sink.write([*batch, batch[0]._replace(retained=True)])
+    sink.close()
+    assert [row[0] for row in stored(tmp_path / "h.db")] == ["0", "", "0.0"] * 2 + ["0"]
+
+
+@pytest.mark.parametrize("rows", [16, 8193])
+@pytest.mark.parametrize(
+    "last",
+    [
+        {"retained": True},
+        {"value": None, "quality": Quality.INVALID, "reason": Reason.COMM},
+        {"detail": "why"},
+        {"quality": Quality.INVALID},
+    ],
+)
+def test_sqlite_batch_turning_out_not_plain_stores_every_column(
+    tmp_path: Path, rows: int, last: dict[str, object]
+) -> None:
+    """A batch of plain rows (valid, no reason or detail, not retained; bound 5 columns a row)
+    whose last row is not plain is stored whole with every column, as is a plain one."""
+    plain = [Update(f"s.t{i}", i * 0.5, Quality.VALID, None, T, T, "t") for i in range(rows)]
+    mixed = [*plain[:-1], plain[-1]._replace(**last)]
+    sink = SqliteSink(tmp_path / "h.db")
+    sink.write(mixed)
+    sink.write(plain)
+    sink.close()
+    assert stored(tmp_path / "h.db") == expected(mixed) + expected(plain)
+
+
 def test_sqlite_batch_with_a_value_it_cannot_store_adds_nothing(tmp_path: Path) -> None:
     """A batch whose value SQLite refuses (an integer over 64 bits) raises and leaves the
     table as it was, whether it fits one statement or spans several."""
