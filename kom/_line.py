@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -120,6 +120,8 @@ class _Outgoing(NamedTuple):
     properties: dict[str, object] | None = None
 
 
+_NEVER = float("inf")
+
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
 #: the line's queue (the broker's Receive Maximum may bound them further, in the session).
 WINDOW = 1000
@@ -185,6 +187,12 @@ class Line(Events):
         # _writes_lock): while any are, later writes queue behind them, keeping their order.
         self._in_transit = 0
         self._expired: set[int] = set()  # mids whose writes timed out, completion still due
+        # No write queued or in flight has a deadline before this (a lower bound, under
+        # _writes_lock): the line's loop looks for overdue writes only once it has passed.
+        self._next_expiry = _NEVER
+        # The line's thread is running (set before it starts, cleared as it ends): writes
+        # asked for meanwhile are decided there.
+        self._running = False
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
         # Outbox rows by packet id, kept apart from futures: a write that timed out for its
         # caller may still complete later, and only then may its row go.
@@ -236,7 +244,12 @@ class Line(Events):
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"kom-line-{self.name}", daemon=True)
-        self._thread.start()
+        self._running = True
+        try:
+            self._thread.start()
+        except BaseException:
+            self._running = False
+            raise
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread: flush, send DISCONNECT, fail writes still pending."""
@@ -291,6 +304,12 @@ class Line(Events):
         self.state = to
 
     def _run(self) -> None:
+        try:
+            self._run_line()
+        finally:
+            self._running = False
+
+    def _run_line(self) -> None:
         round_ = 0
         index = 0
         endpoints = self.config.endpoints
@@ -504,7 +523,8 @@ class Line(Events):
 
     def _poke(self) -> None:
         """Wake the line's thread, wherever it waits (for the broker, or to reconnect)."""
-        self._wake.set()
+        if not self._wake.is_set():  # connected, the thread never clears it: no lock taken
+            self._wake.set()
         session = self._session
         if session is not None:
             session.wake()
@@ -672,6 +692,10 @@ class Line(Events):
         would have it on a kept session (`mqtt.Connection.forget` keeps its packet id out of
         use meanwhile).
         """
+        if now < self._next_expiry:  # nothing is overdue: no need to look
+            if self._confirmations:
+                self._expire_confirmations(now)
+            return
         forgotten: list[int] = []
         rows: list[int | None] = []  # their outbox rows
         with self._writes_lock:
@@ -692,6 +716,9 @@ class Line(Events):
                 waiting = self._take_outgoing()
                 late = [w for w in waiting if w.deadline and now >= w.deadline]
                 self._outgoing.extend(w for w in waiting if not (w.deadline and now >= w.deadline))
+            deadlines = [w.deadline for w in self._writes.values() if w.deadline is not None]
+            deadlines += [w.deadline for w in self._outgoing if w.deadline is not None]
+            self._next_expiry = min(deadlines, default=_NEVER)
         session = self._session
         if forgotten and session is not None:
             session.forget(forgotten)
@@ -1083,8 +1110,7 @@ class Line(Events):
         if self._closed.is_set():
             _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
             return
-        thread = self._thread
-        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+        if not self._running or self._thread is threading.current_thread():
             self._asked.append((future, full, decide))
             self._decide_writes()
             return
@@ -1345,6 +1371,8 @@ class Line(Events):
             # session's: one whose reply_timeout passes there is dropped as it fails, never
             # sent later (SPEC §6).
             self._outgoing.append(write)
+            if deadline is not None and deadline < self._next_expiry:
+                self._next_expiry = deadline
 
     def _send_outgoing(self, session: Session) -> None:
         """Publish the queued writes that fit the window (the line's thread)."""
@@ -1458,13 +1486,18 @@ def _log_on_connect_failure(future: Future[WriteResult]) -> None:
 
 
 def _complete(future: Future[WriteResult], result: WriteResult) -> None:
-    if not future.done():
+    # Not contextlib.suppress: this runs for every write, and try costs nothing.
+    try:  # noqa: SIM105
         future.set_result(result)
+    except InvalidStateError:  # cancelled, or failed already (e.g. timed out): no change
+        pass
 
 
 def _fail(future: Future[WriteResult], exc: BaseException) -> None:
-    if not future.done():
+    try:  # noqa: SIM105
         future.set_exception(exc)
+    except InvalidStateError:
+        pass
 
 
 def _completed(future: Future[WriteResult], result: WriteResult, ok: bool, reason: str) -> None:

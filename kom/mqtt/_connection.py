@@ -37,7 +37,11 @@ from ._packets import (
     Disconnect,
     Packet,
     Pingresp,
+    Puback,
+    Pubcomp,
     Publish,
+    Pubrec,
+    Pubrel,
     Suback,
     Subscribe,
     Subscription,
@@ -673,6 +677,13 @@ class Connection:
             if kind is not Connack:
                 raise ProtocolError(f"{type(packet).__name__.upper()} before CONNACK")
             return self._connack(packet)  # type: ignore[arg-type]
+        if kind is Puback:  # the most frequent answer (every QoS 1 write): straight on
+            return self._flight_answer(
+                PUBACK,
+                packet.packet_id,  # type: ignore[union-attr]
+                packet.code,  # type: ignore[union-attr]
+                packet.properties,  # type: ignore[union-attr]
+            )
         if kind is Connack:
             raise ProtocolError("a second CONNACK")
         if kind is Pingresp:
@@ -690,9 +701,7 @@ class Connection:
         if kind is Unsuback:
             self._request_done(mid, "UNSUBSCRIBE")
             return Unsubscribed(mid, packet.codes)  # type: ignore[union-attr]
-        number = {"Puback": PUBACK, "Pubrec": PUBREC, "Pubrel": PUBREL, "Pubcomp": PUBCOMP}.get(
-            kind.__name__
-        )
+        number = _ACK_NUMBERS.get(kind)
         if number == PUBREL:
             # Also for an exchange of an earlier connection (the broker resends PUBREL).
             self._incoming.discard(mid)
@@ -712,7 +721,7 @@ class Connection:
         if flight is None or flight.state == "queued":
             # An answer for nothing in flight: a late one from an earlier connection.
             return None
-        why = reason_name(code) + _reason_string(props)
+        why = _SUCCESS if code == 0 and not props else reason_name(code) + _reason_string(props)
         if number == PUBREC:
             if flight.qos != 2:
                 raise ProtocolError(f"PUBREC for QoS 1 message {mid}")
@@ -820,6 +829,15 @@ class Connection:
             else:
                 self._waiting.append(mid)
         return tuple(failed)
+
+
+_ACK_NUMBERS: dict[type, int] = {
+    Puback: PUBACK,
+    Pubrec: PUBREC,
+    Pubrel: PUBREL,
+    Pubcomp: PUBCOMP,
+}
+_SUCCESS = reason_name(0)
 
 
 def _valid_firsts(v5: bool) -> bytes:
