@@ -97,16 +97,8 @@ class WriteResult:
     response: bytes | None = None
 
 
-class _PendingWrite(NamedTuple):
-    future: Future[WriteResult]
-    result: WriteResult
-    deadline: float | None
-    qos: int
-    outbox_id: int | None = None
-
-
 class _Outgoing(NamedTuple):
-    """A write waiting for the line's thread to publish it."""
+    """A write waiting for the line's thread to publish it, then for its completion."""
 
     future: Future[WriteResult]
     tag: str
@@ -175,7 +167,7 @@ class Line(Events):
         self._settles: list[tuple[int, int, int]] = []
         # Writes have a lock of their own, never held while calling the session.
         self._writes_lock = threading.Lock()
-        self._writes: dict[int, _PendingWrite] = {}
+        self._writes: dict[int, _Outgoing] = {}  # published, by packet id
         # Writes asked for by any thread, decided on the line's thread (a station's output
         # values and groups are the line's): (future, full tag name, decision).
         self._asked: deque[tuple[Future[WriteResult], str, Callable[[], None]]] = deque()
@@ -259,7 +251,7 @@ class Line(Events):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         with self._writes_lock:
-            pending = [(w.future, w.result.tag) for w in self._writes.values()]
+            pending = [(w.future, w.tag) for w in self._writes.values()]
             self._writes.clear()
             pending += [(w.future, w.tag) for w in self._take_outgoing()]
             while self._asked:
@@ -631,7 +623,7 @@ class Line(Events):
         # the line is down: the line's thread sends them after reconnecting, unless their
         # reply_timeout has passed by then (QoS 0 ones fail below).
         with self._writes_lock:
-            failed = [(w.future, w.result.tag) for w in self._writes.values() if w.qos == 0]
+            failed = [(w.future, w.tag) for w in self._writes.values() if w.qos == 0]
             for mid in [m for m, w in self._writes.items() if w.qos == 0]:
                 del self._writes[mid]
             if self._outgoing and self._outgoing[0].qos == 0:
@@ -725,7 +717,7 @@ class Line(Events):
         for row in rows:
             if row is not None and self._outbox is not None:
                 self._outbox.done(row)
-        for future, tag in [(w.future, w.result.tag) for _, w in expired]:
+        for future, tag in [(w.future, w.tag) for _, w in expired]:
             _fail(future, self._timeout_error(tag))
         self._time_out(late)
         if self._confirmations:
@@ -1004,10 +996,10 @@ class Line(Events):
         if not ok:
             # SPEC §11: a refusal reaches the log and the counters, not only the write.
             self.core.counters.refused_writes += 1
-            tag = write.result.tag if write is not None else "a write"
+            tag = write.tag if write is not None else "a write"
             log.warning("line %s: the broker refused %s (m%d): %s", self.name, tag, mid, reason)
         if write is not None:
-            result = write.result
+            result = WriteResult(write.tag, write.topic, write.qos, mid)
             if granted_qos is not None:
                 result = attrs.evolve(result, qos=granted_qos, downgraded=True)
             _completed(write.future, result, ok, reason)
@@ -1102,7 +1094,11 @@ class Line(Events):
         """
         future: Future[WriteResult] = Future()
         full = f"{station_name}.{tag_name}"
-        self._ask(future, full, lambda: self._write(future, station_name, tag_name, full, value))
+        self._ask(
+            future,
+            full,
+            functools.partial(self._write, future, station_name, tag_name, full, value),
+        )
         return future
 
     def _ask(self, future: Future[WriteResult], full: str, decide: Callable[[], None]) -> None:
@@ -1401,30 +1397,31 @@ class Line(Events):
         sent: Sequence[int | Exception]
         try:
             sent = session.publish_many(
-                [(w.topic, w.payload, w.qos, w.retain, w.properties) for w in writes],
-                self.on_own_thread(),
+                [(w.topic, w.payload, w.qos, w.retain, w.properties) for w in writes]
             )
         except Exception as exc:  # a write's caller always learns the outcome
             sent = [exc] * len(writes)
         refused: list[tuple[_Outgoing, Exception]] = []
         finished: list[tuple[_Outgoing, WriteResult, tuple[bool, str]]] = []
+        registered = self._writes
+        expired = self._expired
+        early = self._early
         with self._writes_lock:
             self._in_transit -= len(writes)
             for write, mid in zip(writes, sent, strict=True):
-                if not isinstance(mid, int):
-                    refused.append((write, mid))
+                if type(mid) is not int:
+                    refused.append((write, mid))  # type: ignore[arg-type]
                     continue
-                result = WriteResult(write.tag, write.topic, write.qos, mid)
-                self._expired.discard(mid)  # the mid is this write's now
-                early = self._early.pop(mid, None)
-                if early is None:
-                    self._writes[mid] = _PendingWrite(
-                        write.future, result, write.deadline, write.qos
-                    )
+                if expired:
+                    expired.discard(mid)  # the mid is this write's now
+                answer = early.pop(mid, None) if early else None
+                if answer is None:
+                    registered[mid] = write  # its completion comes with `published`
                     if write.outbox_id is not None:
                         self._outbox_ids[mid] = write.outbox_id
                 else:
-                    finished.append((write, result, early))
+                    result = WriteResult(write.tag, write.topic, write.qos, mid)
+                    finished.append((write, result, answer))
         for write, problem in refused:
             why = "not-connected" if write.qos == 0 and not session.connected else "rejected"
             _fail(write.future, WriteError(f"{write.tag}: {problem}", write.tag, why))
