@@ -126,6 +126,9 @@ WINDOW = 1000
 #: messages in batches of 256 packets (3,072 updates), none in batches of 300 updates.
 BATCH_UPDATES = 256
 
+#: check_topic for the topics of writes, which repeat (a tag's topic is usually fixed).
+_topic_problem = functools.lru_cache(maxsize=1024)(check_topic)
+
 #: The receive clock, called for every message: a partial is one call into C.
 _utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
@@ -1207,7 +1210,7 @@ class Line(Events):
             raise WriteError(
                 f"{full}: the tag has neither OUT_VALUE nor publish", full, "not-output"
             )
-        problem = check_topic(topic)
+        problem = _topic_problem(topic)
         if problem:
             raise WriteError(f"{full}: {problem}", full, "topic")
         changes = only_changes(tag, self.config)
