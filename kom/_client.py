@@ -113,7 +113,7 @@ class Kom:
         self.write_outcomes: Counter[tuple[str, str]] = Counter()
         self._outcomes_lock = threading.Lock()
         # Each line's outcome counter, made once (a write's future is given it when done).
-        self._counters: dict[str, Callable[[Future[WriteResult]], None]] = {}
+        self._counters: dict[Line, Callable[[Future[WriteResult]], None]] = {}
         self.lines: dict[str, Line] = {}
         for line in config.lines:
             self.lines[line.name] = Line(line, config.stations_of(line.name), self._deliver, clock)
@@ -301,9 +301,9 @@ class Kom:
             self._count_write("", future)
             return future
         future = line.write(station, name, value)
-        count = self._counters.get(line.name)
+        count = self._counters.get(line)
         if count is None:
-            count = self._counters[line.name] = functools.partial(self._count_write, line.name)
+            count = self._counters[line] = functools.partial(self._count_write, line.name)
         future.add_done_callback(count)
         return future
 

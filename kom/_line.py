@@ -987,15 +987,23 @@ class Line(Events):
             log.warning("line %s: write m%d %s", self.name, mid, reason)
         with self._writes_lock:
             write = self._writes.pop(mid, None)
-            outbox_id = self._outbox_ids.pop(mid, None)
-            expired = mid in self._expired
-            self._expired.discard(mid)
+            outbox_id = self._outbox_ids.pop(mid, None) if self._outbox_ids else None
+            expired = False
+            if self._expired and mid in self._expired:
+                self._expired.discard(mid)
+                expired = True
             if write is None and outbox_id is None and not expired:
                 # Completed before _publish() registered it: it picks this up.
                 self._early[mid] = (ok, reason)
                 return
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
+        if ok and granted_qos is None and write is not None:  # the usual answer: done
+            try:  # noqa: SIM105 - once per write: try is cheaper than contextlib.suppress
+                write.future.set_result(WriteResult(write.tag, write.topic, write.qos, mid))
+            except InvalidStateError:  # cancelled, or failed already (timed out)
+                pass
+            return
         if not ok:
             # SPEC §11: a refusal reaches the log and the counters, not only the write.
             self.core.counters.refused_writes += 1

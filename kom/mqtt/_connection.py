@@ -804,7 +804,8 @@ class Connection:
     def _finish(self, mid: int) -> None:
         del self._flights[mid]
         self._sending -= 1
-        self._send_waiting()
+        if self._waiting:
+            self._send_waiting()
 
     def _send_waiting(self) -> None:
         waiting = self._waiting
