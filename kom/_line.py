@@ -9,6 +9,7 @@ a station's output values and topic groups change nowhere else.
 
 from __future__ import annotations
 
+import _thread
 import enum
 import functools
 import logging
@@ -17,8 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import PENDING as _PENDING
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -95,6 +97,44 @@ class WriteResult:
     confirmed: str | None = None
     #: confirm = "response": the payload of the response that confirmed it.
     response: bytes | None = None
+
+
+class _Condition(threading.Condition):
+    """A Condition over a C RLock, made without the five bound methods a Condition stores
+    per instance: the same behaviour, made in about half the time, and six objects fewer for
+    the garbage collector to walk for every write waiting for completion."""
+
+    def __init__(self) -> None:  # replaces the base's __init__ (not called)
+        self._lock = _thread.RLock()
+        self._waiters: deque[Any] = deque()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined, no-any-return]
+
+
+class _WriteFuture(Future[WriteResult]):
+    """The future of a write: a concurrent.futures.Future in every way, made more cheaply (its
+    Condition is a `_Condition`). Everything else is Future's own code."""
+
+    def __init__(self) -> None:  # Future.__init__'s fields, set here (it is not called)
+        self._condition = _Condition()
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[WriteResult]], object]] = []
 
 
 class _Outgoing(NamedTuple):
@@ -1103,7 +1143,7 @@ class Line(Events):
         Any thread may write; the write is decided (value converted, topic rendered from the
         station's output values and groups) and published on the line's thread.
         """
-        future: Future[WriteResult] = Future()
+        future: Future[WriteResult] = _WriteFuture()
         full = f"{station_name}.{tag_name}"
         self._ask(
             future,
@@ -1284,7 +1324,7 @@ class Line(Events):
         pending = Pending(future, full, confirm.how, key, expected, deadline, timeout)
         with self._confirm_lock:
             self._confirmations.add(pending)
-        inner: Future[WriteResult] = Future()
+        inner: Future[WriteResult] = _WriteFuture()
 
         def published(done: Future[WriteResult]) -> None:
             exc = done.exception()
@@ -1324,7 +1364,7 @@ class Line(Events):
         with self._lock:
             messages = self._outputs.on_connect(self.core.stations, self.config)
         for message in messages:
-            future: Future[WriteResult] = Future()
+            future: Future[WriteResult] = _WriteFuture()
             future.add_done_callback(_log_on_connect_failure)
             try:
                 self._publish(future, message.tag, message.topic, message.payload)
@@ -1461,7 +1501,7 @@ class Line(Events):
         self, topic: str, payload: bytes, qos: int | None = None, retain: bool | None = None
     ) -> Future[WriteResult]:
         """Publish a message not tied to a tag (by default the line's QoS and retain)."""
-        future: Future[WriteResult] = Future()
+        future: Future[WriteResult] = _WriteFuture()
 
         def decide() -> None:
             problem = check_topic(topic)

@@ -401,3 +401,55 @@ def test_a_wake_up_made_while_the_loop_drains_its_wake_ups_is_not_lost() -> None
     finally:
         session._wake_r = real
         session.close()
+
+
+def test_the_write_future_has_the_fields_of_a_future() -> None:
+    """The write's future sets Future.__init__'s fields itself: the same names (a check that
+    the standard library's Future has not changed under it)."""
+    from kom._line import _WriteFuture
+
+    assert sorted(vars(_WriteFuture())) == sorted(vars(Future()))
+    assert isinstance(_WriteFuture(), Future)
+
+
+def test_the_write_future_behaves_as_a_future_across_threads() -> None:
+    """Waiting in another thread (result, exception, wait, as_completed), callbacks, cancelling
+    and time-outs work on the write's future as on concurrent.futures.Future."""
+    from concurrent.futures import FIRST_COMPLETED, CancelledError, as_completed
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from kom._line import _WriteFuture
+
+    result = WriteResult("s.t", "a/b", 1, 7)
+    ok, failed, left, third = _WriteFuture(), _WriteFuture(), _WriteFuture(), _WriteFuture()
+    seen: list[str] = []
+    got: dict[str, object] = {}
+
+    def waiter() -> None:
+        got["result"] = ok.result(timeout=30)
+        got["exception"] = failed.exception(timeout=30)
+        got["waited"] = wait([third], timeout=30).done == {third}
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    ok.add_done_callback(lambda f: seen.append("ok"))
+    time.sleep(0.05)  # let the thread wait inside result() (not a timed assertion)
+    ok.set_result(result)
+    error = WriteError("s.t: broker refused", "s.t", "rejected")
+    failed.set_exception(error)
+    time.sleep(0.05)  # let the thread wait inside wait() (not a timed assertion)
+    third.set_result(result)
+    thread.join(30)
+    assert got == {"result": result, "exception": error, "waited": True}
+    assert seen == ["ok"]
+    done, pending = wait([ok, left], timeout=30, return_when=FIRST_COMPLETED)
+    assert done == {ok}
+    assert pending == {left}
+    assert set(as_completed([ok, failed], timeout=30)) == {ok, failed}
+    with pytest.raises(FutureTimeout):
+        left.result(timeout=0)
+    assert left.cancel()
+    with pytest.raises(CancelledError):
+        left.result()
+    left.add_done_callback(lambda f: seen.append("left"))  # done already: runs at once
+    assert seen == ["ok", "left"]
