@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import PENDING as _PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -99,6 +99,9 @@ class WriteResult:
     response: bytes | None = None
 
 
+_DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+
+
 class _Condition(threading.Condition):
     """A Condition over a C RLock, made without the five bound methods a Condition stores
     per instance: the same behaviour, made in about half the time, and six objects fewer for
@@ -130,11 +133,26 @@ class _WriteFuture(Future[WriteResult]):
 
     def __init__(self) -> None:  # Future.__init__'s fields, set here (it is not called)
         self._condition = _Condition()
-        self._state = _PENDING
+        self._state = PENDING
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[Future[WriteResult]], object]] = []
+
+    def set_result(self, result: WriteResult) -> None:
+        """Future.set_result, with its lock taken directly, and no notification when no
+        thread waits in result() or exception() (once per write)."""
+        condition = self._condition
+        with condition._lock:  # type: ignore[attr-defined]
+            if self._state in _DONE:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = FINISHED
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            if condition._waiters:  # type: ignore[attr-defined]
+                condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 class _Outgoing(NamedTuple):
@@ -228,6 +246,7 @@ class Line(Events):
         # The line's thread is running (set before it starts, cleared as it ends): writes
         # asked for meanwhile are decided there.
         self._running = False
+        self._ident: int | None = None  # the line's thread, while it runs
         self._outbox = Outbox(config.outbox, config.name) if config.outbox else None
         # Outbox rows by packet id, kept apart from futures: a write that timed out for its
         # caller may still complete later, and only then may its row go.
@@ -339,6 +358,7 @@ class Line(Events):
         self.state = to
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         try:
             self._run_line()
         finally:
@@ -1157,7 +1177,7 @@ class Line(Events):
         if self._closed.is_set():
             _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
             return
-        if not self._running or self._thread is threading.current_thread():
+        if not self._running or self._ident == threading.get_ident():
             self._asked.append((future, full, decide))
             self._decide_writes()
             return
@@ -1261,11 +1281,18 @@ class Line(Events):
         problem = _topic_problem(topic)
         if problem:
             raise WriteError(f"{full}: {problem}", full, "topic")
-        changes = only_changes(tag, self.config)
-        if (changes or on_connect(tag, self.config)) and not self._remember(
-            future, OutputMessage(full, topic, payload), changes
-        ):
-            return
+        cfg = self.config
+        own = tag.publish
+        if (
+            cfg.publish_only_changes
+            or cfg.publish_on_connect
+            or (own is not None and (own.only_changes or own.on_connect))
+        ):  # a publishing option applies (else neither function can say yes)
+            changes = only_changes(tag, cfg)
+            if (changes or on_connect(tag, cfg)) and not self._remember(
+                future, OutputMessage(full, topic, payload), changes
+            ):
+                return
         properties: dict[str, object] | None = None
         if tag.user_properties:
             properties = {"user_property": tag.user_properties}
