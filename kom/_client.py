@@ -27,7 +27,7 @@ import attrs
 from ._config import Config, Endpoint, LineConfig, load
 from ._core import Counters
 from ._errors import KomError, WriteError
-from ._line import Batch, Line, WriteResult, _utcnow
+from ._line import Batch, Line, WriteResult, _utcnow, _WriteFuture
 from ._model import Update
 
 log = logging.getLogger("kom")
@@ -308,12 +308,15 @@ class Kom:
         return future
 
     def _count_write(self, line: str, future: Future[WriteResult]) -> None:
-        try:
-            exc = future.exception()
-        except CancelledError:
-            outcome = "cancelled"
+        if isinstance(future, _WriteFuture):
+            outcome = future.outcome()
         else:
-            outcome = "completed" if exc is None else getattr(exc, "reason", None) or "error"
+            try:
+                exc = future.exception()
+            except CancelledError:
+                outcome = "cancelled"
+            else:
+                outcome = "completed" if exc is None else getattr(exc, "reason", None) or "error"
         with self._outcomes_lock:
             self.write_outcomes[line, outcome] += 1
 

@@ -139,6 +139,15 @@ class _WriteFuture(Future[WriteResult]):
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[Future[WriteResult]], object]] = []
 
+    def outcome(self) -> str:
+        """What became of the write once done: "completed", "cancelled", or the reason of its
+        WriteError ("error" for another exception). Read without the lock: a future that is
+        done does not change any more."""
+        if self._state == FINISHED:
+            exc = self._exception
+            return "completed" if exc is None else getattr(exc, "reason", None) or "error"
+        return "cancelled"
+
     def set_result(self, result: WriteResult) -> None:
         """Future.set_result, with its lock taken directly, and no notification when no
         thread waits in result() or exception() (once per write)."""

@@ -105,6 +105,12 @@ def _fill_value(template: _Template, value: Value) -> str:
 
 
 def _text(value: Value, fmt: str | None, in_json: bool) -> str:
+    if fmt is None or fmt == "raw":  # the usual: a number as its text, as below, sooner
+        kind = type(value)
+        if kind is int:
+            return str(value)
+        if kind is float:
+            return repr(value)
     if fmt == "int":
         if isinstance(value, bool):
             return "1" if value else "0"

@@ -453,3 +453,20 @@ def test_the_write_future_behaves_as_a_future_across_threads() -> None:
         left.result()
     left.add_done_callback(lambda f: seen.append("left"))  # done already: runs at once
     assert seen == ["ok", "left"]
+
+
+def test_the_write_future_names_its_outcome() -> None:
+    """What the host's write counters read (kom_writes_total by outcome)."""
+    from kom._line import _WriteFuture
+
+    done, refused, broken, cancelled = (_WriteFuture() for _ in range(4))
+    done.set_result(WriteResult("s.t", "a/b", 1, 7))
+    refused.set_exception(WriteError("s.t: broker refused", "s.t", "rejected"))
+    broken.set_exception(RuntimeError("a bug"))
+    assert cancelled.cancel()
+    assert [f.outcome() for f in (done, refused, broken, cancelled)] == [
+        "completed",
+        "rejected",
+        "error",
+        "cancelled",
+    ]

@@ -346,7 +346,16 @@ class Connection:
                 self._heads.clear()
             self._heads[topic] = known
         raw, head = known
-        mid = self._packet_id()
+        mid = self._next_id % 65535 + 1
+        if (
+            mid in self._flights
+            or mid in self._requests
+            or mid in self._held_ids
+            or mid in self._retired_ids
+        ):
+            mid = self._packet_id()  # looks further
+        else:
+            self._next_id = mid
         # §3.3: what encode_publish makes, without a Publish per message.
         tail = b""
         if self.v5:
@@ -366,7 +375,12 @@ class Connection:
             self._check_size(data)
         self._flights[mid] = flight = _Out(data, raw, payload, qos, retain, properties)
         if self.state is State.CONNECTED and self._sending < self.server_receive_maximum:
-            self._send_flight(mid, flight)
+            # _send_flight for a message not sent before (no DUP)
+            self._out.append(data)
+            flight.state = "sent"
+            flight.sent = True
+            self._sending += 1
+            self._suspect = mid if qos == 2 else 0
         else:
             self._waiting.append(mid)
         return mid
@@ -726,12 +740,18 @@ class Connection:
                 raise ProtocolError(f"{type(packet).__name__.upper()} before CONNACK")
             return self._connack(packet)  # type: ignore[arg-type]
         if kind is Puback:  # the most frequent answer (every QoS 1 write): straight on
-            return self._flight_answer(
-                PUBACK,
-                packet.packet_id,  # type: ignore[union-attr]
-                packet.code,  # type: ignore[union-attr]
-                packet.properties,  # type: ignore[union-attr]
-            )
+            ack: Puback = packet  # type: ignore[assignment]
+            flight = self._flights.get(ack.packet_id)
+            if (
+                flight is not None
+                and flight.qos == 1
+                and flight.state == "sent"
+                and not ack.code
+                and not ack.properties
+            ):  # a QoS 1 write done (what _flight_answer would say, sooner)
+                self._finish(ack.packet_id)
+                return PublishCompleted(ack.packet_id, True, _SUCCESS, 0)
+            return self._flight_answer(PUBACK, ack.packet_id, ack.code, ack.properties)
         if kind is Connack:
             raise ProtocolError("a second CONNACK")
         if kind is Pingresp:
