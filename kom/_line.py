@@ -164,6 +164,11 @@ class _WriteFuture(Future[WriteResult]):
         self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
+#: A write asked for, to decide on the line's thread: (future, full tag name, the function
+#: that decides it or None for a tag's write, then that write's station, tag and value).
+_Asked = tuple[Future[WriteResult], str, Callable[[], None] | None, str, str, object]
+
+
 class _Outgoing(NamedTuple):
     """A write waiting for the line's thread to publish it, then for its completion."""
 
@@ -240,7 +245,7 @@ class Line(Events):
         self._writes: dict[int, _Outgoing] = {}  # published, by packet id
         # Writes asked for by any thread, decided on the line's thread (a station's output
         # values and groups are the line's): (future, full tag name, decision).
-        self._asked: deque[tuple[Future[WriteResult], str, Callable[[], None]]] = deque()
+        self._asked: deque[_Asked] = deque()
         # Writes decided, for the line's thread to publish: a burst of writes goes out in
         # one system call.
         self._outgoing: deque[_Outgoing] = deque()
@@ -326,7 +331,7 @@ class Line(Events):
             self._writes.clear()
             pending += [(w.future, w.tag) for w in self._take_outgoing()]
             while self._asked:
-                future, full, _ = self._asked.popleft()
+                future, full, *_ = self._asked.popleft()
                 pending.append((future, full))
         with self._lock:
             if self._session is not None and (self._thread is None or not self._thread.is_alive()):
@@ -1174,6 +1179,15 @@ class Line(Events):
         """
         future: Future[WriteResult] = _WriteFuture()
         full = f"{station_name}.{tag_name}"
+        if (
+            self._running
+            and self._outbox is None
+            and self._ident != threading.get_ident()
+            and not self._closed.is_set()
+        ):  # the usual way of _ask, with the write's parts in place of a function to call
+            self._asked.append((future, full, None, station_name, tag_name, value))
+            self._poke()
+            return future
         self._ask(
             future,
             full,
@@ -1187,11 +1201,11 @@ class Line(Events):
             _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
             return
         if not self._running or self._ident == threading.get_ident():
-            self._asked.append((future, full, decide))
+            self._asked.append((future, full, decide, "", "", None))
             self._decide_writes()
             return
         if self._outbox is None:
-            self._asked.append((future, full, decide))
+            self._asked.append((future, full, decide, "", "", None))
             self._poke()
             return
         # With an outbox, write() returns once the write's row is committed (decided on the
@@ -1204,7 +1218,7 @@ class Line(Events):
             finally:
                 decided.set()
 
-        self._asked.append((future, full, decide_and_tell))
+        self._asked.append((future, full, decide_and_tell, "", "", None))
         self._poke()
         decided.wait(max(self.config.reply_timeout, 5.0))
 
@@ -1213,11 +1227,14 @@ class Line(Events):
         asked = self._asked
         while asked:
             try:
-                future, full, decide = asked.popleft()
+                future, full, decide, station_name, tag_name, value = asked.popleft()
             except IndexError:  # another thread took it (a line not running)
                 break
             try:
-                decide()
+                if decide is None:  # a tag's write (see write)
+                    self._write(future, station_name, tag_name, full, value)
+                else:
+                    decide()
             except WriteError as exc:
                 _fail(future, exc)
             except AckError as exc:
