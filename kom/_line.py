@@ -100,6 +100,7 @@ class WriteResult:
 
 
 _DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+_FUTURES_LOG = logging.getLogger("concurrent.futures")  # where Future logs a callback's error
 
 
 class _Condition(threading.Condition):
@@ -147,6 +148,17 @@ class _WriteFuture(Future[WriteResult]):
             exc = self._exception
             return "completed" if exc is None else getattr(exc, "reason", None) or "error"
         return "cancelled"
+
+    def add_done_callback(self, fn: Callable[[Future[WriteResult]], object]) -> None:
+        """Future.add_done_callback, with its lock taken directly (once per write)."""
+        with self._condition._lock:  # type: ignore[attr-defined]
+            if self._state not in _DONE:
+                self._done_callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _FUTURES_LOG.exception("exception calling callback for %r", self)
 
     def set_result(self, result: WriteResult) -> None:
         """Future.set_result, with its lock taken directly, and no notification when no

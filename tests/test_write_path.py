@@ -470,3 +470,21 @@ def test_the_write_future_names_its_outcome() -> None:
         "error",
         "cancelled",
     ]
+
+
+def test_a_failing_callback_of_a_done_write_future_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As Future does: a callback added once the future is done runs at once, and its error
+    is logged, not raised to whoever added it."""
+    from kom._line import _WriteFuture
+
+    future = _WriteFuture()
+    future.set_result(WriteResult("s.t", "a/b", 1, 7))
+
+    def broken(done: Future[WriteResult]) -> None:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level("ERROR", logger="concurrent.futures"):
+        future.add_done_callback(broken)
+    assert "exception calling callback" in caplog.text
