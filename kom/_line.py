@@ -198,6 +198,11 @@ class _Outgoing(NamedTuple):
 
 _NEVER = float("inf")
 
+#: Writes the line's loop decides in a pass before publishing them and reading the broker's
+#: answers: writes fired at once start going out after the first few hundred are decided,
+#: not after all of them (5,000 fired at once: 20,000 -> 34,000-44,000 writes/s).
+DECIDE_BURST = 256
+
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
 #: the line's queue (the broker's Receive Maximum may bound them further, in the session).
 WINDOW = 1000
@@ -657,12 +662,12 @@ class Line(Events):
                 continue
             paused = False
             if self._asked:
-                self._decide_writes()
+                self._decide_writes(DECIDE_BURST)
             if self._filters_changed:
                 with self._lock:
                     self._filters_changed = False
                     self._subscribe(session, True)
-            busy = self._batch or (self._outgoing and len(self._writes) < WINDOW)
+            busy = self._batch or self._asked or (self._outgoing and len(self._writes) < WINDOW)
             alive = session.loop(0.0 if busy else 0.05)
             self._flush()
             self._send_outgoing(session)
@@ -1234,10 +1239,16 @@ class Line(Events):
         self._poke()
         decided.wait(max(self.config.reply_timeout, 5.0))
 
-    def _decide_writes(self) -> None:
-        """Decide the writes asked for so far, in order, then publish them."""
+    def _decide_writes(self, most: int | None = None) -> None:
+        """Decide the writes asked for so far (`most` of them at most), in order, then
+        publish them.
+
+        Only those asked for when it starts: writes keep coming while it runs (another
+        thread fires them), and the decided ones should go out meanwhile, not after the last.
+        """
         asked = self._asked
-        while asked:
+        count = len(asked) if most is None else min(len(asked), most)
+        for _ in range(count):
             try:
                 future, full, decide, station_name, tag_name, value = asked.popleft()
             except IndexError:  # another thread took it (a line not running)

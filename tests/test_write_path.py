@@ -488,3 +488,23 @@ def test_a_failing_callback_of_a_done_write_future_is_logged(
     with caplog.at_level("ERROR", logger="concurrent.futures"):
         future.add_done_callback(broken)
     assert "exception calling callback" in caplog.text
+
+
+def test_the_line_decides_writes_a_burst_at_a_time() -> None:
+    """The line's loop decides at most a burst of the writes asked for, in order, and leaves
+    the rest asked for its next pass (the decided ones are published in between)."""
+    from kom._line import Line
+
+    cfg = _config("b", "127.0.0.1:1")
+    line = Line(cfg.lines[0], cfg.stations_of(cfg.lines[0].name), lambda batch: None)
+    futures = [line.write("o", "cmd", i) for i in range(3)]  # not running: decided at once
+    assert all(f.done() for f in futures)  # failed: no session (not connected)
+    line._running = True  # as if the line's thread ran: writes now wait to be decided
+    line._ident = -1
+    futures = [line.write("o", "cmd", i) for i in range(3)]
+    assert not any(f.done() for f in futures)
+    line._decide_writes(2)
+    assert [f.done() for f in futures] == [True, True, False]
+    assert [entry[0] for entry in line._asked] == [futures[2]]
+    line._decide_writes()
+    assert futures[2].done()
