@@ -200,7 +200,7 @@ _NEVER = float("inf")
 
 #: Writes the line's loop decides in a pass before publishing them and reading the broker's
 #: answers: writes fired at once start going out after the first few hundred are decided,
-#: not after all of them (5,000 fired at once: 20,000 -> 34,000-44,000 writes/s).
+#: not after all of them (5,000 fired at once, single runs: about 20,000 -> 36,000 writes/s).
 DECIDE_BURST = 256
 
 #: Writes a line keeps in flight at once (published, completion not yet in); more wait in
@@ -261,7 +261,7 @@ class Line(Events):
         self._writes_lock = threading.Lock()
         self._writes: dict[int, _Outgoing] = {}  # published, by packet id
         # Writes asked for by any thread, decided on the line's thread (a station's output
-        # values and groups are the line's): (future, full tag name, decision).
+        # values and groups are the line's): see _Asked.
         self._asked: deque[_Asked] = deque()
         # Writes decided, for the line's thread to publish: a burst of writes goes out in
         # one system call.
