@@ -508,3 +508,32 @@ def test_the_line_decides_writes_a_burst_at_a_time() -> None:
     assert [entry[0] for entry in line._asked] == [futures[2]]
     line._decide_writes()
     assert futures[2].done()
+
+
+def test_the_write_futures_condition_waits_and_notifies_as_a_condition() -> None:
+    """The condition that is its own lock: wait times out, notify wakes a waiter, and both
+    refuse to run without the lock held, as threading.Condition's do."""
+    from kom._line import _Condition
+
+    condition = _Condition()
+    with pytest.raises(RuntimeError):
+        condition.notify_all()
+    with condition, condition:  # re-entrant, as the RLock under a Condition
+        assert condition.wait(0) is False
+    woken: list[bool] = []
+
+    def waiter() -> None:
+        with condition:
+            woken.append(condition.wait_for(lambda: bool(woken) or True, timeout=30))
+            woken.append(condition.wait(30))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    while True:  # wait until the thread waits (no timed assertion: only polling)
+        with condition:
+            if condition._waiters:
+                condition.notify_all()
+                break
+        time.sleep(0.01)
+    thread.join(30)
+    assert woken == [True, True]
