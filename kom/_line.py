@@ -178,18 +178,21 @@ _Asked = tuple[Future[WriteResult], str, Callable[[], None] | None, str, str, ob
 
 
 class _Outgoing(NamedTuple):
-    """A write waiting for the line's thread to publish it, then for its completion."""
+    """A write waiting for the line's thread to publish it, then for its completion.
 
-    future: Future[WriteResult]
-    tag: str
+    Its first five fields are the message as `Session.publish_many` takes it.
+    """
+
     topic: str
     payload: bytes
     qos: int
     retain: bool
+    #: MQTT 5 PUBLISH properties (a tag's user_properties), None without.
+    properties: dict[str, object] | None
+    future: Future[WriteResult]
+    tag: str
     deadline: float | None
     outbox_id: int | None
-    #: MQTT 5 PUBLISH properties (a tag's user_properties), None without.
-    properties: dict[str, object] | None = None
 
 
 _NEVER = float("inf")
@@ -1482,7 +1485,7 @@ class Line(Events):
             # Committed before the session sees it: a crash from here on loses nothing.
             outbox_id = outbox.add(full, topic, payload, qos, retain)
         write = _Outgoing(
-            future, full, topic, payload, qos, retain, deadline, outbox_id, properties
+            topic, payload, qos, retain, properties, future, full, deadline, outbox_id
         )
         with self._writes_lock:
             # Published by _send_outgoing, on the line's thread, after the writes before it,
@@ -1519,9 +1522,7 @@ class Line(Events):
             return
         sent: Sequence[int | Exception]
         try:
-            sent = session.publish_many(
-                [(w.topic, w.payload, w.qos, w.retain, w.properties) for w in writes]
-            )
+            sent = session.publish_many(writes)  # each write begins with its message
         except Exception as exc:  # a write's caller always learns the outcome
             sent = [exc] * len(writes)
         refused: list[tuple[_Outgoing, Exception]] = []

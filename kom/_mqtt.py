@@ -624,10 +624,9 @@ class Session:
         publish = self._publish
         v5 = self._v5
         for message in messages:
-            topic, payload, qos, retain = message[:4]
             properties = message[4] if v5 and len(message) > 4 else None
             try:
-                out.append(publish(topic, payload, qos, retain, properties))
+                out.append(publish(message[0], message[1], message[2], message[3], properties))
             except LineError as exc:
                 out.append(exc)
         self._flush_quietly()

@@ -249,7 +249,7 @@ def test_a_queued_write_past_its_deadline_fails_with_timeout() -> None:
     now = time.monotonic()
     futures: list[Future[WriteResult]] = [Future() for _ in range(3)]
     for future, deadline in zip(futures, (now - 1, now + 5, None), strict=True):
-        line._outgoing.append(_Outgoing(future, "o.cmd", "t", b"x", 1, False, deadline, None))
+        line._outgoing.append(_Outgoing("t", b"x", 1, False, None, future, "o.cmd", deadline, None))
     line._next_expiry = now - 1  # the earliest deadline, as _publish notes it
     line._expire_writes(now)
     with pytest.raises(WriteError) as failed:
