@@ -29,6 +29,8 @@ from ._workload import line_block
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 10_000
+#: Issue 13: writes with completion >= 3x paho's publish + on_publish, in the same run.
+PAHO_GOAL = 3.0
 TOPIC = "devices/dev0001/messages/devicebound/"
 PAYLOAD = '{"Operation":"SetOutputs","Outputs":[{"ID":1,"Action":{value}}]}'
 INFLIGHT = 1000  # kom's Session sets paho's max_inflight_messages to this
@@ -211,6 +213,7 @@ def run(settings: Settings) -> Report:
                 )
     value, spread = median_spread(rates["kom"])
     base = median_spread(rates["paho"])[0]
+    hung_display = "HUNG (no completion)" if not any(rates["kom"]) else None
     report.rows.append(
         Row(
             "QoS 1 writes, futures completed on PUBACK",
@@ -218,10 +221,21 @@ def run(settings: Settings) -> Report:
             "writes/s",
             f"paho publish + on_publish, inflight {INFLIGHT}",
             base,
-            f">= {GOAL:,} writes/s",
-            value >= GOAL,
+            f">= {PAHO_GOAL:g}x paho",
+            value >= PAHO_GOAL * base,
             spread,
-            display="HUNG (no completion)" if not any(rates["kom"]) else None,
+            display=hung_display,
+        )
+    )
+    report.rows.append(
+        Row(
+            "QoS 1 writes, futures completed on PUBACK (absolute)",
+            value,
+            "writes/s",
+            goal=f">= {GOAL:,} writes/s",
+            met=value >= GOAL,
+            spread=spread,
+            display=hung_display,
         )
     )
     value, spread = median_spread(rates["kom-seq"])
@@ -234,6 +248,12 @@ def run(settings: Settings) -> Report:
             median_spread(rates["paho-seq"])[0],
             spread=spread,
         )
+    )
+    pairs = [
+        f"{k / p:.2f}x" if p else "-" for k, p in zip(rates["kom"], rates["paho"], strict=False)
+    ]
+    report.notes.append(
+        "kom / paho by run (each run measures both, one after the other): " + ", ".join(pairs)
     )
     report.notes.append(
         f"one at a time: {count // 5:,} writes, each future awaited before the next write "

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ import attrs
 from ._config import Config, Endpoint, LineConfig, load
 from ._core import Counters
 from ._errors import KomError, WriteError
-from ._line import Batch, Line, WriteResult, _utcnow
+from ._line import Batch, Line, WriteResult, _utcnow, _WriteFuture
 from ._model import Update
 
 log = logging.getLogger("kom")
@@ -114,6 +114,8 @@ class Kom:
         #: Completed writes by (line, outcome): "completed" or the WriteError's reason.
         self.write_outcomes: Counter[tuple[str, str]] = Counter()
         self._outcomes_lock = threading.Lock()
+        # Each line's outcome counter, made once (a write's future is given it when done).
+        self._counters: dict[Line, Callable[[Future[WriteResult]], None]] = {}
         self.lines: dict[str, Line] = {}
         for line in config.lines:
             self.lines[line.name] = Line(line, config.stations_of(line.name), self._deliver, clock)
@@ -367,15 +369,22 @@ class Kom:
             self._count_write("", future)
             return future
         future = line.write(station, name, value)
-        future.add_done_callback(functools.partial(self._count_write, line.name))
+        count = self._counters.get(line)
+        if count is None:
+            count = self._counters[line] = functools.partial(self._count_write, line.name)
+        future.add_done_callback(count)
         return future
 
     def _count_write(self, line: str, future: Future[WriteResult]) -> None:
-        if future.cancelled():
-            outcome = "cancelled"
+        if isinstance(future, _WriteFuture):
+            outcome = future.outcome()
         else:
-            exc = future.exception()
-            outcome = "completed" if exc is None else getattr(exc, "reason", None) or "error"
+            try:
+                exc = future.exception()
+            except CancelledError:
+                outcome = "cancelled"
+            else:
+                outcome = "completed" if exc is None else getattr(exc, "reason", None) or "error"
         with self._outcomes_lock:
             self.write_outcomes[line, outcome] += 1
 

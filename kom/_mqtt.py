@@ -644,19 +644,18 @@ class Session:
         self._flush_quietly()
         return mid
 
-    def publish_many(
-        self, messages: Sequence[tuple[Any, ...]], own_thread: bool = True
-    ) -> list[int | LineError]:
+    def publish_many(self, messages: Sequence[tuple[Any, ...]]) -> list[int | LineError]:
         """PUBLISH several messages (topic, payload, qos, retain[, MQTT 5 properties]),
         written together after the last: the id of each, or why not. QoS 1/2 messages made
         while disconnected wait in the session and go out after the next CONNACK. Properties
         are dropped on a 3.1.1 connection."""
         out: list[int | LineError] = []
+        publish = self._publish
+        v5 = self._v5
         for message in messages:
-            topic, payload, qos, retain = message[:4]
-            properties = message[4] if len(message) > 4 and self._v5 else None
+            properties = message[4] if v5 and len(message) > 4 else None
             try:
-                out.append(self._publish(topic, payload, qos, retain, properties))
+                out.append(publish(message[0], message[1], message[2], message[3], properties))
             except LineError as exc:
                 out.append(exc)
         self._flush_quietly()
@@ -670,16 +669,15 @@ class Session:
         retain: bool,
         properties: dict[str, Any] | None = None,
     ) -> int:
-        name = self.line.name
         if not topic or "+" in topic or "#" in topic:
             why = "a wildcard" if topic else "an empty topic"
-            raise LineError(f"PUBLISH refused: topic {topic!r} has {why}", name)
+            raise LineError(f"PUBLISH refused: topic {topic!r} has {why}", self.line.name)
         if qos == 0 and not self.connected:
-            raise LineError("PUBLISH failed: not connected", name)
+            raise LineError("PUBLISH failed: not connected", self.line.name)
         try:
             mid = self._conn.publish(topic, payload, qos, retain, properties)
         except (mqtt.MQTTError, ValueError) as exc:
-            raise LineError(f"PUBLISH refused: {exc}", name) from exc
+            raise LineError(f"PUBLISH refused: {exc}", self.line.name) from exc
         if qos == 0:
             mid = self._next_q0
             self._next_q0 = mid + 1 if mid < 0x7FFF_FFFF else _QOS0_IDS

@@ -27,16 +27,23 @@ def render(
     Raises WriteError for a group with no value yet, or a placeholder that leaves an empty
     topic level (reason `topic`).
     """
+    topic_template = _template(publish.topic)
+    payload_template = _template(publish.payload)
+    if (
+        not topic_template.fields
+        and payload_template.value_only
+        and (not groups or groups.get("value") is None)
+    ):
+        # The usual output: a fixed topic, and the value the payload's only placeholder.
+        return topic_template.literals[0], _fill_value(payload_template, value).encode("utf-8")
     full = f"{station}.{tag}"
     names: dict[str, Value] = {"value": value, "tag": tag, "station": station}
     if groups:
         names.update({k: v for k, v in groups.items() if v is not None})
-    topic_template = _template(publish.topic)
     topic = _fill(topic_template, names, False, full, "topic")
     # SPEC §6: a placeholder may not leave an empty level; the template's own are kept.
     if topic.split("/").count("") > topic_template.empty_levels:
         raise WriteError(f"{full}: a placeholder leaves an empty level in {topic!r}", full, "topic")
-    payload_template = _template(publish.payload)
     payload = _fill(payload_template, names, payload_template.json, full, "rejected")
     return topic, payload.encode("utf-8")
 
@@ -51,6 +58,8 @@ class _Template(NamedTuple):
     json: bool
     #: Empty topic levels of the template itself (only new ones are refused).
     empty_levels: int
+    #: Every placeholder is `{value}` (with or without a format).
+    value_only: bool
 
 
 @functools.lru_cache(maxsize=4096)
@@ -63,6 +72,7 @@ def _template(text: str) -> _Template:
         fields,
         "".join(literals).lstrip()[:1] in ("{", "["),
         text.split("/").count(""),
+        all(name == "value" for name, _ in fields),
     )
 
 
@@ -81,7 +91,26 @@ def _fill(
     return "".join(out)
 
 
+def _fill_value(template: _Template, value: Value) -> str:
+    """`_fill` for a template whose placeholders are all `{value}`."""
+    literals = template.literals
+    in_json = template.json
+    if len(literals) == 2:
+        return literals[0] + _text(value, template.fields[0][1], in_json) + literals[1]
+    out = [literals[0]]
+    for (_, fmt), literal in zip(template.fields, literals[1:], strict=True):
+        out.append(_text(value, fmt, in_json))
+        out.append(literal)
+    return "".join(out)
+
+
 def _text(value: Value, fmt: str | None, in_json: bool) -> str:
+    if fmt is None or fmt == "raw":  # the usual: a number as its text, as below, sooner
+        kind = type(value)
+        if kind is int:
+            return str(value)
+        if kind is float:
+            return repr(value)
     if fmt == "int":
         if isinstance(value, bool):
             return "1" if value else "0"

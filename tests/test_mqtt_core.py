@@ -171,6 +171,34 @@ def test_qos1_write_completes_on_puback() -> None:
     assert conn.in_flight == 0
 
 
+_TOPICS = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="+#\x00"),
+    min_size=1,
+    max_size=200,
+)
+
+
+@pytest.mark.parametrize("v5", [False, True])
+@pytest.mark.parametrize("as_bytes", [False, True])
+@given(data=st.data())
+def test_a_qos12_publish_is_encoded_as_encode_publish_would(
+    v5: bool, as_bytes: bool, data: st.DataObject
+) -> None:
+    """The connection builds QoS 1/2 PUBLISHes itself (a tag's topic bytes kept): byte for
+    byte what `encode_publish` makes of the same packet, on its first use and later ones."""
+    qos = data.draw(st.sampled_from([1, 2]))
+    retain = data.draw(st.booleans())
+    topic = data.draw(_TOPICS)
+    payload = data.draw(st.binary(max_size=20_000))
+    props = data.draw(properties("PUBLISH").filter(lambda p: "topic_alias" not in p))
+    conn = connected(v5)
+    raw = topic.encode()
+    for _ in range(2):
+        mid = conn.publish(raw if as_bytes else topic, payload, qos, retain, props or None)
+        packet = mqtt.Publish(raw, payload, qos, retain, False, mid, props if v5 else {})
+        assert conn.data_to_send() == mqtt.encode(packet, v5)
+
+
 def test_qos2_write_goes_through_pubrec_pubrel_pubcomp() -> None:
     """A QoS 2 PUBLISH: PUBREC is answered with PUBREL, PUBCOMP completes it."""
     conn = connected()

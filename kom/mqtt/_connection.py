@@ -37,7 +37,11 @@ from ._packets import (
     Disconnect,
     Packet,
     Pingresp,
+    Puback,
+    Pubcomp,
     Publish,
+    Pubrec,
+    Pubrel,
     Suback,
     Subscribe,
     Subscription,
@@ -47,7 +51,7 @@ from ._packets import (
     encode,
     encode_publish,
 )
-from ._properties import Properties, decode_properties
+from ._properties import Properties, decode_properties, encode_properties, encode_varint
 from ._reasons import UNSUPPORTED_VERSION, is_failure, reason_name
 
 
@@ -154,15 +158,37 @@ new = tuple.__new__
 class _Out:
     """An outgoing QoS 1/2 PUBLISH in the session: its bytes and where its flow stands."""
 
-    __slots__ = ("data", "packet", "qos", "sent", "state")
+    __slots__ = ("data", "payload", "properties", "qos", "retain", "sent", "state", "topic")
 
-    def __init__(self, data: bytes, packet: Publish) -> None:
+    def __init__(  # noqa: PLR0917 - one per write: positional arguments are cheaper
+        self,
+        data: bytes,
+        topic: bytes,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties | None,
+    ) -> None:
         self.data = data
-        self.packet = packet  # to encode again if the protocol version changes
-        self.qos = packet.qos
+        # What it was made of, to encode it again if the protocol version changes.
+        self.topic = topic
+        self.payload = payload
+        self.properties = properties
+        self.qos = qos
+        self.retain = retain
         self.state = "queued"  # queued -> sent -> (QoS 2) released
         self.sent = False  # sent on some connection (a resend carries DUP)
 
+    def packet(self, mid: int) -> Publish:
+        return Publish(
+            self.topic, self.payload, self.qos, self.retain, False, mid, self.properties or {}
+        )
+
+
+#: The first byte of a QoS 1/2 PUBLISH, by `qos << 1 | retain`.
+_FIRST = [bytes(((PUBLISH << 4) | i,)) for i in range(6)]
+#: Topics whose encoded bytes a connection keeps (emptied when full).
+_HEADS = 1024
 
 _PUBACK_HEAD = b"\x40\x02"  # MQTT 3.1.1 §3.4; in MQTT 5 a remaining length of 2 means code 0
 _PUBREC_HEAD = b"\x50\x02"
@@ -204,6 +230,8 @@ class Connection:
         self._skip = 0  # bytes of an oversize PUBLISH still to drop
         self._out: list[bytes] = []
         self._next_id = 0
+        # topic -> its bytes, and them after their length (§1.5.3)
+        self._heads: dict[str | bytes, tuple[bytes, bytes]] = {}
         self._flights: dict[int, _Out] = {}  # outgoing QoS 1/2, by packet id (session state)
         self._sending = 0  # flights sent and not finished (bounded by the broker's maximum)
         self._waiting: deque[int] = deque()  # flights waiting for the send quota
@@ -304,23 +332,61 @@ class Connection:
         QoS 1/2 messages join the session: sent now if connected and the broker's Receive
         Maximum leaves room, otherwise when it does. QoS 0 needs a connection.
         """
-        raw = topic.encode() if isinstance(topic, str) else topic
-        self._check_allowed(qos, retain)
-        if qos == 0:
+        if qos > self.server_maximum_qos or (retain and not self.server_retain_available):
+            self._check_allowed(qos, retain)
+        if qos not in (1, 2):
+            raw = topic.encode() if isinstance(topic, str) else topic
             self._require("QoS 0 PUBLISH", State.CONNECTED)
             data = encode_publish(
-                Publish(raw, payload, 0, retain, False, 0, properties or {}), self.v5
+                Publish(raw, payload, qos, retain, False, 0, properties or {}), self.v5
             )
             self._check_size(data)
             self._out.append(data)
             return 0
-        mid = self._packet_id()
-        packet = Publish(raw, payload, qos, retain, False, mid, properties or {})
-        data = encode_publish(packet, self.v5)
-        self._check_size(data)
-        self._flights[mid] = _Out(data, packet)
+        # Every write of a tag goes to the same topic: its bytes and length are kept.
+        known = self._heads.get(topic)
+        if known is None:
+            raw = topic.encode() if isinstance(topic, str) else topic
+            known = (raw, len(raw).to_bytes(2, "big") + raw)
+            if len(self._heads) >= _HEADS:
+                self._heads.clear()
+            self._heads[topic] = known
+        raw, head = known
+        mid = self._next_id % 65535 + 1
+        if (
+            mid in self._flights
+            or mid in self._requests
+            or mid in self._held_ids
+            or mid in self._retired_ids
+        ):
+            mid = self._packet_id()  # looks further
+        else:
+            self._next_id = mid
+        # §3.3: what encode_publish makes, without a Publish per message.
+        tail = b""
+        if self.v5:
+            tail = encode_properties(properties, "PUBLISH") if properties else b"\x00"
+        length = len(head) + 2 + len(tail) + len(payload)
+        data = b"".join(
+            (
+                _FIRST[qos << 1 | retain],
+                bytes((length,)) if length < 0x80 else encode_varint(length),
+                head,
+                mid.to_bytes(2, "big"),
+                tail,
+                payload,
+            )
+        )
+        if len(data) > self.server_maximum_packet_size:
+            self._check_size(data)
+        self._flights[mid] = flight = _Out(data, raw, payload, qos, retain, properties)
         if self.state is State.CONNECTED and self._sending < self.server_receive_maximum:
-            self._send_flight(mid, self._flights[mid])
+            # _send_flight for a message not sent before (no DUP)
+            self._out.append(data)
+            flight.state = "sent"
+            flight.sent = True
+            self._sending += 1
+            self._suspect = mid if qos == 2 else 0
         else:
             self._waiting.append(mid)
         return mid
@@ -331,8 +397,8 @@ class Connection:
         self._require("a protocol change", State.DISCONNECTED)
         self.v5 = v5
         self._valid_first = _BROKER_FIRST_5 if v5 else _BROKER_FIRST_311
-        for flight in self._flights.values():
-            flight.data = encode_publish(flight.packet, v5)
+        for mid, flight in self._flights.items():
+            flight.data = encode_publish(flight.packet(mid), v5)
 
     def _check_allowed(self, qos: int, retain: bool) -> None:
         """MQTT 5 §3.2.2.3.4, §3.2.2.3.5: no PUBLISH above the broker's Maximum QoS, and none
@@ -762,6 +828,19 @@ class Connection:
             if kind is not Connack:
                 raise ProtocolError(f"{type(packet).__name__.upper()} before CONNACK")
             return self._connack(packet)  # type: ignore[arg-type]
+        if kind is Puback:  # the most frequent answer (every QoS 1 write): straight on
+            ack: Puback = packet  # type: ignore[assignment]
+            flight = self._flights.get(ack.packet_id)
+            if (
+                flight is not None
+                and flight.qos == 1
+                and flight.state == "sent"
+                and not ack.code
+                and not ack.properties
+            ):  # a QoS 1 write done (what _flight_answer would say, sooner)
+                self._finish(ack.packet_id)
+                return PublishCompleted(ack.packet_id, True, _SUCCESS, 0)
+            return self._flight_answer(PUBACK, ack.packet_id, ack.code, ack.properties)
         if kind is Connack:
             raise ProtocolError("a second CONNACK")
         if kind is Pingresp:
@@ -779,9 +858,7 @@ class Connection:
         if kind is Unsuback:
             self._request_done(mid, "UNSUBSCRIBE")
             return Unsubscribed(mid, packet.codes)  # type: ignore[union-attr]
-        number = {"Puback": PUBACK, "Pubrec": PUBREC, "Pubrel": PUBREL, "Pubcomp": PUBCOMP}.get(
-            kind.__name__
-        )
+        number = _ACK_NUMBERS.get(kind)
         if number == PUBREL:
             # Also for an exchange of an earlier connection (the broker resends PUBREL).
             self._incoming.discard(mid)
@@ -801,7 +878,7 @@ class Connection:
         if flight is None or flight.state == "queued":
             # An answer for nothing in flight: a late one from an earlier connection.
             return None
-        why = reason_name(code) + _reason_string(props)
+        why = _SUCCESS if code == 0 and not props else reason_name(code) + _reason_string(props)
         if number == PUBREC:
             if flight.qos != 2:
                 raise ProtocolError(f"PUBREC for QoS 1 message {mid}")
@@ -836,7 +913,8 @@ class Connection:
     def _finish(self, mid: int) -> None:
         del self._flights[mid]
         self._sending -= 1
-        self._send_waiting()
+        if self._waiting:
+            self._send_waiting()
 
     def _send_waiting(self) -> None:
         waiting = self._waiting
@@ -898,7 +976,7 @@ class Connection:
             if out is None or out.state == "released":
                 continue
             try:
-                self._check_allowed(out.qos, out.packet.retain)
+                self._check_allowed(out.qos, out.retain)
                 self._check_size(out.data)
             except (NotAllowed, PacketTooLarge) as exc:
                 del self._flights[mid]
@@ -909,6 +987,15 @@ class Connection:
             else:
                 self._waiting.append(mid)
         return tuple(failed)
+
+
+_ACK_NUMBERS: dict[type, int] = {
+    Puback: PUBACK,
+    Pubrec: PUBREC,
+    Pubrel: PUBREL,
+    Pubcomp: PUBCOMP,
+}
+_SUCCESS = reason_name(0)
 
 
 def _valid_firsts(v5: bool) -> bytes:

@@ -356,6 +356,8 @@ def _encode_connect(c: Connect, v5: bool) -> bytes:
 
 def decode(first: int, body: bytes, v5: bool) -> Packet:
     """The packet with fixed header byte `first` and remaining bytes `body`."""
+    if first == 0x40 and len(body) == 2:  # PUBACK, success (§3.4.2.1): every QoS 1 write's
+        return Puback((body[0] << 8) | body[1])
     kind = first >> 4
     flags = first & 0x0F
     end = len(body)
