@@ -5,8 +5,10 @@ The same pre-loaded QoS 1 drain as `historian`, with `SinkWriter([PostgresSink])
 callback (one binary COPY and COMMIT per batch before the messages are acknowledged),
 alternated run by run with `SinkWriter([SqliteSink])`. The baseline is the database's own
 ceiling: the drain's rows, decoded and encoded beforehand, sent with COPY in the dispatcher's
-batch sizes, one transaction each. It uses the machine's PostgreSQL on 127.0.0.1:5432 (user
-postgres, a database made for the run and dropped after) and says so when there is none.
+batch sizes, one transaction each, pipelined on two connections as the sink does (and, for
+reference, one batch at a time on one connection). It uses the machine's PostgreSQL on
+127.0.0.1:5432 (user postgres, a database made for the run and dropped after) and says so when
+there is none.
 """
 
 from __future__ import annotations
@@ -73,11 +75,21 @@ def sink_alone(url: str, table: str, pool: list[bytes], n: int) -> float:
     return rows / seconds
 
 
-def raw_copy(url: str, table: str, encoded: tuple[list[bytes], int, list[Update]]) -> float:
+def raw_copy(
+    url: str, table: str, encoded: tuple[list[bytes], int, list[Update]], connections: int = 2
+) -> float:
     """Rows/s of COPY alone: the encoded batches, one transaction each, into a fresh table of
     the sink's own layout (partitioned by day, indexed on tag and ts); only the COPYs (each
-    committed by the server before it answers) are timed."""
+    committed by the server before it answers) are timed.
+
+    With two `connections` (the baseline), as the sink does it: each batch's COPY and its end
+    are sent on one connection, and the previous batch's answer is read after the next batch
+    went out on the other, so one backend stores and commits while the other receives. With
+    one, each COPY waits for its answer before the next is sent.
+    """
     import psycopg
+
+    from kom._pgsink import _end_unread_class, _read_commit
 
     batches, rows, one_a_day = encoded
     maker = PostgresSink(f"{url}?table={table}")
@@ -85,14 +97,30 @@ def raw_copy(url: str, table: str, encoded: tuple[list[bytes], int, list[Update]
     maker.close()
     # Autocommit, as the sink: each COPY a transaction of its own, committed before the
     # server answers it (no BEGIN and COMMIT round trips of their own).
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {table}")
+    conns = [psycopg.connect(url, autocommit=True) for _ in range(connections)]
+    try:
+        conns[0].execute(f"TRUNCATE {table}")
         copy_sql = f"COPY {table} ({', '.join(_columns())}) FROM STDIN (FORMAT BINARY)"
+        end_unread = _end_unread_class()
+        outstanding: Any = None
         t0 = time.perf_counter()
-        for data in batches:
-            with conn.cursor() as cur, cur.copy(copy_sql) as stream:
+        for i, data in enumerate(batches):
+            conn = conns[i % connections]
+            if connections == 1:
+                with conn.cursor() as cur, cur.copy(copy_sql) as stream:
+                    stream.write(data)
+                continue
+            with conn.cursor() as cur, cur.copy(copy_sql, writer=end_unread(cur)) as stream:
                 stream.write(data)
+            if outstanding is not None:
+                _read_commit(outstanding)
+            outstanding = conn
+        if outstanding is not None:
+            _read_commit(outstanding)
         seconds = time.perf_counter() - t0
+    finally:
+        for conn in conns:
+            conn.close()
     return rows / seconds
 
 
@@ -157,6 +185,7 @@ def run(settings: Settings) -> Report:
     none_rates: list[float] = []
     row_bytes: list[float] = []
     copy_rates: list[float] = []
+    copy_one_rates: list[float] = []
     alone_rates: list[float] = []
     none_cpu: list[float] = []
     kom_cpu: list[float] = []
@@ -231,6 +260,11 @@ def run(settings: Settings) -> Report:
                 print(f"   [postgres] run {r + 1} no sink {fmt(nrate, 'msg/s'):>14}", flush=True)
                 copy_rates.append(raw_copy(url, f"copy{r}", encoded))
                 print(f"   [postgres] run {r + 1} raw COPY {fmt(copy_rates[-1], 'rows/s'):>14}")
+                copy_one_rates.append(raw_copy(url, f"copyone{r}", encoded, connections=1))
+                print(
+                    f"   [postgres] run {r + 1} raw COPY, one connection "
+                    f"{fmt(copy_one_rates[-1], 'rows/s'):>14}"
+                )
                 alone_rates.append(sink_alone(url, f"alone{r}", pool, n))
                 print(f"   [postgres] run {r + 1} sink alone {fmt(alone_rates[-1], 'rows/s'):>14}")
     finally:
@@ -264,14 +298,24 @@ def run(settings: Settings) -> Report:
             spread=(spread[0] * TAG_COUNT, spread[1] * TAG_COUNT),
         )
     )
+    copy_one_rows = median_spread(copy_one_rates)[0]
+    report.rows.append(
+        Row(
+            "QoS 1 drain into PostgreSQL beside one connection",
+            value,
+            "msg/s",
+            "raw COPY, one batch at a time",
+            copy_one_rows / TAG_COUNT,
+        )
+    )
     alone, alone_spread = median_spread(alone_rates)
     report.rows.append(
         Row(
             "PostgresSink.write alone (encode, COPY, COMMIT)",
             alone,
             "rows/s",
-            "raw COPY of the same rows",
-            copy_rows,
+            "raw COPY, one batch at a time",
+            copy_one_rows,
             spread=alone_spread,
         )
     )
@@ -328,13 +372,16 @@ def run(settings: Settings) -> Report:
     report.notes.append(
         "baseline raw COPY (median of one a run, alternated with the drains): the drain's N "
         "messages decoded and encoded beforehand (untimed), sent as binary COPY in batches of "
-        f"{MERGED:,} rows, one transaction each, into a fresh table of the sink's layout: "
-        "PostgreSQL's own ceiling here, no broker, no kom."
+        f"{MERGED:,} rows, one transaction each, into a fresh table of the sink's layout, "
+        "pipelined on two connections as the sink does (the next batch sent while the last "
+        "one commits): PostgreSQL's own ceiling here, no broker, no kom. 'One batch at a "
+        "time': the same on one connection, each COPY's answer awaited before the next."
     )
     report.notes.append(
-        "PostgresSink.write alone: the same messages decoded a batch at a time (untimed) and "
-        "written by the sink, only its writes timed (the rows of each batch's first update "
-        "written first, untimed, so that partitions are made outside the timing)."
+        "PostgresSink.write alone (one batch at a time, as write() does): the same messages "
+        "decoded a batch at a time (untimed) and written by the sink, only its writes timed "
+        "(the rows of each batch's first update written first, untimed, so that partitions "
+        "are made outside the timing)."
     )
     report.notes.append(
         "CPU per message: process CPU time of kom (all its threads) and of its PostgreSQL "

@@ -401,7 +401,7 @@ def _read_commit(conn: Any) -> None:
         results = conn.wait(fetch_many(conn.pgconn))
     for result in results:
         if result.status != ExecStatus.COMMAND_OK:
-            raise errors.error_from_result(result, encoding=conn.pgconn._encoding)
+            raise errors.error_from_result(result, encoding=conn.info.encoding)
     if len(results) != 1:
         raise errors.OperationalError(f"a COPY answered with {len(results)} results")
 

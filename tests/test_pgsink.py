@@ -368,6 +368,22 @@ def test_begun_batches_stream_on_two_connections_and_a_failed_one_is_written_aga
     ]
 
 
+def test_a_batch_the_server_refuses_raises_and_stores_nothing(pg: str) -> None:
+    """An error the server answers a COPY with (here a CHECK constraint) comes back from the
+    commit's wait as a SinkError: nothing of the batch is stored, and the next batch is."""
+    sink = PostgresSink(pg, clock=lambda: T0)
+    query(pg, "ALTER TABLE updates ADD CONSTRAINT no_negative CHECK (value_num >= 0)")
+    end = sink.begin([_update("s.ok", 1.0), _update("s.neg", -1.0)])
+    with pytest.raises(SinkError) as info:
+        end()
+    assert "no_negative" in str(info.value)
+    assert not sink.health()[0]
+    sink.write([_update("s.ok", 2.0)])
+    assert sink.health() == (True, None)
+    assert query(pg, "SELECT tag, value_num FROM updates") == [("s.ok", 2.0)]
+    sink.close()
+
+
 def test_a_write_to_no_server_raises_without_the_password(tmp_path: Path) -> None:
     """With nothing listening, write() raises SinkError (and health() says why) whose text
     never holds the password."""
