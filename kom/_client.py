@@ -29,7 +29,7 @@ import attrs
 from ._config import Config, Endpoint, LineConfig, load
 from ._core import Counters
 from ._errors import KomError, WriteError
-from ._line import Batch, Line, WriteResult, _utcnow, _WriteFuture
+from ._line import Batch, Line, WriteResult, _utcnow
 from ._model import Update
 
 log = logging.getLogger("kom")
@@ -72,6 +72,16 @@ def override_broker(config: Config, broker: str) -> Config:
         port = int(port_text) if port_text else line.endpoints[0].port
         lines.append(attrs.evolve(line, endpoints=(Endpoint(host, port),)))
     return attrs.evolve(config, lines=tuple(lines))
+
+
+def write_outcome(future: Future[WriteResult]) -> str:
+    """What became of a done write: "completed", "cancelled", or the reason of its
+    WriteError ("error" for another exception): the outcome label of kom_writes_total."""
+    try:
+        exc = future.exception(timeout=0)
+    except CancelledError:
+        return "cancelled"
+    return "completed" if exc is None else getattr(exc, "reason", None) or "error"
 
 
 class Kom:
@@ -376,15 +386,7 @@ class Kom:
         return future
 
     def _count_write(self, line: str, future: Future[WriteResult]) -> None:
-        if isinstance(future, _WriteFuture):
-            outcome = future.outcome()
-        else:
-            try:
-                exc = future.exception()
-            except CancelledError:
-                outcome = "cancelled"
-            else:
-                outcome = "completed" if exc is None else getattr(exc, "reason", None) or "error"
+        outcome = write_outcome(future)
         with self._outcomes_lock:
             self.write_outcomes[line, outcome] += 1
 

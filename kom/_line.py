@@ -9,7 +9,6 @@ a station's output values and topic groups change nowhere else.
 
 from __future__ import annotations
 
-import _thread
 import enum
 import functools
 import logging
@@ -18,9 +17,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import attrs
 
@@ -97,79 +95,6 @@ class WriteResult:
     confirmed: str | None = None
     #: confirm = "response": the payload of the response that confirmed it.
     response: bytes | None = None
-
-
-_DONE = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
-_FUTURES_LOG = logging.getLogger("concurrent.futures")  # where Future logs a callback's error
-
-
-class _Condition(_thread.RLock):  # type: ignore[misc]
-    """A Condition that is its own lock: a C RLock with threading.Condition's wait and
-    notify. Taking it (`with`, acquire, release) is one call into C, where a Condition goes
-    through Python methods, and it is one object where a Condition and its lock are eight
-    (five bound methods), six fewer for the garbage collector for every write in flight."""
-
-    __slots__ = ("_waiters",)
-
-    def __init__(self) -> None:
-        self._waiters: deque[Any] = deque()
-
-    # Condition's own code, which needs of its lock only what an RLock has.
-    wait = threading.Condition.wait
-    wait_for = threading.Condition.wait_for
-    notify = threading.Condition.notify
-    notify_all = threading.Condition.notify_all
-
-    def __repr__(self) -> str:
-        return f"<_Condition({super().__repr__()}, {len(self._waiters)})>"
-
-
-class _WriteFuture(Future[WriteResult]):
-    """The future of a write: a concurrent.futures.Future in every way, made more cheaply (its
-    Condition is a `_Condition`). Everything else is Future's own code."""
-
-    def __init__(self) -> None:  # Future.__init__'s fields, set here (it is not called)
-        self._condition = _Condition()  # type: ignore[assignment]
-        self._state = PENDING
-        self._result = None
-        self._exception = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[Future[WriteResult]], object]] = []
-
-    def outcome(self) -> str:
-        """What became of the write once done: "completed", "cancelled", or the reason of its
-        WriteError ("error" for another exception). Read without the lock: a future that is
-        done does not change any more."""
-        if self._state == FINISHED:
-            exc = self._exception
-            return "completed" if exc is None else getattr(exc, "reason", None) or "error"
-        return "cancelled"
-
-    def add_done_callback(self, fn: Callable[[Future[WriteResult]], object]) -> None:
-        """Future.add_done_callback, with its lock taken directly (once per write)."""
-        with self._condition:
-            if self._state not in _DONE:
-                self._done_callbacks.append(fn)
-                return
-        try:
-            fn(self)
-        except Exception:
-            _FUTURES_LOG.exception("exception calling callback for %r", self)
-
-    def set_result(self, result: WriteResult) -> None:
-        """Future.set_result, with its lock taken directly, and no notification when no
-        thread waits in result() or exception() (once per write)."""
-        condition = self._condition
-        with condition:
-            if self._state in _DONE:
-                raise InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._state = FINISHED
-            for waiter in self._waiters:
-                waiter.add_result(self)
-            if condition._waiters:  # type: ignore[attr-defined]
-                condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 #: A write asked for, to decide on the line's thread: (future, full tag name, the function
@@ -1234,7 +1159,7 @@ class Line(Events):
         Any thread may write; the write is decided (value converted, topic rendered from the
         station's output values and groups) and published on the line's thread.
         """
-        future: Future[WriteResult] = _WriteFuture()
+        future: Future[WriteResult] = Future()
         full = f"{station_name}.{tag_name}"
         if (
             self._running
@@ -1440,7 +1365,7 @@ class Line(Events):
         pending = Pending(future, full, confirm.how, key, expected, deadline, timeout)
         with self._confirm_lock:
             self._confirmations.add(pending)
-        inner: Future[WriteResult] = _WriteFuture()
+        inner: Future[WriteResult] = Future()
 
         def published(done: Future[WriteResult]) -> None:
             exc = done.exception()
@@ -1480,7 +1405,7 @@ class Line(Events):
         with self._lock:
             messages = self._outputs.on_connect(self.core.stations, self.config)
         for message in messages:
-            future: Future[WriteResult] = _WriteFuture()
+            future: Future[WriteResult] = Future()
             future.add_done_callback(_log_on_connect_failure)
             try:
                 self._publish(future, message.tag, message.topic, message.payload)
@@ -1615,7 +1540,7 @@ class Line(Events):
         self, topic: str, payload: bytes, qos: int | None = None, retain: bool | None = None
     ) -> Future[WriteResult]:
         """Publish a message not tied to a tag (by default the line's QoS and retain)."""
-        future: Future[WriteResult] = _WriteFuture()
+        future: Future[WriteResult] = Future()
 
         def decide() -> None:
             problem = check_topic(topic)

@@ -403,91 +403,21 @@ def test_a_wake_up_made_while_the_loop_drains_its_wake_ups_is_not_lost() -> None
         session.close()
 
 
-def test_the_write_future_has_the_fields_of_a_future() -> None:
-    """The write's future sets Future.__init__'s fields itself: the same names (a check that
-    the standard library's Future has not changed under it)."""
-    from kom._line import _WriteFuture
-
-    assert sorted(vars(_WriteFuture())) == sorted(vars(Future()))
-    assert isinstance(_WriteFuture(), Future)
-
-
-def test_the_write_future_behaves_as_a_future_across_threads() -> None:
-    """Waiting in another thread (result, exception, wait, as_completed), callbacks, cancelling
-    and time-outs work on the write's future as on concurrent.futures.Future."""
-    from concurrent.futures import FIRST_COMPLETED, CancelledError, as_completed
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    from kom._line import _WriteFuture
-
-    result = WriteResult("s.t", "a/b", 1, 7)
-    ok, failed, left, third = _WriteFuture(), _WriteFuture(), _WriteFuture(), _WriteFuture()
-    seen: list[str] = []
-    got: dict[str, object] = {}
-
-    def waiter() -> None:
-        got["result"] = ok.result(timeout=30)
-        got["exception"] = failed.exception(timeout=30)
-        got["waited"] = wait([third], timeout=30).done == {third}
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    ok.add_done_callback(lambda f: seen.append("ok"))
-    time.sleep(0.05)  # let the thread wait inside result() (not a timed assertion)
-    ok.set_result(result)
-    error = WriteError("s.t: broker refused", "s.t", "rejected")
-    failed.set_exception(error)
-    time.sleep(0.05)  # let the thread wait inside wait() (not a timed assertion)
-    third.set_result(result)
-    thread.join(30)
-    assert got == {"result": result, "exception": error, "waited": True}
-    assert seen == ["ok"]
-    done, pending = wait([ok, left], timeout=30, return_when=FIRST_COMPLETED)
-    assert done == {ok}
-    assert pending == {left}
-    assert set(as_completed([ok, failed], timeout=30)) == {ok, failed}
-    with pytest.raises(FutureTimeout):
-        left.result(timeout=0)
-    assert left.cancel()
-    with pytest.raises(CancelledError):
-        left.result()
-    left.add_done_callback(lambda f: seen.append("left"))  # done already: runs at once
-    assert seen == ["ok", "left"]
-
-
-def test_the_write_future_names_its_outcome() -> None:
+def test_a_write_future_names_its_outcome() -> None:
     """What the host's write counters read (kom_writes_total by outcome)."""
-    from kom._line import _WriteFuture
+    from kom._client import write_outcome
 
-    done, refused, broken, cancelled = (_WriteFuture() for _ in range(4))
+    done, refused, broken, cancelled = (Future[WriteResult]() for _ in range(4))
     done.set_result(WriteResult("s.t", "a/b", 1, 7))
     refused.set_exception(WriteError("s.t: broker refused", "s.t", "rejected"))
     broken.set_exception(RuntimeError("a bug"))
     assert cancelled.cancel()
-    assert [f.outcome() for f in (done, refused, broken, cancelled)] == [
+    assert [write_outcome(f) for f in (done, refused, broken, cancelled)] == [
         "completed",
         "rejected",
         "error",
         "cancelled",
     ]
-
-
-def test_a_failing_callback_of_a_done_write_future_is_logged(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """As Future does: a callback added once the future is done runs at once, and its error
-    is logged, not raised to whoever added it."""
-    from kom._line import _WriteFuture
-
-    future = _WriteFuture()
-    future.set_result(WriteResult("s.t", "a/b", 1, 7))
-
-    def broken(done: Future[WriteResult]) -> None:
-        raise RuntimeError("a bug")
-
-    with caplog.at_level("ERROR", logger="concurrent.futures"):
-        future.add_done_callback(broken)
-    assert "exception calling callback" in caplog.text
 
 
 def test_the_line_decides_writes_a_burst_at_a_time() -> None:
@@ -508,32 +438,3 @@ def test_the_line_decides_writes_a_burst_at_a_time() -> None:
     assert [entry[0] for entry in line._asked] == [futures[2]]
     line._decide_writes()
     assert futures[2].done()
-
-
-def test_the_write_futures_condition_waits_and_notifies_as_a_condition() -> None:
-    """The condition that is its own lock: wait times out, notify wakes a waiter, and both
-    refuse to run without the lock held, as threading.Condition's do."""
-    from kom._line import _Condition
-
-    condition = _Condition()
-    with pytest.raises(RuntimeError):
-        condition.notify_all()
-    with condition, condition:  # re-entrant, as the RLock under a Condition
-        assert condition.wait(0) is False
-    woken: list[bool] = []
-
-    def waiter() -> None:
-        with condition:
-            woken.append(condition.wait_for(lambda: bool(woken) or True, timeout=30))
-            woken.append(condition.wait(30))
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    while True:  # wait until the thread waits (no timed assertion: only polling)
-        with condition:
-            if condition._waiters:
-                condition.notify_all()
-                break
-        time.sleep(0.01)
-    thread.join(30)
-    assert woken == [True, True]
