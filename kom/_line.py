@@ -804,12 +804,8 @@ class Line(Events):
             self._stamp = self._clock()
             self._stamped_reads = reads
         received = self._stamp
-        core = self.core
-        process = core.process
         lock = self._lock
-        responses = self._response_topics
-        generation = self.generation
-        debug = self.config.debug
+        generation = self.generation  # set on this thread alone, when a connection starts
         raw_message = RawMessage
         at = start
         count = len(batch)
@@ -824,6 +820,8 @@ class Line(Events):
                 except UnicodeDecodeError:
                     self._bad_topic(raw)
                     continue
+                # Read for each message, as the core below: a reload (any thread) swaps them.
+                responses = self._response_topics
                 if responses and topic in responses:
                     self._responded(raw, topic)
                     continue
@@ -848,7 +846,8 @@ class Line(Events):
                         # Registered in arrival order at the next flush, before anyone can
                         # settle it.
                         self._arrivals.append((raw.mid, qos))
-                    processed = process(msg)
+                    core = self.core
+                    processed = core.process(msg)
                     updates = processed.updates
                     if updates:
                         self._batch.extend(updates)
@@ -871,7 +870,7 @@ class Line(Events):
                     and station.name not in self._missing_time_warned
                 ):
                     self._time_missing(station)
-                if debug:
+                if self.config.debug:
                     self._debug_message(raw, topic, processed)
             except Exception as exc:  # the line's own bug: counted, reading goes on
                 self.callback_failed("on_message", exc, raw.topic)
