@@ -82,14 +82,15 @@ def raw_copy(
     the sink's own layout (partitioned by day, indexed on tag and ts); only the COPYs (each
     committed by the server before it answers) are timed.
 
-    With two `connections` (the baseline), as the sink does it: each batch's COPY and its end
-    are sent on one connection, and the previous batch's answer is read after the next batch
-    went out on the other, so one backend stores and commits while the other receives. With
-    one, each COPY waits for its answer before the next is sent.
+    With two `connections` (the baseline), as the sink does it: each connection has a thread
+    of its own that sends a batch's COPY and waits for its answer, and the next batch goes to
+    the other connection's thread before the previous batch's answer is awaited, so one
+    backend stores and commits while the other receives. With one, each COPY waits for its
+    answer before the next is sent.
     """
-    import psycopg
+    from concurrent.futures import Future, ThreadPoolExecutor
 
-    from kom._pgsink import _end_unread_class, _read_commit
+    import psycopg
 
     batches, rows, one_a_day = encoded
     maker = PostgresSink(f"{url}?table={table}")
@@ -98,27 +99,32 @@ def raw_copy(
     # Autocommit, as the sink: each COPY a transaction of its own, committed before the
     # server answers it (no BEGIN and COMMIT round trips of their own).
     conns = [psycopg.connect(url, autocommit=True) for _ in range(connections)]
+    workers = [ThreadPoolExecutor(1) for _ in range(connections)]
     try:
         conns[0].execute(f"TRUNCATE {table}")
         copy_sql = f"COPY {table} ({', '.join(_columns())}) FROM STDIN (FORMAT BINARY)"
-        end_unread = _end_unread_class()
-        outstanding: Any = None
+
+        def copy(conn: Any, data: bytes) -> None:
+            with conn.cursor() as cur, cur.copy(copy_sql) as stream:
+                stream.write(data)
+
+        outstanding: Future[None] | None = None
         t0 = time.perf_counter()
         for i, data in enumerate(batches):
             conn = conns[i % connections]
             if connections == 1:
-                with conn.cursor() as cur, cur.copy(copy_sql) as stream:
-                    stream.write(data)
+                copy(conn, data)
                 continue
-            with conn.cursor() as cur, cur.copy(copy_sql, writer=end_unread(cur)) as stream:
-                stream.write(data)
+            sent = workers[i % connections].submit(copy, conn, data)
             if outstanding is not None:
-                _read_commit(outstanding)
-            outstanding = conn
+                outstanding.result()
+            outstanding = sent
         if outstanding is not None:
-            _read_commit(outstanding)
+            outstanding.result()
         seconds = time.perf_counter() - t0
     finally:
+        for worker in workers:
+            worker.shutdown()
         for conn in conns:
             conn.close()
     return rows / seconds

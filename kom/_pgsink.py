@@ -25,6 +25,7 @@ import re
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -358,54 +359,6 @@ def _nothing() -> None:
     pass
 
 
-@functools.cache
-def _end_unread_class() -> Any:
-    from psycopg.copy import LibpqWriter
-
-    class EndUnread(LibpqWriter):
-        """psycopg's COPY writer, but ending the COPY without reading the answer (the
-        commit): the sink reads it later (`_read_commit`), after sending the next batch on
-        its other connection. An ending caused by an error is psycopg's own."""
-
-        def finish(self, exc: BaseException | None = None) -> None:
-            if exc is not None:
-                super().finish(exc)
-                return
-            self.connection.wait(_send_end(self._pgconn))
-
-    return EndUnread
-
-
-def _send_end(pgconn: Any) -> Any:
-    """A psycopg generator: queue the COPY's end and flush it to the server (as psycopg's
-    own `copy_end`, without reading the answer)."""
-    from psycopg.waiting import Wait
-
-    while pgconn.put_copy_end(None) == 0:
-        while not (yield Wait.W):
-            continue
-    while True:
-        while not (yield Wait.W):
-            continue
-        if pgconn.flush() == 0:
-            break
-
-
-def _read_commit(conn: Any) -> None:
-    """Read the answer to a COPY ended by `EndUnread`; raise its error if it failed."""
-    from psycopg import errors
-    from psycopg.generators import fetch_many
-    from psycopg.pq import ExecStatus
-
-    with conn.lock:
-        results = conn.wait(fetch_many(conn.pgconn))
-    for result in results:
-        if result.status != ExecStatus.COMMAND_OK:
-            raise errors.error_from_result(result, encoding=conn.info.encoding)
-    if len(results) != 1:
-        raise errors.OperationalError(f"a COPY answered with {len(results)} results")
-
-
 class PostgresSink:
     """One table (default `updates`) in PostgreSQL; one transaction per batch (SPEC §12)."""
 
@@ -427,7 +380,11 @@ class PostgresSink:
         #: answer (the commit) is not read yet.
         self._conns: list[Any] = [None, None]
         self._ending = [False, False]
-        self._encoder = Encoder()
+        #: One thread per connection runs its COPYs (psycopg's public API ends a COPY by
+        #: reading its answer): `begin` hands a batch to the thread of a free connection and
+        #: returns, and the function it returns waits for that thread's commit.
+        self._workers: list[ThreadPoolExecutor | None] = [None, None]
+        self._encoders = [Encoder(), Encoder()]  # one for each connection's thread
         self._days: set[date] = set()  # partitions known to exist
         self._layout = "unknown"  # partitioned, hypertable or plain
         self.rows = 0
@@ -619,19 +576,18 @@ class PostgresSink:
         self.begin(updates)()
 
     def begin(self, updates: Sequence[Update]) -> Callable[[], None]:
-        """Send `updates` as one COPY (one transaction) and its end, without waiting for the
-        answer; the function returned waits for it and returns once the batch is committed
-        (raises SinkError if not). Nothing may be acknowledged before it returns.
+        """Hand `updates` to the thread of a free connection, which sends them as one COPY
+        (one transaction); the function returned waits for it and returns once the batch is
+        committed (raises SinkError if not). Nothing may be acknowledged before it returns.
 
         While one batch's answer is outstanding, the next `begin` streams on the other
         connection, so that the server stores and commits one batch while kom encodes and
         sends the next. At most two may be outstanding: end one before a third `begin`.
-        Raises SinkError if the batch cannot be sent (nothing of it is then committed).
+        Raises SinkError if no connection can be had (nothing of the batch is then sent).
         """
         if not updates:
             return _nothing
         import psycopg
-        from psycopg import sql
 
         with self._lock:
             slot = 0 if not self._ending[0] else 1
@@ -646,45 +602,62 @@ class PostgresSink:
                     wanted |= {d for d in days_of(updates) if low <= d <= today + timedelta(AHEAD)}
                     if not wanted <= self._days:
                         self._make_partitions(conn, wanted)
-                copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                    sql.Identifier(self.table),
-                    sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
-                )
-                end_unread = _end_unread_class()
-                with conn.cursor() as cur, cur.copy(copy, writer=end_unread(cur)) as stream:
-                    # Each piece goes to the server as soon as it is made, so the server
-                    # stores one while this thread encodes the next: measured, the sink alone
-                    # is about as fast as a COPY of the same rows encoded beforehand.
-                    for piece in self._encoder.chunks(updates):
-                        stream.write(piece)
-                # The COPY's end is sent; its answer (after the commit) is read by `end`.
             except psycopg.Error as exc:
                 self._drop(slot)
                 raise self._error(exc) from exc
             except BaseException:
                 self._drop(slot)
                 raise
+            worker = self._workers[slot]
+            if worker is None:
+                worker = self._workers[slot] = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"kom-sink-pg{slot}"
+                )
+            copying = worker.submit(self._copy, conn, self._encoders[slot], updates)
             self._ending[slot] = True
-        return functools.partial(self._end, slot, conn, len(updates))
+        return functools.partial(self._end, slot, conn, copying, len(updates))
 
-    def _end(self, slot: int, conn: Any, rows: int) -> None:
-        """Wait for the answer to the COPY that `begin` ended on `conn`: its commit."""
+    def _copy(self, conn: Any, encoder: Encoder, updates: Sequence[Update]) -> None:
+        """One batch as one COPY, on its connection's thread; returns once it is committed
+        (autocommit: the server commits the COPY before it answers)."""
+        from psycopg import sql
+
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(self.table),
+            sql.SQL(", ").join(map(sql.Identifier, COPY_COLUMNS)),
+        )
+        with conn.cursor() as cur, cur.copy(copy) as stream:
+            # Each piece goes to the server as soon as it is made, so the server stores one
+            # while this thread encodes the next: measured, the sink alone is about as fast
+            # as a COPY of the same rows encoded beforehand.
+            for piece in encoder.chunks(updates):
+                stream.write(piece)
+
+    def _end(self, slot: int, conn: Any, copying: Future[None], rows: int) -> None:
+        """Wait for the COPY that `begin` handed to `conn`'s thread: its commit."""
         import psycopg
 
+        try:
+            copying.result()
+        except psycopg.Error as exc:
+            with self._lock:
+                self._drop_if(slot, conn)
+                raise self._error(exc) from exc
+        except BaseException:
+            with self._lock:
+                self._drop_if(slot, conn)
+            raise
         with self._lock:
             if self._conns[slot] is not conn or not self._ending[slot]:
                 raise self._error(RuntimeError("the connection was closed before the commit"))
-            try:
-                _read_commit(conn)
-            except psycopg.Error as exc:
-                self._drop(slot)
-                raise self._error(exc) from exc
-            except BaseException:
-                self._drop(slot)
-                raise
             self._ending[slot] = False
             self.rows += rows
             self._problem = None
+
+    def _drop_if(self, slot: int, conn: Any) -> None:
+        """`_drop(slot)` if `conn` is still that slot's connection."""
+        if self._conns[slot] is conn:
+            self._drop(slot)
 
     def _drop(self, slot: int | None = None) -> None:
         """Forget a connection, or both (a transaction not committed is rolled back by the
@@ -719,3 +692,7 @@ class PostgresSink:
     def close(self) -> None:
         with self._lock:
             self._drop()
+            workers, self._workers = self._workers, [None, None]
+        for worker in workers:
+            if worker is not None:
+                worker.shutdown(wait=True)
