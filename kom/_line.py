@@ -1054,10 +1054,7 @@ class Line(Events):
         if outbox_id is not None and ok and self._outbox is not None:
             self._outbox.done(outbox_id)
         if ok and granted_qos is None and write is not None:  # the usual answer: done
-            try:  # noqa: SIM105 - once per write: try is cheaper than contextlib.suppress
-                write.future.set_result(WriteResult(write.tag, write.topic, write.qos, mid))
-            except InvalidStateError:  # cancelled, or failed already (timed out)
-                pass
+            _complete(write.future, WriteResult(write.tag, write.topic, write.qos, mid))
             return
         if not ok:
             # SPEC §11: a refusal reaches the log and the counters, not only the write.
@@ -1160,33 +1157,21 @@ class Line(Events):
         """
         future: Future[WriteResult] = Future()
         full = f"{station_name}.{tag_name}"
-        if (
-            self._running
-            and self._outbox is None
-            and self._ident != threading.get_ident()
-            and not self._closed.is_set()
-        ):  # the usual way of _ask, with the write's parts in place of a function to call
-            self._asked.append((future, full, None, station_name, tag_name, value))
-            self._poke()
-            return future
-        self._ask(
-            future,
-            full,
-            functools.partial(self._write, future, station_name, tag_name, full, value),
-        )
+        self._ask((future, full, None, station_name, tag_name, value))
         return future
 
-    def _ask(self, future: Future[WriteResult], full: str, decide: Callable[[], None]) -> None:
+    def _ask(self, asked: _Asked) -> None:
         """Hand a write to the line's thread (or decide it here if the thread is not running)."""
+        future, full = asked[0], asked[1]
         if self._closed.is_set():
             _fail(future, WriteError(f"{full}: line closed", full, "not-connected"))
             return
         if not self._running or self._ident == threading.get_ident():
-            self._asked.append((future, full, decide, "", "", None))
+            self._asked.append(asked)
             self._decide_writes()
             return
         if self._outbox is None:
-            self._asked.append((future, full, decide, "", "", None))
+            self._asked.append(asked)
             self._poke()
             return
         # With an outbox, write() returns once the write's row is committed (decided on the
@@ -1195,13 +1180,21 @@ class Line(Events):
 
         def decide_and_tell() -> None:
             try:
-                decide()
+                self._decide(asked)
             finally:
                 decided.set()
 
         self._asked.append((future, full, decide_and_tell, "", "", None))
         self._poke()
         decided.wait(max(self.config.reply_timeout, 5.0))
+
+    def _decide(self, asked: _Asked) -> None:
+        """Decide one write asked for: a tag's write, or the function that decides it."""
+        future, full, decide, station_name, tag_name, value = asked
+        if decide is None:
+            self._write(future, station_name, tag_name, full, value)
+        else:
+            decide()
 
     def _decide_writes(self, most: int | None = None) -> None:
         """Decide the writes asked for so far (`most` of them at most), in order, then
@@ -1214,14 +1207,12 @@ class Line(Events):
         count = len(asked) if most is None else min(len(asked), most)
         for _ in range(count):
             try:
-                future, full, decide, station_name, tag_name, value = asked.popleft()
+                entry = asked.popleft()
             except IndexError:  # another thread took it (a line not running)
                 break
+            future, full = entry[0], entry[1]
             try:
-                if decide is None:  # a tag's write (see write)
-                    self._write(future, station_name, tag_name, full, value)
-                else:
-                    decide()
+                self._decide(entry)
             except WriteError as exc:
                 _fail(future, exc)
             except AckError as exc:
@@ -1547,7 +1538,7 @@ class Line(Events):
                 raise WriteError(problem, None, "topic")
             self._publish(future, topic, topic, payload, qos=qos, retain=retain)
 
-        self._ask(future, topic, decide)
+        self._ask((future, topic, decide, "", "", None))
         return future
 
 

@@ -35,7 +35,8 @@ def render(
         and (not groups or groups.get("value") is None)
     ):
         # The usual output: a fixed topic, and the value the payload's only placeholder.
-        return topic_template.literals[0], _fill_value(payload_template, value).encode("utf-8")
+        payload = _fill(payload_template, {"value": value}, payload_template.json, "", "rejected")
+        return topic_template.literals[0], payload.encode("utf-8")
     full = f"{station}.{tag}"
     names: dict[str, Value] = {"value": value, "tag": tag, "station": station}
     if groups:
@@ -87,19 +88,6 @@ def _fill(
         if name not in names:  # a group before any message matched it: not "null"
             raise WriteError(f"{full}: no value for {{{name}}} yet", full, reason)
         out.append(_text(names[name], fmt, in_json))
-        out.append(literal)
-    return "".join(out)
-
-
-def _fill_value(template: _Template, value: Value) -> str:
-    """`_fill` for a template whose placeholders are all `{value}`."""
-    literals = template.literals
-    in_json = template.json
-    if len(literals) == 2:
-        return literals[0] + _text(value, template.fields[0][1], in_json) + literals[1]
-    out = [literals[0]]
-    for (_, fmt), literal in zip(template.fields, literals[1:], strict=True):
-        out.append(_text(value, fmt, in_json))
         out.append(literal)
     return "".join(out)
 

@@ -201,10 +201,10 @@ class SqliteSink:
     def write(self, updates: Sequence[Update]) -> None:
         if not updates:
             return
-        params = _plain_rows(updates)
+        params = _rows(updates, True)
         width = _PLAIN_WIDTH
         if params is None:
-            params = _rows(updates)
+            params = _rows(updates, False) or []
             width = _WIDTH
         with self._lock:
             try:
@@ -398,14 +398,17 @@ def record(update: Update) -> dict[str, object]:
     }
 
 
-def _rows(updates: Sequence[Update]) -> list[object]:
-    """The statement's parameters for `updates`, _WIDTH a row."""
+def _rows(updates: Sequence[Update], plain: bool) -> list[object] | None:
+    """The statement's parameters for `updates`: _WIDTH a row, or with `plain` _PLAIN_WIDTH a
+    row, and None as soon as a row is not plain (see _PLAIN_WIDTH)."""
     params: list[object] = []
     add = params.extend
     ts_key: object = None
     rx_key: object = None
     ts_text = rx_text = ""
     for tag, raw, quality, reason, ts, received, topic, detail, retained in updates:
+        if plain and (quality is not VALID or reason is not None or detail is not None or retained):
+            return None
         # The updates of one message share their time objects: format each once.
         if ts is not ts_key:
             ts_key, ts_text = ts, format_time(ts)
@@ -421,6 +424,9 @@ def _rows(updates: Sequence[Update]) -> list[object]:
             value = ts_text
         else:
             value = format_value(raw)
+        if plain:
+            add((tag, value, ts_text, rx_text, topic))
+            continue
         add(
             (
                 tag,
@@ -434,34 +440,6 @@ def _rows(updates: Sequence[Update]) -> list[object]:
                 1 if retained else 0,
             )
         )
-    return params
-
-
-def _plain_rows(updates: Sequence[Update]) -> list[object] | None:
-    """_PLAIN_WIDTH parameters a row, or None when a row is not plain (see _PLAIN_WIDTH)."""
-    params: list[object] = []
-    add = params.extend
-    ts_key: object = None
-    rx_key: object = None
-    ts_text = rx_text = ""
-    for tag, raw, quality, reason, ts, received, topic, detail, retained in updates:
-        if quality is not VALID or reason is not None or detail is not None or retained:
-            return None
-        if ts is not ts_key:
-            ts_key, ts_text = ts, format_time(ts)
-        if received is not rx_key:
-            rx_key, rx_text = received, format_time(received)
-        kind = type(raw)
-        value: object
-        if kind is float or kind is str or kind is int or raw is None:
-            value = raw
-        elif kind is bool:
-            value = 1 if raw else 0
-        elif raw is ts:
-            value = ts_text
-        else:
-            value = format_value(raw)
-        add((tag, value, ts_text, rx_text, topic))
     return params
 
 

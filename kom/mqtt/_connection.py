@@ -332,8 +332,7 @@ class Connection:
         QoS 1/2 messages join the session: sent now if connected and the broker's Receive
         Maximum leaves room, otherwise when it does. QoS 0 needs a connection.
         """
-        if qos > self.server_maximum_qos or (retain and not self.server_retain_available):
-            self._check_allowed(qos, retain)
+        self._check_allowed(qos, retain)
         if qos not in (1, 2):
             raw = topic.encode() if isinstance(topic, str) else topic
             self._require("QoS 0 PUBLISH", State.CONNECTED)
@@ -352,16 +351,7 @@ class Connection:
                 self._heads.clear()
             self._heads[topic] = known
         raw, head = known
-        mid = self._next_id % 65535 + 1
-        if (
-            mid in self._flights
-            or mid in self._requests
-            or mid in self._held_ids
-            or mid in self._retired_ids
-        ):
-            mid = self._packet_id()  # looks further
-        else:
-            self._next_id = mid
+        mid = self._packet_id()
         # §3.3: what encode_publish makes, without a Publish per message.
         tail = b""
         if self.v5:
@@ -377,16 +367,10 @@ class Connection:
                 payload,
             )
         )
-        if len(data) > self.server_maximum_packet_size:
-            self._check_size(data)
+        self._check_size(data)
         self._flights[mid] = flight = _Out(data, raw, payload, qos, retain, properties)
         if self.state is State.CONNECTED and self._sending < self.server_receive_maximum:
-            # _send_flight for a message not sent before (no DUP)
-            self._out.append(data)
-            flight.state = "sent"
-            flight.sent = True
-            self._sending += 1
-            self._suspect = mid if qos == 2 else 0
+            self._send_flight(mid, flight)
         else:
             self._waiting.append(mid)
         return mid
@@ -828,19 +812,6 @@ class Connection:
             if kind is not Connack:
                 raise ProtocolError(f"{type(packet).__name__.upper()} before CONNACK")
             return self._connack(packet)  # type: ignore[arg-type]
-        if kind is Puback:  # the most frequent answer (every QoS 1 write): straight on
-            ack: Puback = packet  # type: ignore[assignment]
-            flight = self._flights.get(ack.packet_id)
-            if (
-                flight is not None
-                and flight.qos == 1
-                and flight.state == "sent"
-                and not ack.code
-                and not ack.properties
-            ):  # a QoS 1 write done (what _flight_answer would say, sooner)
-                self._finish(ack.packet_id)
-                return PublishCompleted(ack.packet_id, True, _SUCCESS, 0)
-            return self._flight_answer(PUBACK, ack.packet_id, ack.code, ack.properties)
         if kind is Connack:
             raise ProtocolError("a second CONNACK")
         if kind is Pingresp:
