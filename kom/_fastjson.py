@@ -58,6 +58,7 @@ def _compile_fast(paths: tuple[tuple[Step, ...], ...]) -> Callable[[bytes], list
             if type(step) is str and step not in attribute:
                 attribute[step] = f"f{len(attribute)}"
     counter = [0]
+    empties: dict[int, Any] = {}  # an array node's id -> its element's absent value
 
     def typed(node: dict[Any, Any]) -> tuple[Any, Any] | None:
         """The msgspec type of a node and its value when absent, or None when it has none.
@@ -76,6 +77,7 @@ def _compile_fast(paths: tuple[tuple[Step, ...], ...]) -> Callable[[bytes], list
             element = typed(_merge([node[key] for key in children]))
             if element is None:
                 return None
+            empties[id(node)] = element[1]
             item = element[0]
             return tuple[item, ...], ()  # type: ignore[valid-type]
         fields = []
@@ -112,9 +114,7 @@ def _compile_fast(paths: tuple[tuple[Step, ...], ...]) -> Callable[[bytes], list
         if children and children[0][0] == "int":
             # An index beyond the array's end reads the element's absent value.
             empty = f"E{len(constants)}"
-            element = typed(_merge([node[key] for key in children]))
-            assert element is not None
-            constants[empty] = element[1]
+            constants[empty] = empties[id(node)]
         for key in children:
             names[0] += 1
             name = f"n{names[0]}"
